@@ -1,0 +1,218 @@
+"""``netagg``: the command line. Subcommands: switch, allreduce, relay, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _address(text: str) -> tuple[str, int]:
+    from host_agent.worker import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _int_range(lo: int, hi: int) -> argparse._ActionType:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1)")
+    return value
+
+
+def _build() -> argparse.ArgumentParser:
+    p = _Parser(prog="netagg", description="In-network aggregation emulator (SwitchML-style).")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("switch", help="run the Python aggregation switch (static single-job mode)")
+    s.add_argument(
+        "--listen",
+        type=_address,
+        default=("127.0.0.1", DEFAULT_PORT),
+        metavar="HOST:PORT",
+        help=f"address to serve on (default 127.0.0.1:{DEFAULT_PORT})",
+    )
+    s.add_argument("--workers", type=_int_range(1, MAX_WORKERS), required=True, help="workers in the job")
+    s.add_argument("--job", type=_int_range(0, 0xFFFF), default=1, help="job id (default 1)")
+    s.add_argument(
+        "--slots",
+        type=_int_range(1, MAX_SLOTS),
+        default=None,
+        help="slots of the job = each worker's window (default: 32 for large packets, 512 for small)",
+    )
+    s.add_argument(
+        "--elements",
+        type=_int_range(1, MAX_ELEMENTS),
+        default=MAX_ELEMENTS,
+        help=f"int32 elements per packet; 64 = SwitchML's size (default {MAX_ELEMENTS})",
+    )
+    s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
+    s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
+
+    a = sub.add_parser("allreduce", help="run allreduces as one worker (for experiments and checks)")
+    a.add_argument("--switch", required=True, type=_address, metavar="HOST:PORT")
+    a.add_argument("--rank", type=_int_range(0, MAX_WORKERS - 1), required=True)
+    a.add_argument("--world-size", type=_int_range(1, MAX_WORKERS), required=True)
+    a.add_argument("--job", type=_int_range(0, 0xFFFF), default=1)
+    a.add_argument("--size", type=_int_range(1, 1 << 30), default=1 << 20, help="elements per allreduce")
+    a.add_argument("--dtype", choices=("float32", "int32"), default="float32")
+    a.add_argument("--repeat", type=_int_range(1, 1_000_000), default=10)
+    a.add_argument("--timeout", type=float, default=10.0)
+
+    r = sub.add_parser("relay", help="a lossy UDP relay between workers and a switch (for testing)")
+    r.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    r.add_argument("--upstream", type=_address, required=True, metavar="HOST:PORT")
+    r.add_argument("--loss", type=_fraction, default=0.0, help="drop probability per packet and direction")
+    r.add_argument("--dup", type=_fraction, default=0.0, help="duplicate probability")
+    r.add_argument("--reorder", type=_fraction, default=0.0, help="probability a packet is held back")
+    r.add_argument("--seed", type=int, default=None)
+
+    d = sub.add_parser("demo", help="W=4 allreduces through a switch on loopback, explained")
+    d.add_argument("--workers", type=_int_range(1, MAX_WORKERS), default=4)
+    d.add_argument("--mib", type=_int_range(1, 1024), default=64, help="largest tensor, MiB of float32")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON report")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "switch":
+            return _switch(args)
+        if args.command == "allreduce":
+            return _allreduce(args)
+        if args.command == "relay":
+            return _relay(args)
+        from netagg.demo import run_demo
+
+        return run_demo(workers=args.workers, max_mib=args.mib, out_dir=args.out)
+    except (ValueError, OSError) as exc:
+        print(f"netagg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _stop_on_signals(stop: object) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        logging.getLogger("netagg").info("signal %d: stopping", signum)
+        stop()  # type: ignore[operator]
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from switch.core import Dataplane, JobConfig
+    from switch.udp import UdpSwitch
+
+    slots = args.slots or (32 if args.elements >= 1024 else 512)
+    cfg = JobConfig(job_id=args.job, workers=args.workers, slots=slots, elements=args.elements)
+    server = UdpSwitch(
+        Dataplane([cfg]), *args.listen, stats_file=args.stats_file, stats_interval=args.stats_interval
+    )
+    _stop_on_signals(server.stop)
+    print(
+        f"netagg switch on {server.address[0]}:{server.address[1]}: job {cfg.job_id}, {cfg.workers} "
+        f"workers, {cfg.slots} slots, {cfg.elements} elements/packet",
+        flush=True,
+    )
+    server.serve_forever()
+    print(json.dumps(server.dataplane.stats()), flush=True)
+    return 0
+
+
+def _allreduce(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from host_agent.worker import Worker
+
+    rng = np.random.default_rng(args.rank)
+    x = (
+        rng.standard_normal(args.size).astype(np.float32)
+        if args.dtype == "float32"
+        else rng.integers(-1000, 1000, args.size, dtype=np.int32)
+    )
+    host, port = args.switch
+    times = []
+    with Worker(f"{host}:{port}", args.rank, args.world_size, job=args.job, timeout=args.timeout) as w:
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            w.allreduce(x)
+            times.append(time.perf_counter() - t0)
+        stats = w.stats.as_dict()
+    times.sort()
+    print(
+        json.dumps(
+            {
+                "rank": args.rank,
+                "size": args.size,
+                "dtype": args.dtype,
+                "median_s": times[len(times) // 2],
+                "min_s": times[0],
+                "worker": stats,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from netagg.testing import LossyRelay
+
+    relay = LossyRelay(
+        args.listen, args.upstream, loss=args.loss, dup=args.dup, reorder=args.reorder, seed=args.seed
+    )
+    _stop_on_signals(relay.stop)
+    print(
+        f"netagg relay {relay.address[0]}:{relay.address[1]} -> {args.upstream[0]}:{args.upstream[1]}",
+        flush=True,
+    )
+    relay.serve_forever()
+    print(json.dumps(relay.counters), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Start the switch and workers as real processes (for the demo, the benchmarks and tests).
+
+:class:`SwitchProcess` runs ``netagg switch`` and waits until it prints that it is serving (no
+sleep-and-hope); it is stopped by PID with SIGTERM and its final counters are read from its output.
+:func:`run_workers` runs one function per rank in spawned processes and returns their results in rank
+order, raising with the worker's traceback if any of them fails.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SwitchProcess", "WorkerFailed", "run_workers"]
+
+
+class SwitchProcess:
+    """``netagg switch`` in a child process.
+
+    Args:
+        workers, elements, slots, job: the static job (see ``netagg switch --help``).
+        listen: ``HOST:PORT``; port 0 lets the kernel choose (read it from ``address``).
+        stats_file: where the switch writes its counters (default: none).
+        prefix: command to run the switch under, e.g. ``["ip", "netns", "exec", "ns1"]``.
+        cpu: pin the switch to this CPU (``os.sched_setaffinity``), or None.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        elements: int | None = None,
+        slots: int | None = None,
+        job: int = 1,
+        listen: str = "127.0.0.1:0",
+        stats_file: Path | None = None,
+        prefix: Sequence[str] = (),
+        cpu: int | None = None,
+        ready_timeout: float = 20.0,
+    ) -> None:
+        cmd = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "netagg.cli",
+            "switch",
+            "--listen",
+            listen,
+            "--workers",
+            str(workers),
+            "--job",
+            str(job),
+        ]
+        if elements is not None:
+            cmd += ["--elements", str(elements)]
+        if slots is not None:
+            cmd += ["--slots", str(slots)]
+        if stats_file is not None:
+            cmd += ["--stats-file", str(stats_file), "--stats-interval", "0.2"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        if cpu is not None:
+            os.sched_setaffinity(self.pid, {cpu})
+        self.stats: dict[str, Any] | None = None
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + ready_timeout
+        line = ""
+        while time.monotonic() < deadline:  # the switch prints its address once it is bound
+            line = self.proc.stdout.readline()
+            if line.startswith("netagg switch on "):
+                break
+            if not line and self.proc.poll() is not None:
+                break
+        else:
+            self.stop()
+            raise RuntimeError(f"switch did not start within {ready_timeout}s")
+        if not line.startswith("netagg switch on "):
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc.wait()
+            raise RuntimeError(f"switch failed to start: {err.strip() or line.strip()}")
+        hostport = line.split()[3].rstrip(":")
+        self.address = hostport
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """SIGTERM, wait, and return the counters it printed on the way out (None if it died)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        for line in reversed((out or "").splitlines()):
+            if line.startswith("{"):
+                self.stats = json.loads(line)
+                break
+        return self.stats
+
+    def __enter__(self) -> SwitchProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process raised; the message carries its traceback."""
+
+
+def _trampoline(
+    fn: Callable[..., Any], rank: int, args: tuple[Any, ...], results: Any, cpus: set[int] | None
+) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        results.put((rank, True, fn(rank, *args)))
+    except BaseException:  # report everything, including KeyboardInterrupt, to the parent
+        results.put((rank, False, traceback.format_exc()))
+
+
+def run_workers(
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 300.0, cpus: set[int] | None = None
+) -> list[Any]:
+    """Run ``fn(rank, *args)`` for every rank in its own spawned process; results in rank order.
+
+    ``fn`` must be importable (a module-level function). ``cpus`` pins the workers to those CPUs.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_trampoline, args=(fn, r, args, results, cpus), daemon=True)
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    out: dict[int, Any] = {}
+    failures: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) + len(failures) < world_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerFailed(
+                    f"workers {sorted(set(range(world_size)) - set(out))} did not finish within {timeout}s"
+                )
+            try:
+                rank, ok, value = results.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and results.empty():
+                    raise WorkerFailed(f"worker process died with exit code {dead[0].exitcode}") from None
+                continue
+            if ok:
+                out[rank] = value
+            else:
+                failures.append(f"rank {rank}:\n{value}")
+        if failures:
+            raise WorkerFailed("\n".join(failures))
+        return [out[r] for r in range(world_size)]
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()

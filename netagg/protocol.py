@@ -1,0 +1,198 @@
+"""The netagg wire protocol: constants and the fast codec.
+
+``docs/protocol.md`` is the source of truth; this module is its executable form. Every packet is one
+UDP datagram: a fixed 24-byte header in network byte order followed by ``count`` int32 elements, also in
+network byte order. The scapy layer (:mod:`netagg.scapy_layer`) describes the same bytes declaratively;
+the codec here is what the hot paths use (``struct`` for one header, numpy structured views for many).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_PORT",
+    "EXP_BIAS",
+    "EXP_NONE",
+    "EXP_NONFINITE",
+    "HEADER",
+    "HEADER_DTYPE",
+    "HEADER_SIZE",
+    "MAX_ELEMENTS",
+    "MAX_SLOTS",
+    "MAX_WORKERS",
+    "PAYLOAD_DTYPE",
+    "SET_BIT",
+    "VERSION",
+    "Flag",
+    "Header",
+    "MsgType",
+    "ProtocolError",
+    "decode",
+    "encode",
+    "scale_bits",
+]
+
+#: UDP port the switch listens on unless told otherwise (0xB798; unassigned by IANA).
+DEFAULT_PORT = 47000
+#: Protocol version carried in every header.
+VERSION = 1
+#: ``struct`` layout of the header: see docs/protocol.md, "Header".
+HEADER = struct.Struct("!BBBBHHHHIHHI")
+HEADER_SIZE = HEADER.size  # 24 bytes
+#: The same layout as a numpy structured dtype, for decoding many headers at once.
+HEADER_DTYPE = np.dtype(
+    [
+        ("version", "u1"),
+        ("type", "u1"),
+        ("flags", "u1"),
+        ("epoch", "u1"),
+        ("job", ">u2"),
+        ("worker", ">u2"),
+        ("slot", ">u2"),
+        ("count", ">u2"),
+        ("seq", ">u4"),
+        ("exp", ">u2"),
+        ("reserved", ">u2"),
+        ("bitmap", ">u4"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == HEADER_SIZE
+#: Payload elements: int32, network byte order.
+PAYLOAD_DTYPE = np.dtype(">i4")
+#: Largest element count whose datagram fits an IPv4 UDP payload (65,507 bytes).
+MAX_ELEMENTS = (65507 - HEADER_SIZE) // 4  # 16370
+#: Bit 15 of the slot field selects the set (SwitchML's shadow copy); bits 0-14 are the slot index.
+SET_BIT = 0x8000
+MAX_SLOTS = SET_BIT  # 32768 slot indices
+#: Workers per aggregation node: the contributor bitmap is 32 bits wide.
+MAX_WORKERS = 32
+#: Exponent field encoding (16 bits): 0 = no data / all-zero block, 0xFFFF = a non-finite value,
+#: anything else = the float exponent e plus EXP_BIAS (block magnitudes are < 2**e).
+EXP_NONE = 0
+EXP_NONFINITE = 0xFFFF
+EXP_BIAS = 1024
+
+
+class MsgType(enum.IntEnum):
+    """Message types (header byte 1)."""
+
+    JOIN = 1  #: worker -> switch: join the job (seq = the worker's incarnation)
+    JOIN_ACK = 2  #: switch -> worker: every worker has joined; epoch, elements, slots, workers
+    CONTRIB = 3  #: worker -> switch: one worker's contribution to one use of a slot
+    RESULT = 4  #: switch -> worker: the completed sum of one use of a slot
+    PENDING = 5  #: switch -> worker: answer to a repeat of an incomplete use; bitmap = who is in
+
+
+class Flag(enum.IntFlag):
+    """Header flags (header byte 2)."""
+
+    NONE = 0
+    RETX = 0x01  #: a retransmission by the sender (informational; counted by the switch)
+    UNICAST = 0x02  #: a RESULT sent to one worker in answer to its repeat, not to all
+
+
+class ProtocolError(ValueError):
+    """A datagram that does not follow docs/protocol.md."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """One decoded header. Field meanings are those of docs/protocol.md."""
+
+    type: int
+    job: int = 0
+    worker: int = 0
+    slot: int = 0
+    set: int = 0
+    count: int = 0
+    seq: int = 0
+    exp: int = EXP_NONE
+    flags: int = 0
+    epoch: int = 0
+    bitmap: int = 0
+    version: int = VERSION
+
+    def pack(self) -> bytes:
+        """The 24 header bytes."""
+        return HEADER.pack(
+            self.version,
+            self.type,
+            self.flags,
+            self.epoch,
+            self.job,
+            self.worker,
+            (self.slot & (SET_BIT - 1)) | (SET_BIT if self.set else 0),
+            self.count,
+            self.seq,
+            self.exp,
+            0,
+            self.bitmap,
+        )
+
+
+def encode(header: Header, payload: np.ndarray | None = None) -> bytes:
+    """Header plus payload (int32 elements, converted to network byte order) as one datagram."""
+    if payload is None or payload.size == 0:
+        if header.count != 0:
+            raise ProtocolError(f"header says count={header.count} but there is no payload")
+        return header.pack()
+    if payload.size != header.count:
+        raise ProtocolError(f"header says count={header.count} but the payload has {payload.size}")
+    return header.pack() + np.ascontiguousarray(payload, dtype=PAYLOAD_DTYPE).tobytes()
+
+
+def decode(datagram: bytes | bytearray | memoryview) -> tuple[Header, np.ndarray]:
+    """Parse one datagram into its header and a read-only payload view (``>i4``).
+
+    Raises :class:`ProtocolError` for anything a receiver must drop: too short, another version,
+    an unknown type, a non-zero reserved field, or a length that disagrees with ``count``.
+    """
+    n = len(datagram)
+    if n < HEADER_SIZE:
+        raise ProtocolError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
+    version, mtype, flags, epoch, job, worker, slot, count, seq, exp, reserved, bitmap = HEADER.unpack_from(
+        datagram
+    )
+    if version != VERSION:
+        raise ProtocolError(f"version {version}, expected {VERSION}")
+    if mtype not in _TYPES:
+        raise ProtocolError(f"unknown message type {mtype}")
+    if reserved != 0:
+        raise ProtocolError(f"reserved field is {reserved}, must be 0")
+    if n != HEADER_SIZE + 4 * count:
+        raise ProtocolError(f"count={count} needs {HEADER_SIZE + 4 * count} bytes, datagram has {n}")
+    header = Header(
+        type=mtype,
+        job=job,
+        worker=worker,
+        slot=slot & (SET_BIT - 1),
+        set=1 if slot & SET_BIT else 0,
+        count=count,
+        seq=seq,
+        exp=exp,
+        flags=flags,
+        epoch=epoch,
+        bitmap=bitmap,
+        version=version,
+    )
+    payload = np.frombuffer(datagram, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)
+    return header, payload
+
+
+_TYPES = frozenset(int(t) for t in MsgType)
+
+
+def scale_bits(total_workers: int) -> int:
+    """Bits of magnitude each worker's quantized values may use: ``30 - ceil(log2(W))``.
+
+    With every |q| <= 2**B, the sum of W contributions is at most W * 2**B <= 2**30 < 2**31 - 1, so
+    the int32 sum cannot overflow (docs/protocol.md, "Quantization").
+    """
+    if total_workers < 1:
+        raise ValueError(f"total_workers must be >= 1, got {total_workers}")
+    return 30 - (total_workers - 1).bit_length()

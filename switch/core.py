@@ -1,0 +1,351 @@
+"""The aggregation dataplane: slot pool, two sets per slot, bitmaps, counters. No sockets here.
+
+:class:`Dataplane` takes one datagram and the address it came from and returns what to send where. The
+rules it implements are those of docs/protocol.md ("Switch rules"); the I/O backends
+(:mod:`switch.udp`) move bytes and nothing else, so the same core serves every backend and the tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from netagg.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_ELEMENTS,
+    MAX_SLOTS,
+    MAX_WORKERS,
+    PAYLOAD_DTYPE,
+    SET_BIT,
+    VERSION,
+    Flag,
+    MsgType,
+)
+
+__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output"]
+
+#: Where a datagram came from or goes: anything hashable that the backend understands ((host, port) for UDP).
+Address = Any
+#: What to send: the bytes (a view that is valid until the next call) and the addresses to send them to.
+Output = tuple[memoryview | bytes | bytearray, list[Address]]
+
+#: Every reason a datagram is dropped; the counters have one entry each.
+DROP_REASONS = (
+    "truncated",  # shorter than the header
+    "bad_version",  # version field is not ours
+    "bad_type",  # unknown message type, or one a switch never receives (RESULT, ...)
+    "bad_reserved",  # reserved field not zero
+    "bad_length",  # datagram length disagrees with count, or count exceeds the job's elements
+    "unknown_job",  # no job with that id is installed
+    "bad_worker",  # worker id outside the job
+    "bad_slot",  # slot index outside the job's range
+    "bad_set",  # set bit disagrees with the low bit of seq
+    "bad_incarnation",  # JOIN with incarnation 0
+    "not_joined",  # a contribution before every worker has joined
+    "stale_epoch",  # a contribution from an earlier epoch of the job
+    "wrong_source",  # a contribution from an address other than the one the worker joined from
+    "stale_seq",  # a contribution to a use of the slot that has been superseded
+    "count_mismatch",  # count differs from the other contributions to the same use
+)
+
+_OFF_FLAGS = 2
+_OFF_WORKER = 6
+_WORKER_ALL = 0xFFFF
+_SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
+_SEQ_NONE = -1
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One job's share of the switch."""
+
+    job_id: int
+    """Job id carried in every packet (0-65535)."""
+    workers: int
+    """Children whose contributions this switch adds for the job (1-32)."""
+    slots: int
+    """Slots the job owns; each worker keeps at most one packet per slot in flight (its window)."""
+    elements: int
+    """Elements per packet (N): 64 is SwitchML's 256-byte payload; up to MAX_ELEMENTS on loopback."""
+    slot_base: int = 0
+    """First switch slot index of the job: the job owns ``[slot_base, slot_base + slots)``."""
+    total_workers: int | None = None
+    """Workers whose values end up in the sum (for the quantization scale); default ``workers``."""
+    addresses: tuple[Address, ...] | None = None
+    """Fixed worker addresses (index = worker id); None learns them from each worker's JOIN."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.job_id <= 0xFFFF:
+            raise ValueError(f"job_id must be 0-65535, got {self.job_id}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1-{MAX_WORKERS}, got {self.workers}")
+        if not 1 <= self.elements <= MAX_ELEMENTS:
+            raise ValueError(f"elements must be 1-{MAX_ELEMENTS}, got {self.elements}")
+        if self.slots < 1 or self.slot_base < 0 or self.slot_base + self.slots > MAX_SLOTS:
+            raise ValueError(
+                f"slots [{self.slot_base}, {self.slot_base + self.slots}) must lie in [0, {MAX_SLOTS})"
+            )
+        total = self.total_workers if self.total_workers is not None else self.workers
+        if total < self.workers:
+            raise ValueError(f"total_workers ({total}) must be >= workers ({self.workers})")
+        if self.addresses is not None and len(self.addresses) != self.workers:
+            raise ValueError(f"{len(self.addresses)} addresses for {self.workers} workers")
+
+
+@dataclass
+class _Job:
+    """Per-job state: membership plus the slot arrays (index = slot - slot_base, set)."""
+
+    cfg: JobConfig
+    addrs: list[Address | None]
+    incarnation: list[int]
+    joined: bool = False
+    epoch: int = 0
+    full: int = 0
+    seq: np.ndarray = field(init=False)
+    bitmap: np.ndarray = field(init=False)
+    nelem: np.ndarray = field(init=False)
+    expmax: np.ndarray = field(init=False)
+    acc: np.ndarray = field(init=False)
+    out: list[list[bytearray]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.cfg
+        self.full = (1 << c.workers) - 1
+        self.seq = np.full((c.slots, 2), _SEQ_NONE, dtype=np.int64)
+        self.bitmap = np.zeros((c.slots, 2), dtype=np.int64)
+        self.nelem = np.zeros((c.slots, 2), dtype=np.int64)
+        self.expmax = np.zeros((c.slots, 2), dtype=np.int64)
+        self.acc = np.zeros((c.slots, 2, c.elements), dtype=np.int32)
+        # One result buffer per slot and set: header + payload in network order, kept for repeats.
+        self.out = [[bytearray(HEADER_SIZE + 4 * c.elements) for _ in range(2)] for _ in range(c.slots)]
+
+    def reset_slots(self) -> None:
+        self.seq.fill(_SEQ_NONE)
+        self.bitmap.fill(0)
+        self.nelem.fill(0)
+        self.expmax.fill(0)
+
+
+class Dataplane:
+    """The aggregation switch's dataplane for any number of jobs with disjoint slot ranges."""
+
+    def __init__(self, jobs: Iterable[JobConfig] = ()) -> None:
+        self._jobs: dict[int, _Job] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.drops: collections.Counter[str] = collections.Counter({r: 0 for r in DROP_REASONS})
+        for cfg in jobs:
+            self.install(cfg)
+
+    # -- configuration -------------------------------------------------------------------------
+    def install(self, cfg: JobConfig) -> None:
+        """Add a job. Raises ValueError if its id is taken or its slots overlap another job's."""
+        if cfg.job_id in self._jobs:
+            raise ValueError(f"job {cfg.job_id} is already installed")
+        lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
+        for other in self._jobs.values():
+            olo, ohi = other.cfg.slot_base, other.cfg.slot_base + other.cfg.slots
+            if lo < ohi and olo < hi:
+                raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.cfg.job_id}'s")
+        addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
+        self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers)
+
+    def remove(self, job_id: int) -> None:
+        """Remove a job; its packets are dropped as unknown_job from now on."""
+        if self._jobs.pop(job_id, None) is None:
+            raise KeyError(f"job {job_id} is not installed")
+
+    @property
+    def jobs(self) -> list[JobConfig]:
+        return [j.cfg for j in self._jobs.values()]
+
+    def stats(self) -> dict[str, object]:
+        """Counters as plain data: packets/bytes in and out, events, and drops by reason."""
+        return {"counters": dict(self.counters), "drops": dict(self.drops)}
+
+    # -- the packet path -----------------------------------------------------------------------
+    def handle(self, data: bytes | bytearray | memoryview, src: Address) -> list[Output]:
+        """Process one datagram from ``src``; return the datagrams to send. Never raises on bad input."""
+        self.counters["packets_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        n = len(data)
+        if n < HEADER_SIZE:
+            return self._drop("truncated")
+        version, mtype, flags, epoch, job_id, worker, slot, count, seq, exp, reserved, _ = HEADER.unpack_from(
+            data
+        )
+        if version != VERSION:
+            return self._drop("bad_version")
+        if reserved:
+            return self._drop("bad_reserved")
+        if n != HEADER_SIZE + 4 * count:
+            return self._drop("bad_length")
+        if mtype not in _SWITCH_TYPES:
+            return self._drop("bad_type")
+        job = self._jobs.get(job_id)
+        if job is None:
+            return self._drop("unknown_job")
+        if worker >= job.cfg.workers:
+            return self._drop("bad_worker")
+        if mtype == MsgType.CONTRIB:
+            return self._contribute(job, data, src, flags, epoch, worker, slot, count, seq, exp)
+        return self._join(job, src, worker, seq)
+
+    def _drop(self, reason: str) -> list[Output]:
+        self.drops[reason] += 1
+        return []
+
+    def _emit(self, outs: list[Output]) -> list[Output]:
+        for data, dests in outs:
+            self.counters["packets_out"] += len(dests)
+            self.counters["bytes_out"] += len(data) * len(dests)
+        return outs
+
+    def _join(self, job: _Job, src: Address, worker: int, incarnation: int) -> list[Output]:
+        if incarnation == 0:
+            return self._drop("bad_incarnation")
+        self.counters["joins"] += 1
+        cfg = job.cfg
+        if job.incarnation[worker] == incarnation:  # a repeat of a JOIN we have
+            if job.joined:
+                return self._emit([(self._join_ack(job, worker), [src])])
+            return self._emit([(self._pending_join(job, worker, incarnation), [src])])
+        if job.joined:  # a new incarnation after a complete round: a new round begins
+            job.joined = False
+            job.incarnation = [0] * cfg.workers
+            if cfg.addresses is None:
+                job.addrs = [None] * cfg.workers
+        job.incarnation[worker] = incarnation
+        if cfg.addresses is None:
+            job.addrs[worker] = src
+        if not all(job.incarnation):
+            return self._emit([(self._pending_join(job, worker, incarnation), [src])])
+        job.joined = True
+        job.epoch = (job.epoch + 1) & 0xFF
+        job.reset_slots()
+        self.counters["epochs"] += 1
+        return self._emit([(self._join_ack(job, w), [job.addrs[w]]) for w in range(cfg.workers)])
+
+    def _join_ack(self, job: _Job, worker: int) -> bytes:
+        c = job.cfg
+        total = c.total_workers if c.total_workers is not None else c.workers
+        params = np.array([c.slot_base, c.slots, c.elements, c.workers, total], dtype=PAYLOAD_DTYPE)
+        hdr = HEADER.pack(
+            VERSION,
+            MsgType.JOIN_ACK,
+            0,
+            job.epoch,
+            c.job_id,
+            worker,
+            0,
+            5,
+            job.incarnation[worker],
+            0,
+            0,
+            job.full,
+        )
+        return hdr + params.tobytes()
+
+    def _pending_join(self, job: _Job, worker: int, incarnation: int) -> bytes:
+        joined = sum(1 << w for w, inc in enumerate(job.incarnation) if inc)
+        return HEADER.pack(
+            VERSION, MsgType.PENDING, 0, job.epoch, job.cfg.job_id, worker, 0, 0, incarnation, 0, 0, joined
+        )
+
+    def _contribute(
+        self,
+        job: _Job,
+        data: bytes | bytearray | memoryview,
+        src: Address,
+        flags: int,
+        epoch: int,
+        worker: int,
+        slot: int,
+        count: int,
+        seq: int,
+        exp: int,
+    ) -> list[Output]:
+        cfg = job.cfg
+        setbit = 1 if slot & SET_BIT else 0
+        i = (slot & (SET_BIT - 1)) - cfg.slot_base
+        if not 0 <= i < cfg.slots:
+            return self._drop("bad_slot")
+        if count > cfg.elements:
+            return self._drop("bad_length")
+        if (seq & 1) != setbit:
+            return self._drop("bad_set")
+        if not job.joined:
+            return self._drop("not_joined")
+        if epoch != job.epoch:
+            return self._drop("stale_epoch")
+        if src != job.addrs[worker]:
+            return self._drop("wrong_source")
+        if flags & Flag.RETX:
+            self.counters["retransmissions"] += 1
+        cur = int(job.seq[i, setbit])
+        if cur == _SEQ_NONE or 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
+            # A newer use of this set: by the protocol every worker has the result of the use it
+            # replaces (docs/protocol.md, "Slot reuse"), so its state can go.
+            job.seq[i, setbit] = seq
+            job.bitmap[i, setbit] = 0
+            job.nelem[i, setbit] = count
+            job.expmax[i, setbit] = 0
+        elif seq != cur:
+            return self._drop("stale_seq")
+        elif count != job.nelem[i, setbit]:
+            return self._drop("count_mismatch")
+        bit = 1 << worker
+        bitmap = int(job.bitmap[i, setbit])
+        if bitmap & bit:
+            self.counters["repeats"] += 1
+            if bitmap == job.full:
+                self.counters["results_resent"] += 1
+                out = job.out[i][setbit]
+                view = memoryview(out)[: HEADER_SIZE + 4 * count]
+                resend = bytearray(view)
+                resend[_OFF_FLAGS] = Flag.UNICAST
+                struct.pack_into("!H", resend, _OFF_WORKER, worker)
+                return self._emit([(resend, [src])])
+            self.counters["pending_sent"] += 1
+            pend = HEADER.pack(
+                VERSION, MsgType.PENDING, 0, job.epoch, cfg.job_id, worker, slot, 0, seq, 0, 0, bitmap
+            )
+            return self._emit([(pend, [src])])
+        payload = np.frombuffer(data, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)
+        acc = job.acc[i, setbit, :count]
+        if bitmap == 0:
+            acc[...] = payload
+        else:
+            np.add(acc, payload, out=acc)
+        bitmap |= bit
+        job.bitmap[i, setbit] = bitmap
+        job.expmax[i, setbit] = max(job.expmax[i, setbit], exp)
+        self.counters["contributions"] += 1
+        if bitmap != job.full:
+            return []
+        self.counters["completions"] += 1
+        out = job.out[i][setbit]
+        HEADER.pack_into(
+            out,
+            0,
+            VERSION,
+            MsgType.RESULT,
+            0,
+            job.epoch,
+            cfg.job_id,
+            _WORKER_ALL,
+            slot,
+            count,
+            seq,
+            int(job.expmax[i, setbit]),
+            0,
+            bitmap,
+        )
+        np.frombuffer(out, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)[...] = acc
+        return self._emit([(memoryview(out)[: HEADER_SIZE + 4 * count], list(job.addrs))])

@@ -1,0 +1,127 @@
+"""UDP backend: the dataplane behind one UDP socket (loopback, or real machines on a network)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from switch.core import Dataplane
+
+__all__ = ["UdpSwitch", "set_socket_buffers"]
+
+log = logging.getLogger(__name__)
+
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_socket_buffers(sock: socket.socket, rcvbuf: int, sndbuf: int) -> None:
+    """Ask for large kernel buffers: past ``net.core.rmem_max`` where we may (root), else up to it.
+
+    Every worker keeps up to ``slots`` packets in flight, so the switch's receive buffer must hold
+    ``workers * slots * datagram`` bytes or the kernel drops (docs/protocol.md, "Sizing").
+    """
+    for force, plain, size in (
+        (_SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+        (_SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+class UdpSwitch:
+    """Serve a :class:`Dataplane` on ``host:port`` until :meth:`stop` (or SIGINT/SIGTERM in the CLI)."""
+
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        rcvbuf: int = 64 << 20,
+        sndbuf: int = 16 << 20,
+        stats_file: Path | None = None,
+        stats_interval: float = 0.0,
+    ) -> None:
+        self.dataplane = dataplane
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        set_socket_buffers(self.sock, rcvbuf, sndbuf)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.2)  # how often the loop looks at the stop flag and the stats timer
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.stats_file = stats_file
+        self.stats_interval = stats_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        """Receive, aggregate and send until stopped. Writes the stats file on the way out."""
+        buf = bytearray(1 << 16)
+        view = memoryview(buf)
+        recv = self.sock.recvfrom_into
+        send = self.sock.sendto
+        handle = self.dataplane.handle
+        next_stats = time.monotonic() + self.stats_interval if self.stats_interval > 0 else float("inf")
+        log.info("netagg switch serving on %s:%d", *self.address)
+        try:
+            while not self._stop.is_set():
+                try:
+                    n, src = recv(buf)
+                except TimeoutError:
+                    n = -1
+                except OSError as exc:  # e.g. ICMP port unreachable surfacing on Linux: not fatal
+                    log.debug("recv error %s", exc)
+                    n = -1
+                if n >= 0:
+                    for data, dests in handle(view[:n], src):
+                        for dest in dests:
+                            try:
+                                send(data, dest)
+                            except OSError as exc:
+                                self.dataplane.counters["send_errors"] += 1
+                                log.debug("send to %s failed: %s", dest, exc)
+                if time.monotonic() >= next_stats:
+                    self.write_stats()
+                    next_stats = time.monotonic() + self.stats_interval
+        finally:
+            self.write_stats()
+            self.sock.close()
+            log.info("netagg switch stopped: %s", json.dumps(self.dataplane.stats()))
+
+    def write_stats(self) -> None:
+        """Write the counters as JSON to the stats file (atomically), if there is one."""
+        if self.stats_file is None:
+            return
+        tmp = self.stats_file.with_name(self.stats_file.name + ".tmp")
+        tmp.write_text(
+            json.dumps(
+                {"address": list(self.address), "pid": os.getpid(), **self.dataplane.stats()}, indent=1
+            )
+        )
+        tmp.replace(self.stats_file)
+
+    def start(self) -> UdpSwitch:
+        """Serve on a background thread (for tests and embedding); returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="netagg-switch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the loop to end and wait for it (if it runs on our thread)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> UdpSwitch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,296 @@
+"""The switch dataplane rules (docs/protocol.md, "Switch rules"), without sockets."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netagg.protocol import HEADER, MsgType, decode
+from switch.core import DROP_REASONS, Dataplane, JobConfig
+
+JOB = 7
+
+
+def join(dp: Dataplane, worker: int, incarnation: int = 0, addr: str | None = None):
+    inc = incarnation or worker + 100
+    pkt = HEADER.pack(1, MsgType.JOIN, 0, 0, JOB, worker, 0, 0, inc, 0, 0, 0)
+    return dp.handle(pkt, addr or f"w{worker}")
+
+
+def contrib(
+    worker: int, slot: int, seq: int, values, epoch: int = 1, exp: int = 0, flags: int = 0, job: int = JOB
+) -> bytes:
+    values = np.asarray(values, dtype=">i4")
+    slot_field = slot | (0x8000 if seq & 1 else 0)
+    return (
+        HEADER.pack(1, MsgType.CONTRIB, flags, epoch, job, worker, slot_field, values.size, seq, exp, 0, 0)
+        + values.tobytes()
+    )
+
+
+def joined(workers: int = 3, slots: int = 4, elements: int = 4) -> Dataplane:
+    dp = Dataplane([JobConfig(JOB, workers, slots, elements)])
+    for w in range(workers):
+        out = join(dp, w)
+    assert len(out) == workers  # the last JOIN completes the round: an ACK to everyone
+    return dp
+
+
+def decoded(outs):
+    return [(decode(bytes(data)), dests) for data, dests in outs]
+
+
+def check_accounting(dp: Dataplane) -> None:
+    c = dp.counters
+    assert c["packets_in"] == sum(dp.drops.values()) + c["joins"] + c["contributions"] + c["repeats"]
+
+
+def test_join_barrier_acks_everyone_with_the_job_parameters() -> None:
+    dp = Dataplane([JobConfig(JOB, 2, slots=8, elements=16, slot_base=100, total_workers=6)])
+    [(pending, dests)] = join(dp, 0)
+    ((h, _),) = [decode(bytes(pending))]
+    assert h.type == MsgType.PENDING and h.bitmap == 0b01 and dests == ["w0"]
+    acks = decoded(join(dp, 1))
+    assert sorted(d[0] for _, d in acks) == ["w0", "w1"]
+    for (h, params), _ in acks:
+        assert h.type == MsgType.JOIN_ACK and h.epoch == 1
+        assert params.tolist() == [100, 8, 16, 2, 6]
+    # A repeated JOIN of a complete round gets the ACK again, unicast.
+    [((h, _), dests)] = decoded(join(dp, 1))
+    assert h.type == MsgType.JOIN_ACK and dests == ["w1"]
+    check_accounting(dp)
+
+
+def test_sum_goes_to_every_worker_and_repeats_are_idempotent() -> None:
+    dp = joined(3)
+    assert dp.handle(contrib(0, 2, 0, [1, 2, 3, 4], exp=1030), "w0") == []
+    assert dp.handle(contrib(1, 2, 0, [10, 20, 30, 40], exp=1040), "w1") == []
+    # A repeat before completion does not add again; it is answered with who is in so far.
+    [((h, _), dests)] = decoded(dp.handle(contrib(1, 2, 0, [10, 20, 30, 40], flags=1), "w1"))
+    assert h.type == MsgType.PENDING and h.bitmap == 0b011 and dests == ["w1"]
+    [((h, payload), dests)] = decoded(dp.handle(contrib(2, 2, 0, [100, 200, 300, 400], exp=1035), "w2"))
+    assert h.type == MsgType.RESULT and h.exp == 1040 and h.seq == 0 and h.slot == 2
+    assert payload.tolist() == [111, 222, 333, 444]
+    assert dests == ["w0", "w1", "w2"]
+    # A repeat after completion gets the same result again, to that worker only.
+    [((h, payload), dests)] = decoded(dp.handle(contrib(0, 2, 0, [1, 2, 3, 4], flags=1), "w0"))
+    assert (
+        h.type == MsgType.RESULT
+        and h.flags & 2
+        and h.worker == 0
+        and payload.tolist() == [111, 222, 333, 444]
+    )
+    assert dests == ["w0"]
+    assert dp.counters["completions"] == 1 and dp.counters["repeats"] == 2
+    check_accounting(dp)
+
+
+def test_two_sets_and_slot_reuse() -> None:
+    dp = joined(2)
+    for w in range(2):
+        out = dp.handle(contrib(w, 0, 0, [w + 1] * 4), f"w{w}")
+    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    # Use 1 (set 1) and use 2 (set 0 again) of slot 0.
+    for w in range(2):
+        out = dp.handle(contrib(w, 0, 1, [5] * 4), f"w{w}")
+    assert decode(bytes(out[0][0]))[0].set == 1
+    # A late repeat of use 0 still gets use 0's result: the shadow copy keeps it until use 2 starts.
+    [((h, payload), _)] = decoded(dp.handle(contrib(0, 0, 0, [1] * 4, flags=1), "w0"))
+    assert h.seq == 0 and payload.tolist() == [3] * 4
+    dp.handle(contrib(0, 0, 2, [7] * 4), "w0")
+    # Now use 0 is superseded: a stale duplicate of it is dropped and changes nothing.
+    assert dp.handle(contrib(1, 0, 0, [1] * 4), "w1") == []
+    assert dp.drops["stale_seq"] == 1
+    [((h, payload), _)] = decoded(dp.handle(contrib(1, 0, 2, [1] * 4), "w1"))
+    assert h.seq == 2 and payload.tolist() == [8] * 4
+    check_accounting(dp)
+
+
+@pytest.mark.parametrize(
+    ("packet", "src", "reason"),
+    [
+        (contrib(0, 0, 0, [1])[:10], "w0", "truncated"),
+        (b"\x09" + contrib(0, 0, 0, [1])[1:], "w0", "bad_version"),
+        (contrib(0, 0, 0, [1])[:1] + bytes([MsgType.RESULT]) + contrib(0, 0, 0, [1])[2:], "w0", "bad_type"),
+        (contrib(0, 0, 0, [1])[:18] + b"\x00\x01" + contrib(0, 0, 0, [1])[20:], "w0", "bad_reserved"),
+        (contrib(0, 0, 0, [1])[:-1], "w0", "bad_length"),
+        (contrib(0, 0, 0, [1] * 5), "w0", "bad_length"),  # more than the job's 4 elements
+        (contrib(0, 0, 0, [1], job=99), "w0", "unknown_job"),
+        (contrib(3, 0, 0, [1]), "w0", "bad_worker"),
+        (contrib(0, 4, 0, [1]), "w0", "bad_slot"),
+        (contrib(0, 0, 0, [1])[:8] + b"\x80\x00" + contrib(0, 0, 0, [1])[10:], "w0", "bad_set"),
+        (contrib(0, 0, 0, [1], epoch=9), "w0", "stale_epoch"),
+        (contrib(0, 0, 0, [1]), "evil", "wrong_source"),
+    ],
+)
+def test_malformed_and_foreign_packets_are_counted_and_change_nothing(
+    packet: bytes, src: str, reason: str
+) -> None:
+    dp = joined(3)
+    assert dp.handle(packet, src) == []
+    assert dp.drops[reason] == 1
+    assert sum(dp.drops.values()) == 1
+    # The slot is untouched: a normal use still sums exactly.
+    for w in range(3):
+        out = dp.handle(contrib(w, 0, 0, [w, w, w, w]), f"w{w}")
+    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    check_accounting(dp)
+
+
+def test_count_mismatch_and_not_joined() -> None:
+    dp = Dataplane([JobConfig(JOB, 2, 4, 4)])
+    assert dp.handle(contrib(0, 0, 0, [1]), "w0") == [] and dp.drops["not_joined"] == 1
+    join(dp, 0)
+    join(dp, 1)
+    dp.handle(contrib(0, 0, 0, [1, 1]), "w0")
+    assert dp.handle(contrib(1, 0, 0, [1, 1, 1]), "w1") == []
+    assert dp.drops["count_mismatch"] == 1
+
+
+def test_new_incarnation_starts_a_new_epoch() -> None:
+    dp = joined(2)
+    dp.handle(contrib(0, 0, 0, [1] * 4), "w0")
+    join(dp, 0, incarnation=555, addr="w0-new")
+    assert dp.handle(contrib(1, 0, 0, [1] * 4), "w1") == []  # the round is open again: not joined
+    assert dp.drops["not_joined"] == 1
+    acks = join(dp, 1, incarnation=556)
+    assert {d[0] for _, d in acks} == {"w0-new", "w1"}
+    assert decode(bytes(acks[0][0]))[0].epoch == 2
+    # Epoch 1 packets are stale now; epoch 2 starts from fresh slots.
+    assert dp.handle(contrib(1, 0, 0, [1] * 4, epoch=1), "w1") == [] and dp.drops["stale_epoch"] == 1
+    dp.handle(contrib(0, 0, 0, [2] * 4, epoch=2), "w0-new")
+    out = dp.handle(contrib(1, 0, 0, [3] * 4, epoch=2), "w1")
+    assert decode(bytes(out[0][0]))[1].tolist() == [5] * 4
+
+
+def test_jobs_are_isolated() -> None:
+    dp = Dataplane([JobConfig(1, 2, 4, 4, slot_base=0), JobConfig(2, 2, 4, 4, slot_base=4)])
+    with pytest.raises(ValueError, match="overlap"):
+        dp.install(JobConfig(3, 2, 4, 4, slot_base=6))
+    with pytest.raises(ValueError, match="already installed"):
+        dp.install(JobConfig(1, 2, 4, 4, slot_base=20))
+    for job in (1, 2):
+        for w in range(2):
+            dp.handle(HEADER.pack(1, MsgType.JOIN, 0, 0, job, w, 0, 0, 1 + w, 0, 0, 0), f"j{job}w{w}")
+    # Job 1's worker aims at job 2's slot 4: dropped, job 2's sum unaffected.
+    assert dp.handle(contrib(0, 4, 0, [99] * 4, job=1), "j1w0") == [] and dp.drops["bad_slot"] == 1
+    dp.handle(contrib(0, 4, 0, [1] * 4, job=2), "j2w0")
+    out = dp.handle(contrib(1, 4, 0, [2] * 4, job=2), "j2w1")
+    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    dp.remove(2)
+    assert dp.handle(contrib(0, 4, 1, [1] * 4, job=2), "j2w0") == [] and dp.drops["unknown_job"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(workers=0),
+        dict(workers=33),
+        dict(elements=0),
+        dict(elements=20000),
+        dict(slots=0),
+        dict(slot_base=32767, slots=2),
+        dict(total_workers=1),
+    ],
+)
+def test_job_config_validation(kwargs) -> None:
+    base = dict(job_id=1, workers=2, slots=4, elements=8)
+    with pytest.raises(ValueError):
+        JobConfig(**{**base, **kwargs})
+
+
+def test_every_drop_reason_is_a_counter() -> None:
+    assert set(Dataplane().drops) == set(DROP_REASONS)
+
+
+# -- the protocol under loss, duplication and reordering, with model workers ----------------------------
+
+
+class ModelWorker:
+    """The worker rules of docs/protocol.md for int32 data, with no timers: it resends when asked."""
+
+    def __init__(self, wid: int, data: np.ndarray, slots: int, elements: int) -> None:
+        self.wid, self.data, self.slots, self.n = wid, data, slots, elements
+        self.chunks = [data[i : i + elements] for i in range(0, data.size, elements)]
+        self.window = min(slots, len(self.chunks))
+        self.pos = [0] * self.window  # use k of slot j carries chunk j + k * window
+        self.out: dict[int, list[int]] = {}
+
+    def packet(self, j: int) -> bytes | None:
+        c = j + self.pos[j] * self.window
+        if c >= len(self.chunks):
+            return None
+        return contrib(self.wid, j, self.pos[j], self.chunks[c])
+
+    def receive(self, data: bytes) -> bytes | None:
+        h, payload = decode(data)
+        j = h.slot
+        if h.type != MsgType.RESULT or j >= self.window or h.seq != self.pos[j]:
+            return None  # stale or duplicate
+        self.out[j + self.pos[j] * self.window] = payload.tolist()
+        self.pos[j] += 1
+        return self.packet(j)
+
+    def done(self) -> bool:
+        return len(self.out) == len(self.chunks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    workers=st.integers(1, 5),
+    size=st.integers(1, 40),
+    slots=st.integers(1, 4),
+    loss=st.sampled_from([0.0, 0.05, 0.3]),
+    dup=st.sampled_from([0.0, 0.01, 0.2]),
+)
+def test_protocol_is_exact_under_loss_duplication_and_reordering(
+    seed, workers, size, slots, loss, dup
+) -> None:
+    rng = random.Random(seed)
+    elements = 3
+    dp = Dataplane([JobConfig(JOB, workers, slots, elements)])
+    for w in range(workers):
+        join(dp, w)
+    data = [
+        np.array([rng.randrange(-(2**28), 2**28) for _ in range(size)], dtype=np.int32)
+        for _ in range(workers)
+    ]
+    ws = [ModelWorker(w, data[w], slots, elements) for w in range(workers)]
+    inflight: list[tuple[str, int, bytes]] = []  # (direction, worker, datagram), delivered in random order
+
+    def put(direction: str, w: int, datagram: bytes | None) -> None:
+        if datagram is None or rng.random() < loss:
+            return
+        inflight.append((direction, w, datagram))
+        if rng.random() < dup:
+            inflight.append((direction, w, datagram))
+
+    for mw in ws:
+        for j in range(mw.window):
+            put("up", mw.wid, mw.packet(j))
+    steps = 0
+    while not all(mw.done() for mw in ws):
+        steps += 1
+        assert steps < 200_000, "no progress"
+        if not inflight:  # every timer fires: each worker resends what it has outstanding
+            for mw in ws:
+                for j in range(mw.window):
+                    put("up", mw.wid, mw.packet(j))
+            continue
+        direction, wid, datagram = inflight.pop(rng.randrange(len(inflight)))
+        if direction == "up":
+            for out, dests in dp.handle(datagram, f"w{wid}"):
+                for dest in dests:
+                    put("down", int(str(dest)[1:]), bytes(out))
+        else:
+            put("up", wid, ws[wid].receive(datagram))
+    expected = np.sum(data, axis=0)
+    for mw in ws:
+        got = np.concatenate([mw.out[c] for c in range(len(mw.chunks))])
+        np.testing.assert_array_equal(got, expected)
+    check_accounting(dp)
