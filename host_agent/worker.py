@@ -210,7 +210,7 @@ class Worker:
                 raise NetAggTimeout(
                     f"job {self.job}: workers {missing} did not join within {self.join_timeout:g}s"
                 )
-            wait = min(wait * 2, 0.5)
+            wait = min(wait * 2, 0.25)  # well inside the switch's join_refresh (2 s)
 
     def _configure(
         self,

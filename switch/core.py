@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,7 @@ class _Job:
     cfg: JobConfig
     addrs: list[Address | None]
     incarnation: list[int]
+    join_time: list[float]
     joined: bool = False
     epoch: int = 0
     full: int = 0
@@ -136,8 +138,13 @@ class _Job:
 class Dataplane:
     """The aggregation switch's dataplane for any number of jobs with disjoint slot ranges."""
 
-    def __init__(self, jobs: Iterable[JobConfig] = ()) -> None:
+    def __init__(self, jobs: Iterable[JobConfig] = (), *, join_refresh: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``join_refresh``: a worker counts towards a JOIN round only if it has (re)sent its JOIN within
+        this many seconds, so members that died or were forged age out; ``clock`` is for tests."""
         self._jobs: dict[int, _Job] = {}
+        self.join_refresh = join_refresh
+        self._clock = clock
         self.counters: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter({r: 0 for r in DROP_REASONS})
         for cfg in jobs:
@@ -154,7 +161,7 @@ class Dataplane:
             if lo < ohi and olo < hi:
                 raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.cfg.job_id}'s")
         addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
-        self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers)
+        self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
 
     def remove(self, job_id: int) -> None:
         """Remove a job; its packets are dropped as unknown_job from now on."""
@@ -210,9 +217,13 @@ class Dataplane:
     def _join(self, job: _Job, src: Address, worker: int, incarnation: int) -> list[Output]:
         if incarnation == 0:
             return self._drop("bad_incarnation")
-        self.counters["joins"] += 1
         cfg = job.cfg
+        if cfg.addresses is not None and src != cfg.addresses[worker]:
+            return self._drop("wrong_source")
+        self.counters["joins"] += 1
+        now = self._clock()
         if job.incarnation[worker] == incarnation:  # a repeat of a JOIN we have
+            job.join_time[worker] = now
             if job.joined:
                 return self._emit([(self._join_ack(job, worker), [src])])
             return self._emit([(self._pending_join(job, worker, incarnation), [src])])
@@ -222,8 +233,13 @@ class Dataplane:
             if cfg.addresses is None:
                 job.addrs = [None] * cfg.workers
         job.incarnation[worker] = incarnation
+        job.join_time[worker] = now
         if cfg.addresses is None:
             job.addrs[worker] = src
+        for w in range(cfg.workers):  # members that stopped refreshing their JOIN are gone
+            if job.incarnation[w] and now - job.join_time[w] > self.join_refresh:
+                job.incarnation[w] = 0
+                self.counters["join_expired"] += 1
         if not all(job.incarnation):
             return self._emit([(self._pending_join(job, worker, incarnation), [src])])
         job.joined = True

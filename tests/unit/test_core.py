@@ -294,3 +294,22 @@ def test_protocol_is_exact_under_loss_duplication_and_reordering(
         got = np.concatenate([mw.out[c] for c in range(len(mw.chunks))])
         np.testing.assert_array_equal(got, expected)
     check_accounting(dp)
+
+
+def test_join_members_that_stop_refreshing_expire() -> None:
+    now = [0.0]
+    dp = Dataplane([JobConfig(JOB, 2, 4, 4)], join_refresh=2.0, clock=lambda: now[0])
+    join(dp, 1, incarnation=5, addr="forged")  # someone joins as worker 1 and never comes back
+    now[0] = 3.0
+    [((h, _), _)] = decoded(join(dp, 0))
+    assert h.type == MsgType.PENDING and h.bitmap == 0b01  # the stale member was dropped, not counted
+    acks = join(dp, 1, incarnation=6, addr="w1")
+    assert {d[0] for _, d in acks} == {"w0", "w1"}
+    assert dp.counters["join_expired"] == 1
+
+
+def test_fixed_addresses_reject_joins_from_elsewhere() -> None:
+    dp = Dataplane([JobConfig(JOB, 2, 4, 4, addresses=("w0", "w1"))])
+    assert join(dp, 0, addr="evil") == [] and dp.drops["wrong_source"] == 1
+    join(dp, 0)
+    assert len(join(dp, 1)) == 2

@@ -1,0 +1,51 @@
+"""4 worker processes and a switch process on loopback: exact int32, float32 within the bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from netagg.launch import run_workers
+from tests.integration import workers as wk
+
+W = 4
+SHAPES = [(1,), (7,), (3, 5, 7), (16370,), (16371,), (2, 3, 4, 5, 6), (123_457,), (1000, 1001)]
+
+
+def test_sizes_and_odd_shapes(switch_factory) -> None:
+    sw = switch_factory(W)
+    cases = [(shape, dtype) for shape in SHAPES for dtype in ("int32", "float32")]
+    out = run_workers(wk.sweep, W, sw.address, W, cases, timeout=300)
+    for rank in out:
+        bad = [r for r in rank["results"] if not r["ok"]]
+        assert not bad, bad
+    stats = sw.stop()
+    assert stats and stats["counters"]["completions"] > 0
+    assert not any(stats["drops"].values()), stats["drops"]
+
+
+def test_64_mib(switch_factory) -> None:
+    sw = switch_factory(W)
+    cases = [((16 << 20,), "int32"), ((16 << 20,), "float32")]  # 64 MiB each
+    out = run_workers(wk.sweep, W, sw.address, W, cases, timeout=300)
+    assert all(r["ok"] for rank in out for r in rank["results"]), out
+
+
+def test_small_packets_switchml_size(switch_factory) -> None:
+    sw = switch_factory(W, elements=64, slots=128)
+    cases = [((1,), "int32"), ((64,), "float32"), ((65,), "int32"), ((100_000,), "float32"), ((100_000,), "int32")]
+    out = run_workers(wk.sweep, W, sw.address, W, cases, timeout=300)
+    assert all(r["ok"] for rank in out for r in rank["results"]), out
+
+
+def test_torch_tensors(switch_factory) -> None:
+    pytest.importorskip("torch")
+    sw = switch_factory(2)
+    assert run_workers(wk.torch_inputs, 2, sw.address, 2, timeout=120) == [[True] * 4] * 2
+
+
+def test_nonfinite_input_raises_at_every_worker(switch_factory) -> None:
+    sw = switch_factory(2, elements=256)
+    out = run_workers(wk.nonfinite, 2, sw.address, 2, timeout=60)
+    for msg in out:
+        assert msg.startswith("NonFiniteError: inf or NaN") and "[512, 768)" in msg, msg
+        assert msg.endswith("then [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]"), msg
