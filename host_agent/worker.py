@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import secrets
+import select
 import socket
 import time
 from typing import Any, Literal
@@ -19,6 +21,7 @@ import numpy as np
 
 from host_agent.quantize import block_exponents, dequantize, quantize
 from netagg.protocol import (
+    EXP_BIAS,
     EXP_NONE,
     EXP_NONFINITE,
     HEADER,
@@ -37,7 +40,7 @@ __all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "Worker", "parse_ad
 log = logging.getLogger(__name__)
 
 _OFF_FLAGS = 2
-_BOOT = -1  # the chunk index of a slot's bootstrap use (no data; only an exponent proposal)
+_ACK_WORDS = 7  # JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port
 
 
 class NetAggError(RuntimeError):
@@ -84,7 +87,7 @@ class Worker:
         timeout: seconds without any progress before :class:`NetAggTimeout` is raised.
         join_timeout: seconds to wait for every worker to join.
         min_rto, max_rto: bounds of the retransmission timeout, which adapts to the measured
-            round-trip time (2 x smoothed RTT + 4 x its deviation, as TCP does). Lower ``min_rto``
+            round-trip time (smoothed RTT + 4 x its deviation, as TCP does). Lower ``min_rto``
             recovers loss faster; too low retransmits packets that were only slow.
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteError` at every worker when any
             worker's input had inf/NaN; ``"nan"`` returns NaN for the affected blocks instead.
@@ -102,7 +105,7 @@ class Worker:
         elements: int | None = None,
         timeout: float = 10.0,
         join_timeout: float = 60.0,
-        min_rto: float = 0.005,
+        min_rto: float = 0.02,
         max_rto: float = 0.5,
         nonfinite: Literal["raise", "nan"] = "raise",
         bind: str | None = None,
@@ -135,6 +138,10 @@ class Worker:
             self._sock.bind(parse_address(bind))
         self._sock.connect(self.switch)
         self._buf = bytearray(1 << 16)
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN)
+        self._mcast: socket.socket | None = None
+        self._rcvbuf = rcvbuf
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"netagg-w{rank}")
         try:
             self._join(elements)
@@ -143,27 +150,48 @@ class Worker:
             raise
 
     # -- public API ----------------------------------------------------------------------------
-    def allreduce(self, x: Any) -> Any:
+    def allreduce(self, x: Any, out: Any = None) -> Any:
         """Elementwise sum of ``x`` over every worker of the job; same type, dtype and shape as ``x``.
 
         ``x`` is a numpy array or torch tensor of float32 (quantized, error within the bound of
         docs/protocol.md), int32 (exact; wraps on overflow like any int32 sum), or float16, bfloat16
         or float64 (carried as float32). Every worker must call with the same size and dtype, in the
         same order.
-        """
-        return self.allreduce_async(x).result()
 
-    def allreduce_async(self, x: Any) -> concurrent.futures.Future[Any]:
+        ``out`` (same shape and kind as ``x``; ``out=x`` is allowed) receives the result and is
+        returned, as torch.distributed's in-place all_reduce does; without it a new array is made.
+        """
+        return self.allreduce_async(x, out).result()
+
+    def allreduce_async(self, x: Any, out: Any = None) -> concurrent.futures.Future[Any]:
         """Start an allreduce; calls run one after another, in the order they were made."""
         if self._broken:
             raise NetAggError(self._broken)
         arr, restore = _as_numpy(x)
-        return self._executor.submit(lambda: restore(self._allreduce(arr)))
+        target, finish = _output(out, x, arr)
+        return self._executor.submit(lambda: finish(restore, self._allreduce(arr, target)))
 
     def close(self) -> None:
-        """Finish queued allreduces and release the socket."""
+        """Finish queued allreduces and release the sockets."""
         self._executor.shutdown(wait=True)
         self._sock.close()
+        if self._mcast is not None:
+            self._mcast.close()
+
+    def _join_group(self, group: str, port: int) -> socket.socket:
+        """A second socket that receives the switch's results sent to the job's multicast group."""
+        local = self._sock.getsockname()[0]
+        m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        m.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # every worker of the host binds it
+        set_socket_buffers(m, self._rcvbuf, 1 << 16)
+        m.bind((group, port))
+        m.setsockopt(
+            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(local)
+        )
+        m.setblocking(False)
+        self._poll.register(m, select.POLLIN)
+        log.debug("worker %d receives results on group %s:%d via %s", self.rank, group, port, local)
+        return m
 
     def __enter__(self) -> Worker:
         return self
@@ -173,8 +201,8 @@ class Worker:
 
     @property
     def rto(self) -> float:
-        if self._srtt is None:
-            return max(self.min_rto, 0.05)
+        if self._srtt is None:  # no sample yet: start high, as TCP does, so a slow start is no storm
+            return max(self.min_rto, min(self.max_rto, 0.2))
         return min(self.max_rto, max(self.min_rto, self._srtt + 4 * self._rttvar))
 
     # -- join ----------------------------------------------------------------------------------
@@ -196,9 +224,9 @@ class Worker:
                 heard = True
                 if mtype == MsgType.PENDING:
                     joined_bitmap = bitmap
-                elif mtype == MsgType.JOIN_ACK and count == 5 and n == HEADER_SIZE + 20:
-                    params = np.frombuffer(self._buf, PAYLOAD_DTYPE, 5, HEADER_SIZE).astype(int)
-                    self._configure(epoch, *(int(p) for p in params), expected_elements=elements)
+                elif mtype == MsgType.JOIN_ACK and count == _ACK_WORDS and n == HEADER_SIZE + 4 * _ACK_WORDS:
+                    params = np.frombuffer(self._buf, ">u4", _ACK_WORDS, HEADER_SIZE).tolist()
+                    self._configure(epoch, *params, expected_elements=elements)
                     return
             if time.monotonic() >= deadline:
                 if not heard:
@@ -220,6 +248,8 @@ class Worker:
         elements: int,
         fanin: int,
         total: int,
+        group: int,
+        group_port: int,
         *,
         expected_elements: int | None,
     ) -> None:
@@ -238,6 +268,9 @@ class Worker:
         self.bits = scale_bits(total)
         self._seq = np.zeros(slots, dtype=np.int64)  # the next use number of each slot, this epoch
         self._payload = np.zeros((slots, elements), dtype=PAYLOAD_DTYPE)  # last payload sent per slot
+        self._tmp = np.empty(elements, dtype=np.float32)
+        if group and self._mcast is None:
+            self._mcast = self._join_group(socket.inet_ntoa(group.to_bytes(4, "big")), group_port)
         log.debug(
             "worker %d joined job %d: epoch %d, slots [%d, %d), %d elements/packet",
             self.rank,
@@ -249,104 +282,150 @@ class Worker:
         )
 
     # -- the allreduce engine ------------------------------------------------------------------
-    def _allreduce(self, flat: np.ndarray) -> np.ndarray:
+    def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         try:
-            return self._run(flat)
+            return self._run(flat, np.empty_like(flat) if out is None else out)
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
 
-    def _run(self, flat: np.ndarray) -> np.ndarray:
-        """One allreduce: every slot of the window runs its uses; see docs/protocol.md."""
+    def _run(self, flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """One allreduce: every slot of the window runs its uses; see docs/protocol.md.
+
+        This is the hot loop: per-slot state lives in plain lists and each chunk costs a few numpy
+        calls on one row, a sendmsg and a recv_into.
+        """
         is_float = flat.dtype == np.float32
         total = flat.size
-        out = np.empty(total, dtype=flat.dtype)
         if total == 0:
             return out
+        self._sock.setblocking(False)
         n = self.elements
         nchunks = -(-total // n)
         nfull = total // n
         window = min(self.slots, nchunks)
         boot = 1 if is_float else 0  # a float allreduce starts each slot with an exponent-only use
-        nuses = (nchunks - np.arange(window) + window - 1) // window + boot
+        nuses = [(nchunks - j + window - 1) // window + boot for j in range(window)]
+        exps: list[int] = []
+        agreed = np.zeros(nchunks if is_float else 0, dtype=np.uint16)
         if is_float:
-            exps = np.empty(nchunks, dtype=np.uint16)
+            e = np.empty(nchunks, dtype=np.uint16)
             if nfull:
-                exps[:nfull] = block_exponents(flat[: nfull * n].reshape(nfull, n))
+                e[:nfull] = block_exponents(flat[: nfull * n].reshape(nfull, n))
             if nfull < nchunks:
-                exps[nfull] = block_exponents(flat[nfull * n :].reshape(1, -1))[0]
-            agreed = np.zeros(nchunks, dtype=np.uint16)
-        else:
-            exps = agreed = np.zeros(0, dtype=np.uint16)
-        base_seq = self._seq[:window].copy()
-        pos = np.zeros(window, dtype=np.int64)
-        deadline = np.full(window, np.inf)
-        sent_at = np.zeros(window)
-        tries = np.zeros(window, dtype=np.int64)
+                e[nfull] = block_exponents(flat[nfull * n :].reshape(1, -1))[0]
+            exps = e.tolist()
+        base_seq = [int(s) for s in self._seq[:window]]
+        pos = [0] * window
+        deadline = [math.inf] * window
+        sent_at = [0.0] * window
+        tries = [0] * window
         pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
         headers: list[bytearray] = [bytearray()] * window
         payload = self._payload
+        tmp = self._tmp
         bits, epoch, job, wid, slot_base = self.bits, self.epoch, self.job, self.worker_id, self.slot_base
         buf = self._buf
         stats = self.stats
-
-        def chunk_of(j: int, k: int) -> int:
-            return _BOOT if k < boot else j + (k - boot) * window
-
-        def count_of(c: int) -> int:
-            return 0 if c == _BOOT else min(n, total - c * n)
+        sock_sendmsg = self._sock.sendmsg
+        recv_into = self._sock.recv_into
+        mcast_recv_into = self._mcast.recv_into if self._mcast is not None else None
+        unpack = HEADER.unpack_from
+        pack = HEADER.pack
+        contrib, result_type, pending_type = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
+        rto = self.rto
 
         def send(j: int, now: float) -> None:
-            k = int(pos[j])
-            c = chunk_of(j, k)
-            cnt = count_of(c)
-            if cnt:
-                row = flat[c * n : c * n + cnt]
+            k = pos[j]
+            c = -1 if k < boot else j + (k - boot) * window
+            cnt = 0
+            if c >= 0:
+                lo = c * n
+                cnt = n if c < nfull else total - lo
+                dst = payload[j, :cnt]
                 if is_float:
-                    quantize(row.reshape(1, -1), agreed[c : c + 1], bits, out=payload[j, :cnt].reshape(1, -1))
+                    _quantize_row(flat[lo : lo + cnt], int(agreed[c]), bits, tmp[:cnt], dst)
                 else:
-                    payload[j, :cnt] = row
-            proposal = int(exps[chunk_of(j, k + 1)]) if is_float and k + 1 < nuses[j] else EXP_NONE
-            seq = int(base_seq[j] + k) & 0xFFFFFFFF
-            slot = (slot_base + j) | (SET_BIT if seq & 1 else 0)
+                    dst[...] = flat[lo : lo + cnt]
+            proposal = exps[j + (k + 1 - boot) * window] if is_float and k + 1 < nuses[j] else EXP_NONE
+            seq = (base_seq[j] + k) & 0xFFFFFFFF
             hdr = bytearray(
-                HEADER.pack(VERSION, MsgType.CONTRIB, 0, epoch, job, wid, slot, cnt, seq, proposal, 0, 0)
+                pack(
+                    VERSION,
+                    contrib,
+                    0,
+                    epoch,
+                    job,
+                    wid,
+                    (slot_base + j) | ((seq & 1) << 15),
+                    cnt,
+                    seq,
+                    proposal,
+                    0,
+                    0,
+                )
             )
             headers[j] = hdr
-            self._send(hdr, payload[j, :cnt])
+            try:
+                stats.bytes_sent += sock_sendmsg((hdr, payload[j, :cnt]))  # type: ignore[arg-type]
+                stats.sent += 1
+            except (ConnectionRefusedError, BlockingIOError):
+                pass  # the switch is not there, or the buffer is full: the timer resends
             sent_at[j] = now
             tries[j] = 0
-            deadline[j] = now + self.rto
+            deadline[j] = now + rto
 
         def retransmit(j: int, now: float) -> None:
             hdr = headers[j]
             hdr[_OFF_FLAGS] = Flag.RETX
-            cnt = count_of(chunk_of(j, int(pos[j])))
+            cnt = int.from_bytes(hdr[10:12], "big")
             self._send(hdr, payload[j, :cnt])
             stats.retransmissions += 1
             tries[j] += 1
-            deadline[j] = now + min(self.max_rto, self.rto * 2.0 ** int(tries[j]))
+            deadline[j] = now + min(self.max_rto, rto * 2.0 ** tries[j])
 
         now = time.monotonic()
         for j in range(window):
             send(j, now)
         remaining = window
         last_progress = now
+        since_timer_check = 0
         while remaining:
-            n_recv = self._recv(min(float(deadline.min()), last_progress + self.timeout))
-            now = time.monotonic()
-            if n_recv is None:
-                if now - last_progress >= self.timeout:
-                    raise self._stalled(pos, nuses, base_seq, pending, chunk_of, total, nchunks)
-                for late in np.flatnonzero(deadline <= now):
-                    retransmit(int(late), now)
-                continue
+            n_recv = -1
+            if mcast_recv_into is not None:  # results arrive here; the rest (PENDING, resends) below
+                try:  # noqa: SIM105 (contextlib.suppress costs more in this loop)
+                    n_recv = mcast_recv_into(buf)
+                except BlockingIOError:
+                    pass
+            if n_recv < 0:
+                try:
+                    n_recv = recv_into(buf)
+                except BlockingIOError:
+                    n_recv = -1
+                except ConnectionRefusedError:
+                    n_recv = -2
+            since_timer_check += 1
+            if n_recv < 0 or since_timer_check >= 32:  # idle, or busy for a while: look at the timers
+                since_timer_check = 0
+                now = time.monotonic()
+                first = min(deadline)
+                if now >= first:
+                    for late in range(window):
+                        if deadline[late] <= now:
+                            retransmit(late, now)
+                elif n_recv < 0:
+                    limit = last_progress + self.timeout
+                    if now >= limit:
+                        raise self._stalled(pos, nuses, pending, window, boot, total, nchunks)
+                    self._wait_readable(min(first, limit) - now)
+                if n_recv < 0:
+                    continue
+            stats.received += 1
+            stats.bytes_received += n_recv
             if n_recv < HEADER_SIZE:
                 stats.stale += 1
                 continue
-            version, mtype, _, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = (
-                HEADER.unpack_from(buf)
-            )
+            version, mtype, _, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = unpack(buf)
             j = (r_slot & (SET_BIT - 1)) - slot_base
             if (
                 version != VERSION
@@ -354,38 +433,42 @@ class Worker:
                 or r_epoch != epoch
                 or not 0 <= j < window
                 or pos[j] >= nuses[j]
-                or r_seq != (int(base_seq[j] + pos[j]) & 0xFFFFFFFF)
+                or r_seq != (base_seq[j] + pos[j]) & 0xFFFFFFFF
             ):
                 stats.stale += 1
                 continue
-            if mtype == MsgType.PENDING:
+            if mtype == pending_type:
                 pending[j] = r_bitmap
                 continue
-            c = chunk_of(j, int(pos[j]))
-            cnt = count_of(c)
-            if mtype != MsgType.RESULT or r_count != cnt or n_recv != HEADER_SIZE + 4 * cnt:
+            k = pos[j]
+            c = -1 if k < boot else j + (k - boot) * window
+            cnt = 0 if c < 0 else (n if c < nfull else total - c * n)
+            if mtype != result_type or r_count != cnt or n_recv != HEADER_SIZE + 4 * cnt:
                 stats.stale += 1
                 continue
             if cnt:
                 got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
                 dst = out[c * n : c * n + cnt]
                 if is_float:
-                    dequantize(got.reshape(1, -1), agreed[c : c + 1], bits, out=dst.reshape(1, -1))
+                    _dequantize_row(got, int(agreed[c]), bits, dst)
                 else:
                     dst[...] = got
-            if is_float and pos[j] + 1 < nuses[j]:
-                agreed[chunk_of(j, int(pos[j]) + 1)] = r_exp
+            if is_float and k + 1 < nuses[j]:
+                agreed[j + (k + 1 - boot) * window] = r_exp
+            now = time.monotonic()
             if tries[j] == 0:  # Karn: only unambiguous samples
                 self._rtt_sample(now - sent_at[j])
-            pending.pop(j, None)
-            pos[j] += 1
+            if pending:
+                pending.pop(j, None)
+            pos[j] = k + 1
             last_progress = now
-            if pos[j] < nuses[j]:
+            if k + 1 < nuses[j]:
                 send(j, now)
             else:
-                deadline[j] = np.inf
+                deadline[j] = math.inf
                 remaining -= 1
-        self._seq[:window] += nuses
+        for j in range(window):
+            self._seq[j] += nuses[j]
         if is_float and self.nonfinite == "raise" and (bad := np.flatnonzero(agreed == EXP_NONFINITE)).size:
             spans = ", ".join(f"[{c * n}, {min(total, (c + 1) * n)})" for c in bad[:5])
             raise NonFiniteError(
@@ -393,6 +476,9 @@ class Worker:
                 f"{' ...' if bad.size > 5 else ''} have no finite sum"
             )
         return out
+
+    def _wait_readable(self, seconds: float) -> None:
+        self._poll.poll(max(0, math.ceil(seconds * 1000)))
 
     def _rtt_sample(self, rtt: float) -> None:
         if self._srtt is None:
@@ -403,27 +489,26 @@ class Worker:
 
     def _stalled(
         self,
-        pos: np.ndarray,
-        nuses: np.ndarray,
-        base_seq: np.ndarray,
+        pos: list[int],
+        nuses: list[int],
         pending: dict[int, int],
-        chunk_of: Any,
+        window: int,
+        boot: int,
         total: int,
         nchunks: int,
     ) -> NetAggTimeout:
-        waiting = [int(j) for j in np.flatnonzero(pos < nuses)]
+        waiting = [j for j in range(window) if pos[j] < nuses[j]]
         missing: set[int] = set()
         lines = []
         for j in waiting:
-            c = chunk_of(j, int(pos[j]))
-            what = "exponent exchange" if c == _BOOT else f"chunk {c}"
+            what = "exponent exchange" if pos[j] < boot else f"chunk {j + (pos[j] - boot) * window}"
             if j in pending:
                 gone = [w for w in range(self.fanin) if not pending[j] >> w & 1]
                 missing.update(gone)
                 lines.append(f"{what} (slot {self.slot_base + j}): waiting for workers {gone}")
             else:
                 lines.append(f"{what} (slot {self.slot_base + j}): no answer from the switch")
-        done = int(sum(min(int(p), int(u)) for p, u in zip(pos, nuses, strict=True)))
+        done = sum(pos)
         head = (
             f"worker {self.rank}: allreduce of {total} elements ({nchunks} chunks) made no progress "
             f"for {self.timeout:g}s; {len(waiting)} slots stuck after {done} completed uses. "
@@ -463,6 +548,57 @@ class Worker:
             self.stats.received += 1
             self.stats.bytes_received += n
             return n
+
+
+def _quantize_row(row: np.ndarray, exp: int, bits: int, tmp: np.ndarray, dst: np.ndarray) -> None:
+    """quantize() for one block, without its per-call overhead in the common case."""
+    shift = bits - (exp - EXP_BIAS)
+    if exp in (EXP_NONE, EXP_NONFINITE) or shift > 127:
+        quantize(row.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
+        return
+    np.multiply(row, np.float32(2.0**shift), out=tmp)
+    np.rint(tmp, out=tmp)
+    dst[...] = tmp
+
+
+def _dequantize_row(got: np.ndarray, exp: int, bits: int, dst: np.ndarray) -> None:
+    """dequantize() for one block, without its per-call overhead in the common case."""
+    shift = (exp - EXP_BIAS) - bits
+    if exp in (EXP_NONE, EXP_NONFINITE) or shift < -126:
+        dequantize(got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
+        return
+    np.multiply(got, np.float32(2.0**shift), out=dst, dtype=np.float32)
+
+
+def _output(out: Any, x: Any, flat: np.ndarray) -> tuple[np.ndarray | None, Any]:
+    """Where the engine writes (a flat view of ``out`` when possible) and how the caller gets it back."""
+    if out is None:
+        return None, lambda restore, result: restore(result)
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, the input {tuple(x.shape)}")
+    if type(out).__module__.startswith("torch"):
+        import torch
+
+        if out.dtype != x.dtype:
+            raise ValueError(f"out has dtype {out.dtype}, the input {x.dtype}")
+        if out.device.type == "cpu" and out.is_contiguous() and out.dtype in (torch.float32, torch.int32):
+            return out.view(-1).numpy(), lambda restore, result: out
+
+        def copy_torch(restore: Any, result: np.ndarray) -> Any:
+            out.copy_(restore(result))
+            return out
+
+        return None, copy_torch
+    if not isinstance(out, np.ndarray) or out.dtype != np.asarray(x).dtype:
+        raise ValueError("out must be an array of the input's dtype")
+    if out.flags.c_contiguous and out.dtype == flat.dtype:
+        return out.reshape(-1), lambda restore, result: out
+
+    def copy_numpy(restore: Any, result: np.ndarray) -> np.ndarray:
+        out[...] = restore(result)
+        return out
+
+    return None, copy_numpy
 
 
 def _as_numpy(x: Any) -> tuple[np.ndarray, Any]:

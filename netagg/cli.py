@@ -74,13 +74,21 @@ def _build() -> argparse.ArgumentParser:
         "--slots",
         type=_int_range(1, MAX_SLOTS),
         default=None,
-        help="slots of the job = each worker's window (default: 32 for large packets, 512 for small)",
+        help="slots of the job = each worker's window (default: 16 for packets of 1024 elements or more, "
+        "128 for smaller ones)",
     )
     s.add_argument(
         "--elements",
         type=_int_range(1, MAX_ELEMENTS),
         default=MAX_ELEMENTS,
         help=f"int32 elements per packet; 64 = SwitchML's size (default {MAX_ELEMENTS})",
+    )
+    s.add_argument(
+        "--multicast",
+        type=_address,
+        metavar="GROUP:PORT",
+        help="send each result once to this IPv4 multicast group (e.g. 239.255.0.1:47001) "
+        "instead of once per worker; workers join it",
     )
     s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
     s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
@@ -93,7 +101,13 @@ def _build() -> argparse.ArgumentParser:
     a.add_argument("--size", type=_int_range(1, 1 << 30), default=1 << 20, help="elements per allreduce")
     a.add_argument("--dtype", choices=("float32", "int32"), default="float32")
     a.add_argument("--repeat", type=_int_range(1, 1_000_000), default=10)
-    a.add_argument("--timeout", type=float, default=10.0)
+    a.add_argument("--timeout", type=float, default=10.0, help="seconds without progress before failing")
+    a.add_argument("--seed", type=int, default=0, help="inputs are netagg.verify.inputs(rank, size, seed)")
+    a.add_argument(
+        "--check",
+        action="store_true",
+        help="verify the first result against numpy (every rank rebuilds every input); exit 1 if wrong",
+    )
 
     r = sub.add_parser("relay", help="a lossy UDP relay between workers and a switch (for testing)")
     r.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
@@ -131,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def default_slots(elements: int) -> int:
+    """The window the switch gives a job by default: measured on the 2-core loopback setup (see README),
+    16 large packets keep the data in flight cache-sized; small packets need more to cover the RTT."""
+    return 16 if elements >= 1024 else 128
+
+
 def _stop_on_signals(stop: object) -> None:
     def handler(signum: int, _frame: object) -> None:
         logging.getLogger("netagg").info("signal %d: stopping", signum)
@@ -144,8 +164,10 @@ def _switch(args: argparse.Namespace) -> int:
     from switch.core import Dataplane, JobConfig
     from switch.udp import UdpSwitch
 
-    slots = args.slots or (32 if args.elements >= 1024 else 512)
-    cfg = JobConfig(job_id=args.job, workers=args.workers, slots=slots, elements=args.elements)
+    slots = args.slots or default_slots(args.elements)
+    cfg = JobConfig(
+        job_id=args.job, workers=args.workers, slots=slots, elements=args.elements, multicast=args.multicast
+    )
     server = UdpSwitch(
         Dataplane([cfg]), *args.listen, stats_file=args.stats_file, stats_interval=args.stats_interval
     )
@@ -163,39 +185,26 @@ def _switch(args: argparse.Namespace) -> int:
 def _allreduce(args: argparse.Namespace) -> int:
     import time
 
-    import numpy as np
-
     from host_agent.worker import Worker
+    from netagg.verify import check, inputs
 
-    rng = np.random.default_rng(args.rank)
-    x = (
-        rng.standard_normal(args.size).astype(np.float32)
-        if args.dtype == "float32"
-        else rng.integers(-1000, 1000, args.size, dtype=np.int32)
-    )
+    x = inputs(args.rank, (args.size,), args.dtype, args.seed)
     host, port = args.switch
     times = []
+    result: dict[str, object] = {"rank": args.rank, "size": args.size, "dtype": args.dtype}
     with Worker(f"{host}:{port}", args.rank, args.world_size, job=args.job, timeout=args.timeout) as w:
-        for _ in range(args.repeat):
+        for i in range(args.repeat):
             t0 = time.perf_counter()
-            w.allreduce(x)
+            y = w.allreduce(x)
             times.append(time.perf_counter() - t0)
-        stats = w.stats.as_dict()
+            if args.check and i == 0:
+                result["check"] = check(args.world_size, (args.size,), args.dtype, y, w.elements, args.seed)
+        result["worker"] = w.stats.as_dict()
     times.sort()
-    print(
-        json.dumps(
-            {
-                "rank": args.rank,
-                "size": args.size,
-                "dtype": args.dtype,
-                "median_s": times[len(times) // 2],
-                "min_s": times[0],
-                "worker": stats,
-            }
-        ),
-        flush=True,
-    )
-    return 0
+    result.update(median_s=times[len(times) // 2], min_s=times[0])
+    print(json.dumps(result), flush=True)
+    ok = not args.check or bool(result["check"]["ok"])  # type: ignore[index]
+    return 0 if ok else 1
 
 
 def _relay(args: argparse.Namespace) -> int:

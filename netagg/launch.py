@@ -28,7 +28,7 @@ class SwitchProcess:
     """``netagg switch`` in a child process.
 
     Args:
-        workers, elements, slots, job: the static job (see ``netagg switch --help``).
+        workers, elements, slots, job, multicast: the static job (see ``netagg switch --help``).
         listen: ``HOST:PORT``; port 0 lets the kernel choose (read it from ``address``).
         stats_file: where the switch writes its counters (default: none).
         prefix: command to run the switch under, e.g. ``["ip", "netns", "exec", "ns1"]``.
@@ -47,6 +47,7 @@ class SwitchProcess:
         prefix: Sequence[str] = (),
         cpu: int | None = None,
         ready_timeout: float = 20.0,
+        multicast: str | None = None,
     ) -> None:
         cmd = [
             *prefix,
@@ -65,6 +66,8 @@ class SwitchProcess:
             cmd += ["--elements", str(elements)]
         if slots is not None:
             cmd += ["--slots", str(slots)]
+        if multicast is not None:
+            cmd += ["--multicast", multicast]
         if stats_file is not None:
             cmd += ["--stats-file", str(stats_file), "--stats-interval", "0.2"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,6 +8,7 @@ rules it implements are those of docs/protocol.md ("Switch rules"); the I/O back
 from __future__ import annotations
 
 import collections
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -59,6 +60,9 @@ _OFF_FLAGS = 2
 _OFF_WORKER = 6
 _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
+# Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
+_RETX, _UNICAST = int(Flag.RETX), int(Flag.UNICAST)
+_RESULT, _PENDING = int(MsgType.RESULT), int(MsgType.PENDING)
 _SEQ_NONE = -1
 
 
@@ -80,6 +84,10 @@ class JobConfig:
     """Workers whose values end up in the sum (for the quantization scale); default ``workers``."""
     addresses: tuple[Address, ...] | None = None
     """Fixed worker addresses (index = worker id); None learns them from each worker's JOIN."""
+    multicast: tuple[str, int] | None = None
+    """IPv4 group and port to send each result to once, instead of once per worker (workers learn it
+    from JOIN_ACK and join the group). A P4 switch replicates a result with a multicast group; over
+    UDP, IP multicast does the same, and on loopback it saves the switch W-1 copies per result."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.job_id <= 0xFFFF:
@@ -97,6 +105,13 @@ class JobConfig:
             raise ValueError(f"total_workers ({total}) must be >= workers ({self.workers})")
         if self.addresses is not None and len(self.addresses) != self.workers:
             raise ValueError(f"{len(self.addresses)} addresses for {self.workers} workers")
+        if self.multicast is not None:
+            group, port = self.multicast
+            first = int(group.split(".")[0]) if group.count(".") == 3 and group.split(".")[0].isdigit() else 0
+            if not 224 <= first <= 239 or not 0 < port < 65536:
+                raise ValueError(
+                    f"multicast must be an IPv4 group (224-239.x.x.x) and port, got {self.multicast}"
+                )
 
 
 @dataclass
@@ -110,36 +125,46 @@ class _Job:
     joined: bool = False
     epoch: int = 0
     full: int = 0
-    seq: np.ndarray = field(init=False)
-    bitmap: np.ndarray = field(init=False)
-    nelem: np.ndarray = field(init=False)
-    expmax: np.ndarray = field(init=False)
-    acc: np.ndarray = field(init=False)
-    out: list[list[bytearray]] = field(init=False)
+    # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
+    # packet path reads and writes single values (numpy scalars cost ~10x more there).
+    seq: list[int] = field(init=False)
+    bitmap: list[int] = field(init=False)
+    nelem: list[int] = field(init=False)
+    expmax: list[int] = field(init=False)
+    acc: list[np.ndarray] = field(init=False)
+    out: list[bytearray] = field(init=False)
+    out_payload: list[np.ndarray] = field(init=False)
+    result_dests: list[Address] = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.cfg
         self.full = (1 << c.workers) - 1
-        self.seq = np.full((c.slots, 2), _SEQ_NONE, dtype=np.int64)
-        self.bitmap = np.zeros((c.slots, 2), dtype=np.int64)
-        self.nelem = np.zeros((c.slots, 2), dtype=np.int64)
-        self.expmax = np.zeros((c.slots, 2), dtype=np.int64)
-        self.acc = np.zeros((c.slots, 2, c.elements), dtype=np.int32)
+        pairs = 2 * c.slots
+        self.result_dests = []
+        self.reset_slots()
+        self.acc = list(np.zeros((pairs, c.elements), dtype=np.int32))
         # One result buffer per slot and set: header + payload in network order, kept for repeats.
-        self.out = [[bytearray(HEADER_SIZE + 4 * c.elements) for _ in range(2)] for _ in range(c.slots)]
+        self.out = [bytearray(HEADER_SIZE + 4 * c.elements) for _ in range(pairs)]
+        self.out_payload = [np.frombuffer(b, PAYLOAD_DTYPE, c.elements, HEADER_SIZE) for b in self.out]
 
     def reset_slots(self) -> None:
-        self.seq.fill(_SEQ_NONE)
-        self.bitmap.fill(0)
-        self.nelem.fill(0)
-        self.expmax.fill(0)
+        pairs = 2 * self.cfg.slots
+        self.seq = [_SEQ_NONE] * pairs
+        self.bitmap = [0] * pairs
+        self.nelem = [0] * pairs
+        self.expmax = [0] * pairs
 
 
 class Dataplane:
     """The aggregation switch's dataplane for any number of jobs with disjoint slot ranges."""
 
-    def __init__(self, jobs: Iterable[JobConfig] = (), *, join_refresh: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        jobs: Iterable[JobConfig] = (),
+        *,
+        join_refresh: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``join_refresh``: a worker counts towards a JOIN round only if it has (re)sent its JOIN within
         this many seconds, so members that died or were forged age out; ``clock`` is for tests."""
         self._jobs: dict[int, _Job] = {}
@@ -245,13 +270,17 @@ class Dataplane:
         job.joined = True
         job.epoch = (job.epoch + 1) & 0xFF
         job.reset_slots()
+        job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
         self.counters["epochs"] += 1
         return self._emit([(self._join_ack(job, w), [job.addrs[w]]) for w in range(cfg.workers)])
 
     def _join_ack(self, job: _Job, worker: int) -> bytes:
         c = job.cfg
         total = c.total_workers if c.total_workers is not None else c.workers
-        params = np.array([c.slot_base, c.slots, c.elements, c.workers, total], dtype=PAYLOAD_DTYPE)
+        group, port = (0, 0)
+        if c.multicast is not None:
+            group, port = int.from_bytes(socket.inet_aton(c.multicast[0]), "big"), c.multicast[1]
+        params = np.array([c.slot_base, c.slots, c.elements, c.workers, total, group, port], dtype=">u4")
         hdr = HEADER.pack(
             VERSION,
             MsgType.JOIN_ACK,
@@ -260,7 +289,7 @@ class Dataplane:
             c.job_id,
             worker,
             0,
-            5,
+            len(params),
             job.incarnation[worker],
             0,
             0,
@@ -302,56 +331,55 @@ class Dataplane:
             return self._drop("stale_epoch")
         if src != job.addrs[worker]:
             return self._drop("wrong_source")
-        if flags & Flag.RETX:
+        if flags & _RETX:
             self.counters["retransmissions"] += 1
-        cur = int(job.seq[i, setbit])
+        k = 2 * i + setbit
+        cur = job.seq[k]
         if cur == _SEQ_NONE or 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
             # A newer use of this set: by the protocol every worker has the result of the use it
             # replaces (docs/protocol.md, "Slot reuse"), so its state can go.
-            job.seq[i, setbit] = seq
-            job.bitmap[i, setbit] = 0
-            job.nelem[i, setbit] = count
-            job.expmax[i, setbit] = 0
+            job.seq[k] = seq
+            job.bitmap[k] = 0
+            job.nelem[k] = count
+            job.expmax[k] = 0
         elif seq != cur:
             return self._drop("stale_seq")
-        elif count != job.nelem[i, setbit]:
+        elif count != job.nelem[k]:
             return self._drop("count_mismatch")
         bit = 1 << worker
-        bitmap = int(job.bitmap[i, setbit])
+        bitmap = job.bitmap[k]
         if bitmap & bit:
             self.counters["repeats"] += 1
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
-                out = job.out[i][setbit]
-                view = memoryview(out)[: HEADER_SIZE + 4 * count]
-                resend = bytearray(view)
-                resend[_OFF_FLAGS] = Flag.UNICAST
+                resend = bytearray(memoryview(job.out[k])[: HEADER_SIZE + 4 * count])
+                resend[_OFF_FLAGS] = _UNICAST
                 struct.pack_into("!H", resend, _OFF_WORKER, worker)
                 return self._emit([(resend, [src])])
             self.counters["pending_sent"] += 1
             pend = HEADER.pack(
-                VERSION, MsgType.PENDING, 0, job.epoch, cfg.job_id, worker, slot, 0, seq, 0, 0, bitmap
+                VERSION, _PENDING, 0, job.epoch, cfg.job_id, worker, slot, 0, seq, 0, 0, bitmap
             )
             return self._emit([(pend, [src])])
+        acc = job.acc[k][:count]
         payload = np.frombuffer(data, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)
-        acc = job.acc[i, setbit, :count]
-        if bitmap == 0:
-            acc[...] = payload
-        else:
+        if bitmap:
             np.add(acc, payload, out=acc)
+        else:
+            acc[...] = payload
         bitmap |= bit
-        job.bitmap[i, setbit] = bitmap
-        job.expmax[i, setbit] = max(job.expmax[i, setbit], exp)
+        job.bitmap[k] = bitmap
+        job.expmax[k] = max(job.expmax[k], exp)
         self.counters["contributions"] += 1
         if bitmap != job.full:
             return []
         self.counters["completions"] += 1
-        out = job.out[i][setbit]
+        out = job.out[k]
         HEADER.pack_into(
             out,
             0,
             VERSION,
-            MsgType.RESULT,
+            _RESULT,
             0,
             job.epoch,
             cfg.job_id,
@@ -359,9 +387,9 @@ class Dataplane:
             slot,
             count,
             seq,
-            int(job.expmax[i, setbit]),
+            job.expmax[k],
             0,
             bitmap,
         )
-        np.frombuffer(out, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)[...] = acc
-        return self._emit([(memoryview(out)[: HEADER_SIZE + 4 * count], list(job.addrs))])
+        job.out_payload[k][:count] = acc
+        return self._emit([(memoryview(out)[: HEADER_SIZE + 4 * count], job.result_dests)])

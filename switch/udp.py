@@ -49,12 +49,18 @@ class UdpSwitch:
         sndbuf: int = 16 << 20,
         stats_file: Path | None = None,
         stats_interval: float = 0.0,
+        multicast_ttl: int = 1,
     ) -> None:
         self.dataplane = dataplane
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         set_socket_buffers(self.sock, rcvbuf, sndbuf)
         self.sock.bind((host, port))
+        if family == socket.AF_INET:  # results to a multicast group leave by the listening interface
+            if host not in ("", "0.0.0.0"):
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(host))
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
         self.sock.settimeout(0.2)  # how often the loop looks at the stop flag and the stats timer
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.stats_file = stats_file

@@ -32,7 +32,13 @@ def test_64_mib(switch_factory) -> None:
 
 def test_small_packets_switchml_size(switch_factory) -> None:
     sw = switch_factory(W, elements=64, slots=128)
-    cases = [((1,), "int32"), ((64,), "float32"), ((65,), "int32"), ((100_000,), "float32"), ((100_000,), "int32")]
+    cases = [
+        ((1,), "int32"),
+        ((64,), "float32"),
+        ((65,), "int32"),
+        ((100_000,), "float32"),
+        ((100_000,), "int32"),
+    ]
     out = run_workers(wk.sweep, W, sw.address, W, cases, timeout=300)
     assert all(r["ok"] for rank in out for r in rank["results"]), out
 

@@ -35,7 +35,9 @@ def test_missing_worker_named_at_join(switch_factory) -> None:
 
 def test_world_size_mismatch(switch_factory) -> None:
     sw = switch_factory(1)
-    with pytest.raises(RuntimeError, match="has 1 workers in all, but this worker was started with world_size=2"):
+    with pytest.raises(
+        RuntimeError, match="has 1 workers in all, but this worker was started with world_size=2"
+    ):
         Worker(sw.address, 0, 2, worker_id=0, join_timeout=5.0)
 
 
@@ -68,12 +70,17 @@ def test_switch_killed_mid_run(switch_factory) -> None:
         (["switch", "--workers", "0"], "argument --workers: 0 is outside [1, 32]"),
         (["switch", "--workers", "4", "--listen", "nowhere"], "expected HOST:PORT"),
         (["switch", "--workers", "4", "--elements", "70000"], "70000 is outside"),
-        (["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--loss", "2"], "not a probability"),
+        (
+            ["relay", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--loss", "2"],
+            "not a probability",
+        ),
         (["frobnicate"], "invalid choice"),
     ],
 )
 def test_bad_cli_flags_one_line(argv: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "netagg.cli", *argv], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netagg.cli", *argv], check=False, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -83,4 +90,4 @@ def test_switch_stops_gracefully_on_sigterm(switch_factory) -> None:
     sw = switch_factory(2)
     stats = sw.stop()
     assert sw.proc.returncode == 0
-    assert stats is not None and stats["counters"] == {} or stats["counters"].get("packets_in", 0) == 0
+    assert stats is not None and stats["counters"].get("packets_in", 0) == 0

@@ -21,8 +21,20 @@ def valid(rng: random.Random) -> bytearray:
     mtype = rng.choice([MsgType.CONTRIB] * 8 + [MsgType.JOIN, MsgType.RESULT, MsgType.PENDING])
     count = rng.randrange(0, ELEMENTS + 1) if mtype == MsgType.CONTRIB else 0
     seq = rng.randrange(0, 8)
-    hdr = HEADER.pack(1, mtype, rng.randrange(4), rng.randrange(3), 1, rng.randrange(W), rng.randrange(32)
-                      | (0x8000 if seq & 1 else 0), count, seq, rng.randrange(2000), 0, 0)
+    hdr = HEADER.pack(
+        1,
+        mtype,
+        rng.randrange(4),
+        rng.randrange(3),
+        1,
+        rng.randrange(W),
+        rng.randrange(32) | (0x8000 if seq & 1 else 0),
+        count,
+        seq,
+        rng.randrange(2000),
+        0,
+        0,
+    )
     return bytearray(hdr + rng.randbytes(4 * count))
 
 
@@ -68,7 +80,9 @@ def blast(port: int, n: int, seed: int, joins: bool) -> dict[str, int]:
                 expect[reason] = expect.get(reason, 0) + 1
             s.sendto(data, ("127.0.0.1", port))
             if i % 2000 == 1999:
-                time.sleep(0.002)  # stay within the switch's receive buffer: we count drops, not kernel losses
+                time.sleep(
+                    0.002
+                )  # stay within the switch's receive buffer: we count drops, not kernel losses
     return expect
 
 
@@ -96,8 +110,9 @@ def test_fuzz_then_exact(switch_factory, tmp_path) -> None:
     drops, counters = stats["drops"], stats["counters"]
     for reason, n in expect.items():
         assert drops[reason] >= n * 0.9, (reason, drops[reason], n)  # (a few land in an earlier check)
-    assert counters["packets_in"] == sum(drops.values()) + counters["joins"] + counters.get("contributions", 0) + \
-        counters.get("repeats", 0)
+    assert counters["packets_in"] == sum(drops.values()) + counters["joins"] + counters.get(
+        "contributions", 0
+    ) + counters.get("repeats", 0)
     assert counters["packets_in"] >= 100_000
 
 

@@ -58,7 +58,7 @@ def test_join_barrier_acks_everyone_with_the_job_parameters() -> None:
     assert sorted(d[0] for _, d in acks) == ["w0", "w1"]
     for (h, params), _ in acks:
         assert h.type == MsgType.JOIN_ACK and h.epoch == 1
-        assert params.tolist() == [100, 8, 16, 2, 6]
+        assert params.tolist() == [100, 8, 16, 2, 6, 0, 0]  # no multicast group
     # A repeated JOIN of a complete round gets the ACK again, unicast.
     [((h, _), dests)] = decoded(join(dp, 1))
     assert h.type == MsgType.JOIN_ACK and dests == ["w1"]

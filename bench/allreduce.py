@@ -1,0 +1,188 @@
+"""netagg allreduce against torch.distributed's gloo allreduce, in the same run, on loopback.
+
+For each W and size, both run as W real processes on this machine: netagg's through a switch process,
+gloo's as a ring over TCP. Each rank times each call after a barrier; a call's time is the slowest
+rank's, and the figure reported is the median over repetitions. Prints one JSON line per case with
+``ratio`` = netagg / gloo (below 1 means netagg is faster), and writes results.json and a PNG.
+
+    python bench/allreduce.py                 # W=2,4,8; 1-256 MiB; 16 KiB and 256 B packets
+    python bench/allreduce.py --quick         # W=4; 1, 16, 64 MiB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from netagg.launch import SwitchProcess, run_workers
+from netagg.protocol import MAX_ELEMENTS
+
+MIB = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def netagg_rank(rank: int, address: str, world: int, nbytes: int, reps: int, warmup: int) -> list[float]:
+    from host_agent.worker import Worker
+
+    x = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
+    tick = np.ones(1, np.float32)
+    times = []
+    with Worker(address, rank, world, timeout=60) as w:
+        for i in range(warmup + reps):
+            w.allreduce(tick)  # barrier
+            t0 = time.perf_counter()
+            w.allreduce(x, out=x)  # in place, as dist.all_reduce is
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def gloo_rank(rank: int, port: int, world: int, nbytes: int, reps: int, warmup: int) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    x = torch.from_numpy(np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32))
+    times = []
+    try:
+        for i in range(warmup + reps):
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        dist.destroy_process_group()
+    return times
+
+
+def collective_median(per_rank: list[list[float]]) -> float:
+    return statistics.median(max(ts) for ts in zip(*per_rank, strict=True))
+
+
+def reps_for(nbytes: int) -> int:
+    return 20 if nbytes <= 4 * MIB else 10 if nbytes <= 64 * MIB else 5
+
+
+def run_case(world: int, nbytes: int, elements: int, slots: int | None, warmup: int) -> dict[str, Any]:
+    reps = reps_for(nbytes)
+    with SwitchProcess(world, elements=elements, slots=slots) as sw:
+        na = run_workers(netagg_rank, world, sw.address, world, nbytes, reps, warmup, timeout=1800)
+        stats = sw.stop()
+    gl = run_workers(gloo_rank, world, _free_port(), world, nbytes, reps, warmup, timeout=1800)
+    t_na, t_gl = collective_median(na), collective_median(gl)
+    counters = (stats or {}).get("counters", {})
+    return {
+        "workers": world,
+        "mib": nbytes / MIB,
+        "elements": elements,
+        "reps": reps,
+        "netagg_ms": round(t_na * 1e3, 3),
+        "gloo_ms": round(t_gl * 1e3, 3),
+        "ratio": round(t_na / t_gl, 3),
+        "netagg_gbps": round(nbytes / t_na / 1e9, 3),
+        "gloo_gbps": round(nbytes / t_gl / 1e9, 3),
+        "switch_repeats": counters.get("repeats", 0),
+        "switch_packets_in": counters.get("packets_in", 0),
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = sorted({r["workers"] for r in rows})
+    fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 4), squeeze=False)
+    for ax, world in zip(axes[0], worlds, strict=True):
+        for elements in sorted({r["elements"] for r in rows}):
+            pts = [
+                (r["mib"], r["netagg_ms"])
+                for r in rows
+                if r["workers"] == world and r["elements"] == elements
+            ]
+            if pts:
+                ax.loglog(*zip(*pts, strict=True), "o-", label=f"netagg, {elements * 4} B payload")
+        gl = sorted(
+            {
+                (r["mib"], r["gloo_ms"])
+                for r in rows
+                if r["workers"] == world and r["elements"] == MAX_ELEMENTS
+            }
+        )
+        if gl:
+            ax.loglog(*zip(*gl, strict=True), "s--", color="black", label="gloo allreduce (ring)")
+        ax.set_title(f"W={world}")
+        ax.set_xlabel("tensor (MiB of float32)")
+        ax.set_ylabel("median time per allreduce (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"netagg vs gloo on loopback, {os.cpu_count()} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="W=4 and 1, 16, 64 MiB only")
+    p.add_argument("--workers", type=int, nargs="*", help="worker counts (default 2 4 8)")
+    p.add_argument("--mib", type=int, nargs="*", help="sizes in MiB (default 1 4 16 64 256)")
+    p.add_argument(
+        "--small-mib",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sizes run also with 64-element (256 B, SwitchML) packets (default 1 16 64, W=4 only)",
+    )
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("out/bench"))
+    args = p.parse_args(argv)
+    worlds = args.workers or ([4] if args.quick else [2, 4, 8])
+    sizes = args.mib or ([1, 16, 64] if args.quick else [1, 4, 16, 64, 256])
+    small = args.small_mib if args.small_mib is not None else ([16] if args.quick else [1, 16, 64])
+    cases = [(w, s, MAX_ELEMENTS, None) for w in worlds for s in sizes]
+    cases += [(4, s, 64, 1024) for s in small if 4 in worlds]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    t_start = time.perf_counter()
+    for i, (world, mib, elements, slots) in enumerate(cases, 1):
+        print(
+            f"[{i}/{len(cases)}] W={world} {mib} MiB, {elements} elements/packet ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        row = run_case(world, mib * MIB, elements, slots, args.warmup)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {
+        "machine": {"cpus": os.cpu_count()},
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(rows, args.out / "allreduce.png")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'allreduce.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The switch and 4 workers each in a network namespace, joined by veth pairs to a bridge.
+
+Needs root and `ip netns`. Loss with `tc netem` needs the kernel's sch_netem; where it is missing that
+test skips and says so (the lossy relay tests cover loss on loopback). Addresses are 10.77.0.0/24, only
+inside namespaces this test creates and deletes by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from netagg.launch import SwitchProcess
+
+W = 4
+SUBNET = "10.77.0"
+SWITCH_IP = f"{SUBNET}.1"
+
+
+def _have_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip"
+    probe = f"natest-probe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return f"cannot create network namespaces: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], check=False)
+    return None
+
+
+_WHY = _have_netns()
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+class Topo:
+    """Namespaces <prefix>-br (the bridge), <prefix>-sw and <prefix>-w0..3, each host on a veth."""
+
+    def __init__(self) -> None:
+        self.prefix = f"na{os.getpid() % 100000}"
+        self.bridge = f"{self.prefix}-br"
+        self.hosts = [f"{self.prefix}-sw"] + [f"{self.prefix}-w{i}" for i in range(W)]
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", self.bridge)
+        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.hosts):
+            sh("ip", "netns", "add", ns)
+            outer = f"v{self.prefix[-5:]}{i}"
+            sh(
+                "ip",
+                "link",
+                "add",
+                outer,
+                "netns",
+                self.bridge,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
+            sh("ip", "-n", self.bridge, "link", "set", outer, "master", "br0", "mtu", "9000", "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "mtu", "9000", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    def down(self) -> None:
+        for ns in [*self.hosts, self.bridge]:
+            pids = subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+            ).stdout
+            for pid in pids.split():
+                subprocess.run(["kill", "-9", pid], check=False)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topo]:
+    t = Topo()
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+def run_workers_in(topo: Topo, switch: str, size: int, dtype: str) -> list[dict]:
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "netagg.cli",
+                "allreduce",
+                "--switch",
+                switch,
+                "--rank",
+                str(rank),
+                "--world-size",
+                str(W),
+                "--size",
+                str(size),
+                "--dtype",
+                dtype,
+                "--repeat",
+                "2",
+                "--check",
+                "--timeout",
+                "30",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, ns in enumerate(topo.hosts[1:])
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.parametrize("multicast", [None, "239.255.77.1:47001"], ids=["unicast", "multicast"])
+def test_allreduce_across_namespaces(topo: Topo, multicast: str | None) -> None:
+    prefix = ["ip", "netns", "exec", topo.hosts[0]]
+    with SwitchProcess(
+        W, elements=2048, listen=f"{SWITCH_IP}:47000", prefix=prefix, multicast=multicast
+    ) as sw:
+        for dtype in ("int32", "float32"):
+            for r in run_workers_in(topo, f"{SWITCH_IP}:47000", 1_000_003, dtype):
+                assert r["check"]["ok"], r
+        stats = sw.stop()
+    assert stats is not None and stats["counters"]["completions"] > 0
+
+
+def test_allreduce_with_netem_loss(topo: Topo) -> None:
+    for ns in topo.hosts[1:]:
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "5%"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if r.returncode != 0 and "unknown" in r.stderr.lower():
+            pytest.skip(f"tc netem unavailable here ({r.stderr.strip()}): the kernel lacks sch_netem")
+        assert r.returncode == 0, r.stderr
+    prefix = ["ip", "netns", "exec", topo.hosts[0]]
+    with SwitchProcess(W, elements=256, listen=f"{SWITCH_IP}:47000", prefix=prefix) as sw:
+        for dtype in ("int32", "float32"):
+            for res in run_workers_in(topo, f"{SWITCH_IP}:47000", 200_000, dtype):
+                assert res["check"]["ok"], res
+                assert res["worker"]["retransmissions"] > 0
+        sw.stop()
