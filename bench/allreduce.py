@@ -81,9 +81,10 @@ def reps_for(nbytes: int) -> int:
     return 20 if nbytes <= 4 * MIB else 10 if nbytes <= 64 * MIB else 5
 
 
-def run_case(world: int, nbytes: int, elements: int, slots: int | None, warmup: int) -> dict[str, Any]:
-    reps = reps_for(nbytes)
-    with SwitchProcess(world, elements=elements, slots=slots) as sw:
+def run_case(world: int, nbytes: int, elements: int, warmup: int, multicast: bool) -> dict[str, Any]:
+    reps = reps_for(nbytes) if elements >= 1024 else 3
+    group = f"239.255.0.2:{_free_port()}" if multicast else None
+    with SwitchProcess(world, elements=elements, multicast=group) as sw:
         na = run_workers(netagg_rank, world, sw.address, world, nbytes, reps, warmup, timeout=1800)
         stats = sw.stop()
     gl = run_workers(gloo_rank, world, _free_port(), world, nbytes, reps, warmup, timeout=1800)
@@ -154,23 +155,28 @@ def main(argv: list[str] | None = None) -> int:
         help="sizes run also with 64-element (256 B, SwitchML) packets (default 1 16 64, W=4 only)",
     )
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--unicast",
+        action="store_true",
+        help="send results once per worker instead of once to a multicast group on loopback",
+    )
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     args = p.parse_args(argv)
     worlds = args.workers or ([4] if args.quick else [2, 4, 8])
     sizes = args.mib or ([1, 16, 64] if args.quick else [1, 4, 16, 64, 256])
-    small = args.small_mib if args.small_mib is not None else ([16] if args.quick else [1, 16, 64])
-    cases = [(w, s, MAX_ELEMENTS, None) for w in worlds for s in sizes]
-    cases += [(4, s, 64, 1024) for s in small if 4 in worlds]
+    small = args.small_mib if args.small_mib is not None else ([1] if args.quick else [1, 16])
+    cases = [(w, s, MAX_ELEMENTS) for w in worlds for s in sizes]
+    cases += [(4, s, 64) for s in small if 4 in worlds]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     t_start = time.perf_counter()
-    for i, (world, mib, elements, slots) in enumerate(cases, 1):
+    for i, (world, mib, elements) in enumerate(cases, 1):
         print(
             f"[{i}/{len(cases)}] W={world} {mib} MiB, {elements} elements/packet ...",
             file=sys.stderr,
             flush=True,
         )
-        row = run_case(world, mib * MIB, elements, slots, args.warmup)
+        row = run_case(world, mib * MIB, elements, args.warmup, not args.unicast)
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {
