@@ -1,0 +1,21 @@
+"""netagg host agent: allreduce through an aggregation switch.
+
+>>> from host_agent import Worker
+>>> with Worker("127.0.0.1:47000", rank=0, world_size=4) as w:
+...     total = w.allreduce(gradient)
+"""
+
+from host_agent.quantize import block_exponents, dequantize, error_bound, quantize
+from host_agent.worker import NetAggError, NetAggTimeout, NonFiniteError, Worker, parse_address
+
+__all__ = [
+    "NetAggError",
+    "NetAggTimeout",
+    "NonFiniteError",
+    "Worker",
+    "block_exponents",
+    "dequantize",
+    "error_bound",
+    "parse_address",
+    "quantize",
+]
