@@ -31,8 +31,10 @@ from netagg.protocol import (
     VERSION,
     Flag,
     MsgType,
+    record_dtype,
     scale_bits,
 )
+from netagg.udpbatch import BATCH_BELOW_ELEMENTS, enable_gro, recv_batch, send_segments
 from switch.udp import set_socket_buffers
 
 __all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "Worker", "parse_address"]
@@ -88,7 +90,10 @@ class Worker:
         join_timeout: seconds to wait for every worker to join.
         min_rto, max_rto: bounds of the retransmission timeout, which adapts to the measured
             round-trip time (smoothed RTT + 4 x its deviation, as TCP does). Lower ``min_rto``
-            recovers loss faster; too low retransmits packets that were only slow.
+            recovers loss faster; too low retransmits packets that were only slow. Default: 20 ms for
+            large packets, 100 ms for small ones (a window of ~1,000 small packets spends tens of
+            milliseconds in the switch's queue on a busy 2-core machine, and whole runs of them
+            retransmitted at once made storms in the measurements).
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteError` at every worker when any
             worker's input had inf/NaN; ``"nan"`` returns NaN for the affected blocks instead.
         bind: local ``HOST:PORT`` to send from (default: any port on the route to the switch).
@@ -105,7 +110,7 @@ class Worker:
         elements: int | None = None,
         timeout: float = 10.0,
         join_timeout: float = 60.0,
-        min_rto: float = 0.02,
+        min_rto: float | None = None,
         max_rto: float = 0.5,
         nonfinite: Literal["raise", "nan"] = "raise",
         bind: str | None = None,
@@ -115,7 +120,7 @@ class Worker:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if timeout <= 0 or join_timeout <= 0:
             raise ValueError("timeout and join_timeout must be positive")
-        if not 0 < min_rto <= max_rto:
+        if min_rto is not None and not 0 < min_rto <= max_rto:
             raise ValueError(f"need 0 < min_rto <= max_rto, got {min_rto}, {max_rto}")
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
@@ -125,7 +130,8 @@ class Worker:
         self.rank, self.world_size, self.job = rank, world_size, job
         self.worker_id = rank if worker_id is None else worker_id
         self.timeout, self.join_timeout = timeout, join_timeout
-        self.min_rto, self.max_rto = min_rto, max_rto
+        self._min_rto_asked = min_rto
+        self.min_rto, self.max_rto = (min_rto or min(0.02, max_rto)), max_rto
         self.nonfinite = nonfinite
         self.stats = _Stats()
         self._srtt: float | None = None
@@ -138,6 +144,7 @@ class Worker:
             self._sock.bind(parse_address(bind))
         self._sock.connect(self.switch)
         self._buf = bytearray(1 << 16)
+        self._runbuf = bytearray(1 << 20)  # several GRO runs of small results, back to back
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN)
         self._mcast: socket.socket | None = None
@@ -189,6 +196,8 @@ class Worker:
             socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(local)
         )
         m.setblocking(False)
+        if self.batched:
+            enable_gro(m)
         self._poll.register(m, select.POLLIN)
         log.debug("worker %d receives results on group %s:%d via %s", self.rank, group, port, local)
         return m
@@ -266,6 +275,10 @@ class Worker:
         self.epoch, self.slot_base, self.slots, self.elements = epoch, slot_base, slots, elements
         self.fanin = fanin
         self.bits = scale_bits(total)
+        # Small packets go out and come in as runs (GSO/GRO), processed with numpy a run at a time.
+        self.batched = elements < BATCH_BELOW_ELEMENTS and enable_gro(self._sock)
+        if self._min_rto_asked is None:
+            self.min_rto = min(self.max_rto, 0.1 if self.batched else 0.02)
         self._seq = np.zeros(slots, dtype=np.int64)  # the next use number of each slot, this epoch
         self._payload = np.zeros((slots, elements), dtype=PAYLOAD_DTYPE)  # last payload sent per slot
         self._tmp = np.empty(elements, dtype=np.float32)
@@ -283,8 +296,13 @@ class Worker:
 
     # -- the allreduce engine ------------------------------------------------------------------
     def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        target = np.empty_like(flat) if out is None else out
         try:
-            return self._run(flat, np.empty_like(flat) if out is None else out)
+            if flat.size == 0:
+                return target
+            if self.batched:
+                return self._run_batched(flat, target)
+            return self._run(flat, target)
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
@@ -469,13 +487,223 @@ class Worker:
                 remaining -= 1
         for j in range(window):
             self._seq[j] += nuses[j]
-        if is_float and self.nonfinite == "raise" and (bad := np.flatnonzero(agreed == EXP_NONFINITE)).size:
-            spans = ", ".join(f"[{c * n}, {min(total, (c + 1) * n)})" for c in bad[:5])
-            raise NonFiniteError(
-                f"inf or NaN in the input of some worker: elements {spans}"
-                f"{' ...' if bad.size > 5 else ''} have no finite sum"
-            )
+        if is_float:
+            self._check_nonfinite(agreed, n, total)
         return out
+
+    def _run_batched(self, flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The same allreduce as :meth:`_run`, for small packets: every step works on arrays of slots,
+        packets go out as GSO runs and results come in as GRO runs (docs/protocol.md's worker rules,
+        unchanged)."""
+        self._sock.setblocking(False)
+        is_float = flat.dtype == np.float32
+        total = flat.size
+        n = self.elements
+        nchunks = -(-total // n)
+        nfull = total // n
+        tail = total - nfull * n
+        window = min(self.slots, nchunks)
+        boot = 1 if is_float else 0
+        slots = np.arange(window, dtype=np.int64)
+        nuses = (nchunks - slots + window - 1) // window + boot
+        flat2d = flat[: nfull * n].reshape(nfull, n)
+        out2d = out[: nfull * n].reshape(nfull, n)
+        exps = np.zeros(nchunks, dtype=np.uint16)
+        agreed = np.zeros(nchunks, dtype=np.uint16)
+        if is_float:
+            if nfull:
+                exps[:nfull] = block_exponents(flat2d)
+            if tail:
+                exps[nfull] = block_exponents(flat[nfull * n :].reshape(1, -1))[0]
+        base = self._seq[:window].copy()
+        pos = np.zeros(window, dtype=np.int64)
+        deadline = np.full(window, np.inf)
+        sent_at = np.zeros(window)
+        tries = np.zeros(window, dtype=np.int64)
+        pending: dict[int, int] = {}
+        bits, rto, sock, stats = self.bits, self.rto, self._sock, self.stats
+        sendbuf = np.zeros(window, dtype=record_dtype(n))  # the packet each slot has in flight
+        sh, sp = sendbuf["h"], sendbuf["p"]
+        sh["version"], sh["type"], sh["epoch"] = VERSION, MsgType.CONTRIB, self.epoch
+        sh["job"], sh["worker"] = self.job, self.worker_id
+        seg = HEADER_SIZE + 4 * n
+        buf = self._runbuf
+        view = memoryview(buf)
+
+        def chunk_of(js: np.ndarray, k: np.ndarray) -> np.ndarray:
+            return np.where(k < boot, -1, js + (k - boot) * window)
+
+        def count_of(c: np.ndarray) -> np.ndarray:
+            return np.where(c < 0, 0, np.where(c < nfull, n, tail))
+
+        def transmit(js: np.ndarray) -> None:
+            c = chunk_of(js, pos[js])
+            full = (c >= 0) & (c < nfull)
+            runs = []
+            if full.any():
+                runs.append((sendbuf[js[full]].view(np.uint8), seg))
+            if (c < 0).any():
+                runs.append((sh[js[c < 0]].view(np.uint8), HEADER_SIZE))
+            for j in js[c == nfull]:  # the short last chunk travels alone
+                runs.append((np.concatenate([sh[j : j + 1].view(np.uint8), sp[j, :tail].view(np.uint8)]), 0))
+            for data, size in runs:
+                try:
+                    stats.sent += (
+                        send_segments(sock, data.data, size) if size else int(bool(sock.send(data.data)))
+                    )
+                    stats.bytes_sent += data.size
+                except (ConnectionRefusedError, BlockingIOError):
+                    pass  # the timer resends
+
+        def prepare(js: np.ndarray, now: float) -> None:
+            k = pos[js]
+            c = chunk_of(js, k)
+            full = (c >= 0) & (c < nfull)
+            if full.any():
+                jf, cf = js[full], c[full]
+                sp[jf] = quantize(flat2d[cf], agreed[cf], bits) if is_float else flat2d[cf]
+            for j in js[c == nfull]:
+                last = flat[nfull * n :].reshape(1, -1)
+                sp[j, :tail] = quantize(last, agreed[nfull:], bits)[0] if is_float else last[0]
+            seq = (base[js] + k) & 0xFFFFFFFF
+            has_next = k + 1 < nuses[js]
+            if is_float:
+                nxt = np.where(has_next, chunk_of(js, k + 1), 0)
+                sh["exp"][js] = np.where(has_next, exps[nxt], EXP_NONE)
+            sh["flags"][js] = 0
+            sh["slot"][js] = (self.slot_base + js) | ((seq & 1) << 15)
+            sh["count"][js] = count_of(c)
+            sh["seq"][js] = seq
+            transmit(js)
+            sent_at[js] = now
+            tries[js] = 0
+            deadline[js] = now + rto
+
+        def receive(size: int, count: int, offset: int, now: float) -> tuple[int, int]:
+            """Take ``count`` datagrams of ``size`` bytes at ``offset`` of the buffer.
+
+            Returns (results accepted, slots that finished their last use)."""
+            if size < HEADER_SIZE or (size - HEADER_SIZE) % 4:
+                stats.stale += count
+                return 0, 0
+            rec = np.frombuffer(buf, record_dtype((size - HEADER_SIZE) // 4), count, offset)
+            h = rec["h"]
+            j = (h["slot"] & (SET_BIT - 1)).astype(np.int64) - self.slot_base
+            ok = (h["version"] == VERSION) & (h["job"] == self.job) & (h["epoch"] == self.epoch)
+            ok &= (j >= 0) & (j < window)
+            jj = np.where(ok, j, 0)
+            ok &= (pos[jj] < nuses[jj]) & (h["seq"] == ((base[jj] + pos[jj]) & 0xFFFFFFFF))
+            for i in np.flatnonzero(ok & (h["type"] == MsgType.PENDING)):
+                pending[int(jj[i])] = int(h["bitmap"][i])
+            c = chunk_of(jj, pos[jj])
+            ok &= (
+                (h["type"] == MsgType.RESULT)
+                & (h["count"] == count_of(c))
+                & (count_of(c) == (size - 24) // 4)
+            )
+            sel = np.flatnonzero(ok)
+            js, first = np.unique(jj[sel], return_index=True)  # a duplicate in the same run counts once
+            sel = sel[first]
+            stats.stale += count - int(sel.size)
+            if not sel.size:
+                return 0, 0
+            c = c[sel]
+            got = rec["p"][sel]
+            full = (c >= 0) & (c < nfull)
+            if full.any():
+                cf = c[full]
+                out2d[cf] = dequantize(got[full], agreed[cf], bits) if is_float else got[full]
+            for i in np.flatnonzero(c == nfull):
+                row = got[i : i + 1, :tail]
+                out[nfull * n :] = dequantize(row, agreed[nfull:], bits)[0] if is_float else row[0]
+            k = pos[js]
+            if is_float:
+                has_next = k + 1 < nuses[js]
+                agreed[chunk_of(js[has_next], k[has_next] + 1)] = h["exp"][sel][has_next]
+            fresh = tries[js] == 0  # Karn: only unambiguous samples
+            if fresh.any():
+                self._rtt_sample(float(np.median(now - sent_at[js[fresh]])))
+            for j in js:
+                pending.pop(int(j), None)
+            pos[js] = k + 1
+            done = pos[js] >= nuses[js]
+            deadline[js[done]] = np.inf
+            if not done.all():
+                prepare(js[~done], now)
+            return int(sel.size), int(done.sum())
+
+        socks = [s for s in (self._mcast, sock) if s is not None]
+        now = time.monotonic()
+        prepare(slots, now)
+        remaining = window
+        last_progress = now
+        idle_checks = 0
+        while remaining:
+            # Read everything queued (up to the buffer): runs of full-size results are collected
+            # back to back and handled with one set of numpy calls; other runs as they come.
+            filled = accepted = finished = reads = 0
+            now = time.monotonic()
+            while filled + 65536 <= len(buf):
+                nb = -1
+                for s in socks:
+                    try:
+                        nb, gso, _ = recv_batch(s, view[filled:])
+                        break
+                    except (BlockingIOError, ConnectionRefusedError):
+                        continue
+                if nb < 0:
+                    break
+                reads += 1
+                stats.received += 1
+                stats.bytes_received += nb
+                size = gso if 0 < gso < nb else nb
+                if size == seg and nb % seg == 0:
+                    filled += nb
+                    continue
+                whole = nb // size
+                got = receive(size, whole, filled, now)
+                if whole * size < nb:
+                    more = receive(nb - whole * size, 1, filled + whole * size, now)
+                    got = (got[0] + more[0], got[1] + more[1])
+                accepted, finished = accepted + got[0], finished + got[1]
+            if filled:
+                got = receive(seg, filled // seg, 0, now)
+                accepted, finished = accepted + got[0], finished + got[1]
+            if accepted:
+                last_progress = now
+            remaining -= finished
+            idle_checks += 1
+            if reads == 0 or idle_checks >= 32:
+                idle_checks = 0
+                now = time.monotonic()
+                late = np.flatnonzero(deadline <= now)
+                if late.size:
+                    sh["flags"][late] = Flag.RETX
+                    transmit(late)
+                    tries[late] += 1
+                    deadline[late] = now + np.minimum(self.max_rto, rto * 2.0 ** tries[late])
+                    stats.retransmissions += int(late.size)
+                elif reads == 0 and remaining:
+                    limit = last_progress + self.timeout
+                    if now >= limit:
+                        raise self._stalled(
+                            pos.tolist(), nuses.tolist(), pending, window, boot, total, nchunks
+                        )
+                    self._wait_readable(min(float(deadline.min()), limit) - now)
+        self._seq[:window] += nuses
+        if is_float:
+            self._check_nonfinite(agreed, n, total)
+        return out
+
+    def _check_nonfinite(self, agreed: np.ndarray, n: int, total: int) -> None:
+        """Raise NonFiniteError (at every worker alike) if some block's agreed exponent says inf/NaN."""
+        if self.nonfinite != "raise" or not (bad := np.flatnonzero(agreed == EXP_NONFINITE)).size:
+            return
+        spans = ", ".join(f"[{c * n}, {min(total, (c + 1) * n)})" for c in bad[:5])
+        more = " ..." if bad.size > 5 else ""
+        raise NonFiniteError(
+            f"inf or NaN in the input of some worker: elements {spans}{more} have no finite sum"
+        )
 
     def _wait_readable(self, seconds: float) -> None:
         self._poll.poll(max(0, math.ceil(seconds * 1000)))

@@ -9,6 +9,7 @@ the codec here is what the hot paths use (``struct`` for one header, numpy struc
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "decode",
     "encode",
+    "record_dtype",
     "scale_bits",
 ]
 
@@ -185,6 +187,13 @@ def decode(datagram: bytes | bytearray | memoryview) -> tuple[Header, np.ndarray
 
 
 _TYPES = frozenset(int(t) for t in MsgType)
+
+
+@functools.lru_cache(maxsize=64)
+def record_dtype(count: int) -> np.dtype:
+    """One datagram with ``count`` payload elements as a numpy record: ``h`` (the header fields) and
+    ``p`` (the payload), for reading or writing many same-size datagrams at once."""
+    return np.dtype([("h", HEADER_DTYPE), ("p", PAYLOAD_DTYPE, (count,))])
 
 
 def scale_bits(total_workers: int) -> int:

@@ -13,7 +13,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,14 +28,30 @@ from netagg.protocol import (
     VERSION,
     Flag,
     MsgType,
+    record_dtype,
 )
 
-__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output"]
+__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments"]
 
 #: Where a datagram came from or goes: anything hashable that the backend understands ((host, port) for UDP).
 Address = Any
 #: What to send: the bytes (a view that is valid until the next call) and the addresses to send them to.
-Output = tuple[memoryview | bytes | bytearray, list[Address]]
+Output = tuple["memoryview | bytes | bytearray | Segments", list[Address]]
+
+
+class Segments(NamedTuple):
+    """Datagrams of ``size`` bytes back to back in ``data`` (the last may be shorter): one GSO send."""
+
+    data: memoryview | bytes
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def datagrams(self) -> int:
+        return -(-len(self.data) // self.size)
+
 
 #: Every reason a datagram is dropped; the counters have one entry each.
 DROP_REASONS = (
@@ -62,7 +78,9 @@ _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
 # Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
 _RETX, _UNICAST = int(Flag.RETX), int(Flag.UNICAST)
-_RESULT, _PENDING = int(MsgType.RESULT), int(MsgType.PENDING)
+_RESULT, _PENDING, _CONTRIB = int(MsgType.RESULT), int(MsgType.PENDING), int(MsgType.CONTRIB)
+
+
 _SEQ_NONE = -1
 
 
@@ -131,8 +149,10 @@ class _Job:
     bitmap: list[int] = field(init=False)
     nelem: list[int] = field(init=False)
     expmax: list[int] = field(init=False)
+    acc_all: np.ndarray = field(init=False)
     acc: list[np.ndarray] = field(init=False)
-    out: list[bytearray] = field(init=False)
+    out_all: np.ndarray = field(init=False)
+    out: list[np.ndarray] = field(init=False)
     out_payload: list[np.ndarray] = field(init=False)
     result_dests: list[Address] = field(init=False)
 
@@ -142,10 +162,13 @@ class _Job:
         pairs = 2 * c.slots
         self.result_dests = []
         self.reset_slots()
-        self.acc = list(np.zeros((pairs, c.elements), dtype=np.int32))
-        # One result buffer per slot and set: header + payload in network order, kept for repeats.
-        self.out = [bytearray(HEADER_SIZE + 4 * c.elements) for _ in range(pairs)]
-        self.out_payload = [np.frombuffer(b, PAYLOAD_DTYPE, c.elements, HEADER_SIZE) for b in self.out]
+        # Accumulators, and one result datagram per slot and set (header + payload in network order,
+        # kept for repeats): 2-D arrays for the batch path, row views for the one-packet path.
+        self.acc_all = np.zeros((pairs, c.elements), dtype=np.int32)
+        self.acc = list(self.acc_all)
+        self.out_all = np.zeros((pairs, HEADER_SIZE + 4 * c.elements), dtype=np.uint8)
+        self.out = list(self.out_all)
+        self.out_payload = [row[HEADER_SIZE:].view(PAYLOAD_DTYPE) for row in self.out]
 
     def reset_slots(self) -> None:
         pairs = 2 * self.cfg.slots
@@ -235,9 +258,123 @@ class Dataplane:
 
     def _emit(self, outs: list[Output]) -> list[Output]:
         for data, dests in outs:
-            self.counters["packets_out"] += len(dests)
+            datagrams = data.datagrams if isinstance(data, Segments) else 1
+            self.counters["packets_out"] += datagrams * len(dests)
             self.counters["bytes_out"] += len(data) * len(dests)
         return outs
+
+    # -- the batch path ------------------------------------------------------------------------
+    def handle_batch(self, data: bytes | bytearray | memoryview, seg: int, src: Address) -> list[Output]:
+        """Process datagrams of ``seg`` bytes back to back in ``data`` (a GRO batch from ``src``; the
+        last may be shorter). Same results as :meth:`handle` on each datagram in turn: the common case
+        (first contributions to distinct slots of one job) is done with numpy over the whole batch,
+        anything else goes through :meth:`handle` one datagram at a time."""
+        view = memoryview(data)
+        n = len(view)
+        if seg <= 0 or seg >= n:
+            return self.handle(view, src)
+        k = n // seg
+        outs = self._contribute_batch(view[: k * seg], seg, k, src) if k > 1 else None
+        if outs is None:
+            outs = []
+            for off in range(0, k * seg, seg):
+                outs += self.handle(view[off : off + seg], src)
+        if k * seg < n:
+            outs += self.handle(view[k * seg :], src)
+        return outs
+
+    def _contribute_batch(self, view: memoryview, seg: int, k: int, src: Address) -> list[Output] | None:
+        """The vectorized common case, or None (nothing changed) if the batch is not that case."""
+        count = (seg - HEADER_SIZE) // 4
+        if seg < HEADER_SIZE or HEADER_SIZE + 4 * count != seg:
+            return None
+        rec = np.frombuffer(view, record_dtype(count), k)
+        h = rec["h"]
+        job_ids = h["job"]
+        job = self._jobs.get(int(job_ids[0]))
+        if job is None or not job.joined or count > job.cfg.elements:
+            return None
+        cfg = job.cfg
+        slot_field = h["slot"].astype(np.int64)
+        seq = h["seq"].astype(np.int64)
+        setbit = slot_field >> 15
+        i = (slot_field & (SET_BIT - 1)) - cfg.slot_base
+        worker = h["worker"].astype(np.int64)
+        if not (
+            (h["version"] == VERSION).all()
+            and (h["type"] == _CONTRIB).all()
+            and (h["reserved"] == 0).all()
+            and (h["count"] == count).all()
+            and (job_ids == cfg.job_id).all()
+            and (h["epoch"] == job.epoch).all()
+            and (worker < cfg.workers).all()
+            and (i >= 0).all()
+            and (i < cfg.slots).all()
+            and (setbit == (seq & 1)).all()
+        ):
+            return None
+        if any(job.addrs[w] != src for w in set(worker.tolist())):
+            return None
+        keys = 2 * i + setbit
+        key_list = keys.tolist()
+        if len(set(key_list)) != k:
+            return None
+        cur = np.array([job.seq[x] for x in key_list], dtype=np.int64)
+        diff = (seq - cur) & 0xFFFFFFFF
+        newer = (cur == _SEQ_NONE) | ((diff != 0) & (diff < 0x80000000))
+        same = ~newer & (diff == 0)
+        bitmap = np.array([job.bitmap[x] for x in key_list], dtype=np.int64)
+        nelem = np.array([job.nelem[x] for x in key_list], dtype=np.int64)
+        bit = np.left_shift(1, worker)
+        if not (newer | (same & (nelem == count) & ((bitmap & bit) == 0))).all():
+            return None  # stale, mismatched or repeated packets: the one-packet path counts them
+        # From here on this is exactly what handle() would do for each packet in turn.
+        bitmap[newer] = 0
+        expmax = np.array([job.expmax[x] for x in key_list], dtype=np.int64)
+        expmax[newer] = 0
+        payload = rec["p"]
+        first = bitmap == 0
+        acc = job.acc_all
+        if first.any():
+            acc[keys[first], :count] = payload[first]
+        if not first.all():
+            rest = keys[~first]
+            acc[rest, :count] += payload[~first]
+        bitmap |= bit
+        expmax = np.maximum(expmax, h["exp"])
+        flags = h["flags"]
+        for x, s, b, e in zip(key_list, seq.tolist(), bitmap.tolist(), expmax.tolist(), strict=True):
+            job.seq[x] = s
+            job.bitmap[x] = b
+            job.nelem[x] = count
+            job.expmax[x] = e
+        c = self.counters
+        c["packets_in"] += k
+        c["bytes_in"] += k * seg
+        c["contributions"] += k
+        if retx := int(np.count_nonzero(flags & _RETX)):
+            c["retransmissions"] += retx
+        done = bitmap == job.full
+        if not done.any():
+            return []
+        dk = keys[done]
+        res = np.zeros(int(dk.size), dtype=record_dtype(count))
+        rh = res["h"]
+        rh["version"] = VERSION
+        rh["type"] = _RESULT
+        rh["epoch"] = job.epoch
+        rh["job"] = cfg.job_id
+        rh["worker"] = _WORKER_ALL
+        rh["slot"] = slot_field[done]
+        rh["count"] = count
+        rh["seq"] = seq[done]
+        rh["exp"] = expmax[done]
+        rh["bitmap"] = job.full
+        res["p"] = acc[dk, :count]
+        raw = res.view(np.uint8).reshape(dk.size, seg)
+        job.out_all[dk, :seg] = raw
+        c["completions"] += int(dk.size)
+        return self._emit([(Segments(raw.reshape(-1).data, seg), job.result_dests)])
 
     def _join(self, job: _Job, src: Address, worker: int, incarnation: int) -> list[Output]:
         if incarnation == 0:
@@ -352,7 +489,7 @@ class Dataplane:
             self.counters["repeats"] += 1
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
-                resend = bytearray(memoryview(job.out[k])[: HEADER_SIZE + 4 * count])
+                resend = bytearray(job.out[k].data[: HEADER_SIZE + 4 * count])
                 resend[_OFF_FLAGS] = _UNICAST
                 struct.pack_into("!H", resend, _OFF_WORKER, worker)
                 return self._emit([(resend, [src])])
@@ -376,7 +513,7 @@ class Dataplane:
         self.counters["completions"] += 1
         out = job.out[k]
         HEADER.pack_into(
-            out,
+            out.data,
             0,
             VERSION,
             _RESULT,
@@ -392,4 +529,4 @@ class Dataplane:
             bitmap,
         )
         job.out_payload[k][:count] = acc
-        return self._emit([(memoryview(out)[: HEADER_SIZE + 4 * count], job.result_dests)])
+        return self._emit([(out.data[: HEADER_SIZE + 4 * count], job.result_dests)])

@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from switch.core import Dataplane
+from netagg.udpbatch import enable_gro, recv_batch, send_segments
+from switch.core import Dataplane, Segments
 
 __all__ = ["UdpSwitch", "set_socket_buffers"]
 
@@ -50,6 +51,7 @@ class UdpSwitch:
         stats_file: Path | None = None,
         stats_interval: float = 0.0,
         multicast_ttl: int = 1,
+        gro: bool = False,
     ) -> None:
         self.dataplane = dataplane
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -63,6 +65,7 @@ class UdpSwitch:
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
         self.sock.settimeout(0.2)  # how often the loop looks at the stop flag and the stats timer
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.gro = gro and enable_gro(self.sock)
         self.stats_file = stats_file
         self.stats_interval = stats_interval
         self._stop = threading.Event()
@@ -75,22 +78,33 @@ class UdpSwitch:
         recv = self.sock.recvfrom_into
         send = self.sock.sendto
         handle = self.dataplane.handle
+        handle_batch = self.dataplane.handle_batch
+        sock = self.sock
+        gro = self.gro
         next_stats = time.monotonic() + self.stats_interval if self.stats_interval > 0 else float("inf")
         log.info("netagg switch serving on %s:%d", *self.address)
         try:
             while not self._stop.is_set():
                 try:
-                    n, src = recv(buf)
+                    if gro:  # a run of same-size datagrams from one sender may come as one buffer
+                        n, seg, src = recv_batch(sock, buf)
+                    else:
+                        n, src = recv(buf)
+                        seg = 0
                 except TimeoutError:
                     n = -1
                 except OSError as exc:  # e.g. ICMP port unreachable surfacing on Linux: not fatal
                     log.debug("recv error %s", exc)
                     n = -1
                 if n >= 0:
-                    for data, dests in handle(view[:n], src):
+                    outs = handle_batch(view[:n], seg, src) if seg else handle(view[:n], src)
+                    for data, dests in outs:
                         for dest in dests:
                             try:
-                                send(data, dest)
+                                if isinstance(data, Segments):
+                                    send_segments(sock, data.data, data.size, dest)
+                                else:
+                                    send(data, dest)
                             except OSError as exc:
                                 self.dataplane.counters["send_errors"] += 1
                                 log.debug("send to %s failed: %s", dest, exc)

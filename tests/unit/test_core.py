@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netagg.protocol import HEADER, MsgType, decode
-from switch.core import DROP_REASONS, Dataplane, JobConfig
+from switch.core import DROP_REASONS, Dataplane, JobConfig, Segments
 
 JOB = 7
 
@@ -40,8 +40,13 @@ def joined(workers: int = 3, slots: int = 4, elements: int = 4) -> Dataplane:
     return dp
 
 
+def raw(data) -> bytes:
+    assert not isinstance(data, Segments), "handle() answers one datagram at a time"
+    return bytes(data)
+
+
 def decoded(outs):
-    return [(decode(bytes(data)), dests) for data, dests in outs]
+    return [(decode(raw(data)), dests) for data, dests in outs]
 
 
 def check_accounting(dp: Dataplane) -> None:
@@ -52,7 +57,7 @@ def check_accounting(dp: Dataplane) -> None:
 def test_join_barrier_acks_everyone_with_the_job_parameters() -> None:
     dp = Dataplane([JobConfig(JOB, 2, slots=8, elements=16, slot_base=100, total_workers=6)])
     [(pending, dests)] = join(dp, 0)
-    ((h, _),) = [decode(bytes(pending))]
+    ((h, _),) = [decode(raw(pending))]
     assert h.type == MsgType.PENDING and h.bitmap == 0b01 and dests == ["w0"]
     acks = decoded(join(dp, 1))
     assert sorted(d[0] for _, d in acks) == ["w0", "w1"]
@@ -93,11 +98,11 @@ def test_two_sets_and_slot_reuse() -> None:
     dp = joined(2)
     for w in range(2):
         out = dp.handle(contrib(w, 0, 0, [w + 1] * 4), f"w{w}")
-    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    assert decode(raw(out[0][0]))[1].tolist() == [3] * 4
     # Use 1 (set 1) and use 2 (set 0 again) of slot 0.
     for w in range(2):
         out = dp.handle(contrib(w, 0, 1, [5] * 4), f"w{w}")
-    assert decode(bytes(out[0][0]))[0].set == 1
+    assert decode(raw(out[0][0]))[0].set == 1
     # A late repeat of use 0 still gets use 0's result: the shadow copy keeps it until use 2 starts.
     [((h, payload), _)] = decoded(dp.handle(contrib(0, 0, 0, [1] * 4, flags=1), "w0"))
     assert h.seq == 0 and payload.tolist() == [3] * 4
@@ -137,7 +142,7 @@ def test_malformed_and_foreign_packets_are_counted_and_change_nothing(
     # The slot is untouched: a normal use still sums exactly.
     for w in range(3):
         out = dp.handle(contrib(w, 0, 0, [w, w, w, w]), f"w{w}")
-    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    assert decode(raw(out[0][0]))[1].tolist() == [3] * 4
     check_accounting(dp)
 
 
@@ -159,12 +164,12 @@ def test_new_incarnation_starts_a_new_epoch() -> None:
     assert dp.drops["not_joined"] == 1
     acks = join(dp, 1, incarnation=556)
     assert {d[0] for _, d in acks} == {"w0-new", "w1"}
-    assert decode(bytes(acks[0][0]))[0].epoch == 2
+    assert decode(raw(acks[0][0]))[0].epoch == 2
     # Epoch 1 packets are stale now; epoch 2 starts from fresh slots.
     assert dp.handle(contrib(1, 0, 0, [1] * 4, epoch=1), "w1") == [] and dp.drops["stale_epoch"] == 1
     dp.handle(contrib(0, 0, 0, [2] * 4, epoch=2), "w0-new")
     out = dp.handle(contrib(1, 0, 0, [3] * 4, epoch=2), "w1")
-    assert decode(bytes(out[0][0]))[1].tolist() == [5] * 4
+    assert decode(raw(out[0][0]))[1].tolist() == [5] * 4
 
 
 def test_jobs_are_isolated() -> None:
@@ -180,7 +185,7 @@ def test_jobs_are_isolated() -> None:
     assert dp.handle(contrib(0, 4, 0, [99] * 4, job=1), "j1w0") == [] and dp.drops["bad_slot"] == 1
     dp.handle(contrib(0, 4, 0, [1] * 4, job=2), "j2w0")
     out = dp.handle(contrib(1, 4, 0, [2] * 4, job=2), "j2w1")
-    assert decode(bytes(out[0][0]))[1].tolist() == [3] * 4
+    assert decode(raw(out[0][0]))[1].tolist() == [3] * 4
     dp.remove(2)
     assert dp.handle(contrib(0, 4, 1, [1] * 4, job=2), "j2w0") == [] and dp.drops["unknown_job"] == 1
 
@@ -286,7 +291,7 @@ def test_protocol_is_exact_under_loss_duplication_and_reordering(
         if direction == "up":
             for out, dests in dp.handle(datagram, f"w{wid}"):
                 for dest in dests:
-                    put("down", int(str(dest)[1:]), bytes(out))
+                    put("down", int(str(dest)[1:]), raw(out))
         else:
             put("up", wid, ws[wid].receive(datagram))
     expected = np.sum(data, axis=0)
@@ -313,3 +318,85 @@ def test_fixed_addresses_reject_joins_from_elsewhere() -> None:
     assert join(dp, 0, addr="evil") == [] and dp.drops["wrong_source"] == 1
     join(dp, 0)
     assert len(join(dp, 1)) == 2
+
+
+def expand(outs) -> list[tuple[bytes, list]]:
+    """Outputs as one (datagram, destinations) per datagram, whether sent one by one or as GSO runs."""
+    flat = []
+    for data, dests in outs:
+        if isinstance(data, Segments):
+            raw_bytes = bytes(data.data)
+            flat += [(raw_bytes[o : o + data.size], list(dests)) for o in range(0, len(raw_bytes), data.size)]
+        else:
+            flat.append((bytes(data), list(dests)))
+    return flat
+
+
+def state(dp: Dataplane):
+    job = dp._jobs[JOB]
+    return (
+        list(job.seq),
+        list(job.bitmap),
+        list(job.nelem),
+        list(job.expmax),
+        job.acc_all.tobytes(),
+        job.out_all.tobytes(),
+        dict(dp.counters),
+        dict(dp.drops),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    workers=st.integers(1, 4),
+    rounds=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # sender
+            st.lists(
+                st.tuples(
+                    st.integers(0, 3),
+                    st.integers(0, 3),
+                    st.integers(-(2**31), 2**31 - 1),
+                    st.integers(0, 2000),
+                    st.integers(0, 1),
+                ),
+                min_size=1,
+                max_size=6,
+            ),
+            st.booleans(),  # a shorter datagram at the end of the batch
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_batch_path_equals_one_packet_at_a_time(workers, rounds) -> None:
+    """handle_batch() must do exactly what handle() does on each datagram in turn."""
+    elements = 3
+    a = joined(workers, slots=4, elements=elements)
+    b = joined(workers, slots=4, elements=elements)
+    for sender, packets, short_tail in rounds:
+        src = f"w{sender}"
+        datagrams = [
+            contrib(sender, slot, seq, [value, -1 - value, value >> 1], exp=exp, flags=retx)
+            for slot, seq, value, exp, retx in packets
+        ]
+        if short_tail:
+            datagrams.append(contrib(sender, 0, 0, [1]))
+        seg = len(datagrams[0])
+        out_a = expand(a.handle_batch(b"".join(datagrams), seg, src))
+        out_b = expand([o for d in datagrams for o in b.handle(d, src)])
+        assert out_a == out_b
+        assert state(a) == state(b)
+    check_accounting(a)
+
+
+def test_batch_path_takes_the_vectorized_route() -> None:
+    dp = joined(3, slots=8, elements=4)
+    for w in range(3):
+        batch = b"".join(contrib(w, s, 0, [w, s, 1, 2]) for s in range(8))
+        outs = dp.handle_batch(batch, len(batch) // 8, f"w{w}")
+    [(data, dests)] = outs  # the last worker completes all 8 slots: one GSO run of 8 results
+    assert isinstance(data, Segments) and data.datagrams == 8 and dests == ["w0", "w1", "w2"]
+    results = expand(outs)
+    assert [decode(d)[1].tolist() for d, _ in results] == [[3, 3 * s, 3, 6] for s in range(8)]
+    assert dp.counters["contributions"] == 24 and dp.counters["completions"] == 8
