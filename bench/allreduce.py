@@ -114,14 +114,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     worlds = sorted({r["workers"] for r in rows})
     fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 4), squeeze=False)
     for ax, world in zip(axes[0], worlds, strict=True):
-        for elements in sorted({r["elements"] for r in rows}):
+        for elements in sorted({r["elements"] for r in rows}, reverse=True):
             pts = [
                 (r["mib"], r["netagg_ms"])
                 for r in rows
                 if r["workers"] == world and r["elements"] == elements
             ]
+            color = "tab:blue" if elements == MAX_ELEMENTS else "tab:orange"  # the same in every panel
             if pts:
-                ax.loglog(*zip(*pts, strict=True), "o-", label=f"netagg, {elements * 4} B payload")
+                ax.loglog(
+                    *zip(*pts, strict=True), "o-", color=color, label=f"netagg, {elements * 4} B payload"
+                )
         gl = sorted(
             {
                 (r["mib"], r["gloo_ms"])
@@ -161,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         help="send results once per worker instead of once to a multicast group on loopback",
     )
     p.add_argument("--out", type=Path, default=Path("out/bench"))
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/results.json")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((args.out / "results.json").read_text())["rows"], args.out / "allreduce.png")
+        return 0
     worlds = args.workers or ([4] if args.quick else [2, 4, 8])
     sizes = args.mib or ([1, 16, 64] if args.quick else [1, 4, 16, 64, 256])
     small = args.small_mib if args.small_mib is not None else ([1] if args.quick else [1, 16])

@@ -14,10 +14,10 @@ import heapq
 import random
 import selectors
 import socket
-import threading
 import time
 from collections.abc import Callable
 
+from netagg.service import BackgroundService
 from switch.udp import set_socket_buffers
 
 __all__ = ["LossyRelay"]
@@ -29,7 +29,7 @@ def _sendto(sock: socket.socket, dest: tuple[str, int], data: bytes) -> int:
     return sock.sendto(data, dest)
 
 
-class LossyRelay:
+class LossyRelay(BackgroundService):
     """Relay UDP between clients (on ``listen``) and ``upstream``, impairing the traffic.
 
     Args:
@@ -41,6 +41,8 @@ class LossyRelay:
         seed: for a reproducible sequence of impairments.
     """
 
+    _thread_name = "netagg-relay"
+
     def __init__(
         self,
         listen: tuple[str, int],
@@ -51,6 +53,7 @@ class LossyRelay:
         reorder: float = 0.0,
         seed: int | None = None,
     ) -> None:
+        super().__init__()
         for name, p in (("loss", loss), ("dup", dup), ("reorder", reorder)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {p}")
@@ -67,8 +70,6 @@ class LossyRelay:
         self._held: list[tuple[float, int, Callable[[bytes], object], bytes]] = []
         self._tick = 0
         self.counters: collections.Counter[str] = collections.Counter()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _impair(self, data: bytes, send: Callable[[bytes], object], direction: str) -> None:
         rng = self._rng
@@ -131,19 +132,3 @@ class LossyRelay:
             for up in ups.values():
                 up.close()
             front.close()
-
-    def start(self) -> LossyRelay:
-        self._thread = threading.Thread(target=self.serve_forever, name="netagg-relay", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> LossyRelay:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -6,10 +6,10 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
+from netagg.service import BackgroundService
 from netagg.udpbatch import enable_gro, recv_batch, send_segments
 from switch.core import Dataplane, Segments
 
@@ -37,8 +37,10 @@ def set_socket_buffers(sock: socket.socket, rcvbuf: int, sndbuf: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
-class UdpSwitch:
+class UdpSwitch(BackgroundService):
     """Serve a :class:`Dataplane` on ``host:port`` until :meth:`stop` (or SIGINT/SIGTERM in the CLI)."""
+
+    _thread_name = "netagg-switch"
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class UdpSwitch:
         multicast_ttl: int = 1,
         gro: bool = False,
     ) -> None:
+        super().__init__()
         self.dataplane = dataplane
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -68,8 +71,6 @@ class UdpSwitch:
         self.gro = gro and enable_gro(self.sock)
         self.stats_file = stats_file
         self.stats_interval = stats_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def serve_forever(self) -> None:
         """Receive, aggregate and send until stopped. Writes the stats file on the way out."""
@@ -127,21 +128,3 @@ class UdpSwitch:
             )
         )
         tmp.replace(self.stats_file)
-
-    def start(self) -> UdpSwitch:
-        """Serve on a background thread (for tests and embedding); returns self."""
-        self._thread = threading.Thread(target=self.serve_forever, name="netagg-switch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the loop to end and wait for it (if it runs on our thread)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> UdpSwitch:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
