@@ -1,0 +1,104 @@
+"""Rank bodies for the DDP tests (module level, so spawned processes can import them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _model(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 10),
+    )
+
+
+def _batch(rank: int, step: int):
+    import torch
+
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+
+def grads(
+    rank: int, world: int, port: int, switch: str | None, bucket_cap_mb: float, steps: int = 2
+) -> dict[str, Any]:
+    """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from host_agent.ddp import NetAggState, netagg_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = DDP(_model(0), bucket_cap_mb=bucket_cap_mb)
+        state = None
+        if switch is not None:
+            state = NetAggState(switch=switch)
+            model.register_comm_hook(state, netagg_hook)
+        local = _model(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        local_opt = torch.optim.SGD(local.parameters(), lr=0.1)
+        for step in range(steps):
+            x, y = _batch(rank, step)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            local_opt.zero_grad()  # the same step without DDP: this rank's own gradient
+            torch.nn.functional.cross_entropy(local(x), y).backward()
+            averaged = [p.grad.detach().clone().numpy() for p in model.parameters() if p.grad is not None]
+            opt.step()
+            local.load_state_dict(model.module.state_dict())
+        own = [p.grad.detach().numpy().copy() for p in local.parameters() if p.grad is not None]
+        out = {"averaged": averaged, "local_max": max(float(np.abs(g).max()) for g in own)}
+        if state is not None:
+            out["stats"] = vars(state.stats).copy()
+            state.close()
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
+def survive_switch_death(
+    rank: int, world: int, port: int, switch: str, switch_pid: int, fallback: str, timeout: float
+) -> dict[str, Any]:
+    """Train 6 steps; rank 0 kills the switch after step 2. Report how it ended."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from host_agent.ddp import NetAggState, netagg_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = DDP(_model(0), bucket_cap_mb=0.05)
+    state = NetAggState(switch=switch, fallback=fallback, timeout=timeout)  # type: ignore[arg-type]
+    model.register_comm_hook(state, netagg_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    t0 = time.monotonic()
+    try:
+        for step in range(6):
+            if step == 2 and rank == 0:
+                os.kill(switch_pid, signal.SIGKILL)
+            x, y = _batch(rank, step)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.monotonic() - t0}
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    stats = vars(state.stats).copy()
+    state.close()
+    dist.destroy_process_group()
+    return {"stats": stats, "checksum": checksum, "seconds": time.monotonic() - t0}

@@ -1,0 +1,82 @@
+"""The DDP hook with real torch.distributed processes: gradients, bucket sizes, fallback."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from netagg.launch import run_workers
+from netagg.protocol import scale_bits
+from tests.integration import ddp_workers as dw
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("bucket_cap_mb", [0.01, 0.2, 25.0])
+def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_mb: float) -> None:
+    sw = switch_factory(world)
+    netagg = run_workers(dw.grads, world, world, free_port(), sw.address, bucket_cap_mb, timeout=300)
+    gloo = run_workers(dw.grads, world, world, free_port(), None, bucket_cap_mb, timeout=300)
+    # Each element is off by at most W * 2**(E-B-1) / W (docs/protocol.md, "Quantization"), where
+    # 2**(E-1) <= the largest local gradient magnitude in its block: so atol = 2**(1-B) * max|local|.
+    gmax = max(r["local_max"] for r in netagg)
+    atol = 2.0 ** (1 - scale_bits(world)) * gmax
+    import torch
+
+    for rank in range(world):
+        for ours, theirs in zip(netagg[rank]["averaged"], gloo[rank]["averaged"], strict=True):
+            torch.testing.assert_close(
+                torch.from_numpy(ours), torch.from_numpy(theirs), atol=atol, rtol=2**-20
+            )
+        assert netagg[rank]["stats"]["fallbacks"] == 0
+        assert netagg[rank]["stats"]["buckets"] > 0
+    # With a 10 KB cap each step has several buckets (2 steps, so the rebuilt buckets were used too).
+    if bucket_cap_mb == 0.01:
+        assert netagg[0]["stats"]["buckets"] >= 4
+    # All ranks hold the same averaged gradient.
+    for ours, theirs in zip(netagg[0]["averaged"], netagg[-1]["averaged"], strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
+    sw = switch_factory(2)
+    out = run_workers(
+        dw.survive_switch_death, 2, 2, free_port(), sw.address, sw.pid, "gloo", 2.0, timeout=300
+    )
+    for r in out:
+        assert "error" not in r, r
+        assert r["stats"]["fallbacks"] > 0, r
+    assert out[0]["checksum"] == out[1]["checksum"]  # the ranks stayed in step
+
+
+def test_switch_killed_with_fallback_error_fails_fast(switch_factory) -> None:
+    sw = switch_factory(2)
+    out = run_workers(
+        dw.survive_switch_death, 2, 2, free_port(), sw.address, sw.pid, "error", 2.0, timeout=300
+    )
+    for r in out:
+        # DDP's reducer re-raises the hook's NetAggTimeout as a RuntimeError carrying its message.
+        assert "error" in r and "made no progress" in r["error"] and "switch" in r["error"], r
+        assert r["seconds"] < 30, r
+
+
+def test_state_validates_its_arguments() -> None:
+    from host_agent.ddp import NetAggState
+
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        NetAggState(switch="nowhere", rank=0, world_size=2)
+    with pytest.raises(ValueError, match="fallback"):
+        NetAggState(switch="127.0.0.1:1", rank=0, world_size=2, fallback="retry")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rank must be"):
+        NetAggState(switch="127.0.0.1:1", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="not initialized"):
+        NetAggState(switch="127.0.0.1:1")
