@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # This machine kind has a local CPU wheel of exactly this torch; any other spec pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: all demo test lint typecheck unit bench bench-quick clean install sysdeps
+.PHONY: all demo demo-allreduce test lint typecheck unit bench bench-quick clean install sysdeps
 
 all: test
 
@@ -29,6 +29,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/netagg demo
 
+demo-allreduce: $(STAMP)
+	$(BIN)/netagg demo-allreduce
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,6 +47,7 @@ test: $(STAMP) lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/allreduce.py --out out/bench
+	$(BIN)/python bench/ddp.py --out out/bench
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/allreduce.py --quick --out out/bench-quick

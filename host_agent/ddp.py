@@ -90,6 +90,7 @@ class NetAggState:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, {self.world_size}), got {self.rank}")
         self._worker: Worker | None = None
+        self._last_traffic: dict[str, int] = {}
         self._failed: str | None = None
         self._warned = False
         self._lock = threading.Lock()
@@ -150,10 +151,15 @@ class NetAggState:
 
     def _close_worker(self) -> None:
         if self._worker is not None:
+            self._last_traffic = self._worker.stats.as_dict()
             try:
                 self._worker.close()
             finally:
                 self._worker = None
+
+    def traffic(self) -> dict[str, int]:
+        """This rank's datagrams and bytes to and from the switch (the host agent's counters)."""
+        return self._worker.stats.as_dict() if self._worker is not None else dict(self._last_traffic)
 
     def close(self) -> None:
         """Finish pending buckets and release the switch connection."""

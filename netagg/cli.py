@@ -1,4 +1,4 @@
-"""``netagg``: the command line. Subcommands: switch, allreduce, relay, demo."""
+"""``netagg``: the command line. Subcommands: switch, allreduce, relay, demo, demo-allreduce."""
 
 from __future__ import annotations
 
@@ -117,10 +117,15 @@ def _build() -> argparse.ArgumentParser:
     r.add_argument("--reorder", type=_fraction, default=0.0, help="probability a packet is held back")
     r.add_argument("--seed", type=int, default=None)
 
-    d = sub.add_parser("demo", help="W=4 allreduces through a switch on loopback, explained")
+    d = sub.add_parser("demo", help="DDP training through a switch on loopback, against gloo (make demo)")
     d.add_argument("--workers", type=_int_range(1, MAX_WORKERS), default=4)
-    d.add_argument("--mib", type=_int_range(1, 1024), default=64, help="largest tensor, MiB of float32")
-    d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON report")
+    d.add_argument("--epochs", type=_int_range(1, 1000), default=20)
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON and PNG")
+
+    da = sub.add_parser("demo-allreduce", help="W allreduces of 4 B-64 MiB through a switch, checked")
+    da.add_argument("--workers", type=_int_range(1, MAX_WORKERS), default=4)
+    da.add_argument("--mib", type=_int_range(1, 1024), default=64, help="largest tensor, MiB of float32")
+    da.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON and PNG")
     return p
 
 
@@ -135,9 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _allreduce(args)
         if args.command == "relay":
             return _relay(args)
-        from netagg.demo import run_demo
+        if args.command == "demo-allreduce":
+            from netagg.demo import run_demo
 
-        return run_demo(workers=args.workers, max_mib=args.mib, out_dir=args.out)
+            return run_demo(workers=args.workers, max_mib=args.mib, out_dir=args.out)
+        from netagg.train_demo import run_train_demo
+
+        return run_train_demo(workers=args.workers, epochs=args.epochs, out_dir=args.out)
     except (ValueError, OSError) as exc:
         print(f"netagg {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,136 @@
+"""Time per DDP training step: netagg's communication hook against DDP's default gloo allreduce.
+
+Both in the same run, W real processes on loopback, a 25 M-parameter MLP (1024-4096-4096-1024), batch 32
+per rank, SGD. A step is forward + backward (with the gradient allreduce) + optimizer step; its time is
+the slowest rank's; the figure is the median over steps after warm-up. Prints one JSON line per case
+with ratio = netagg / gloo, and writes ddp.json and ddp.png.
+
+    python bench/ddp.py [--workers 2 4] [--steps 8] [--out out/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from netagg.launch import SwitchProcess, run_workers
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_model() -> Any:
+    import torch
+
+    layers = [torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 4096), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(4096, 1024))
+
+
+def step_rank(rank: int, world: int, port: int, switch: str | None, steps: int, warmup: int) -> list[float]:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from host_agent.ddp import NetAggState, netagg_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = DDP(make_model())
+    state = None
+    if switch is not None:
+        state = NetAggState(switch=switch, timeout=60)
+        model.register_comm_hook(state, netagg_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(32, 1024, generator=g), torch.randn(32, 1024, generator=g)
+    times = []
+    for i in range(warmup + steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if state is not None:
+        assert state.stats.fallbacks == 0, "the switch did not serve every bucket"
+        state.close()
+    dist.destroy_process_group()
+    return times
+
+
+def median_step(per_rank: list[list[float]]) -> float:
+    return statistics.median(max(ts) for ts in zip(*per_rank, strict=True))
+
+
+def run(world: int, steps: int, warmup: int) -> dict[str, Any]:
+    with SwitchProcess(world, multicast=f"239.255.0.4:{_free_port(socket.SOCK_DGRAM)}") as sw:
+        ours = median_step(
+            run_workers(step_rank, world, world, _free_port(), sw.address, steps, warmup, timeout=1800)
+        )
+    theirs = median_step(
+        run_workers(step_rank, world, world, _free_port(), None, steps, warmup, timeout=1800)
+    )
+    return {
+        "workers": world,
+        "parameters": sum(p.numel() for p in make_model().parameters()),
+        "steps": steps,
+        "netagg_step_ms": round(ours * 1e3, 1),
+        "gloo_step_ms": round(theirs * 1e3, 1),
+        "ratio": round(ours / theirs, 3),
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["netagg_step_ms"] for r in rows], 0.4, label="netagg hook")
+    ax.bar([x + 0.2 for x in xs], [r["gloo_step_ms"] for r in rows], 0.4, label="gloo (DDP default)")
+    ax.set_xticks(list(xs), [f"W={r['workers']}\n{r['ratio']:.2f}x" for r in rows])
+    ax.set_ylabel("median time per training step (ms)")
+    ax.set_title(f"DDP, 25 M-parameter MLP, loopback, {os.cpu_count()} CPUs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="*", default=[2, 4])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("out/bench"))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, world in enumerate(args.workers, 1):
+        print(f"[{i}/{len(args.workers)}] W={world}: netagg hook, then gloo ...", file=sys.stderr, flush=True)
+        rows.append(run(world, args.steps, args.warmup))
+        print(json.dumps(rows[-1]), flush=True)
+    (args.out / "ddp.json").write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=1))
+    plot(rows, args.out / "ddp.png")
+    print(f"wrote {args.out / 'ddp.json'} and {args.out / 'ddp.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``make demo``: DDP training through a netagg switch on loopback, against the same training on gloo.
+
+Starts a switch, runs ``examples/train_ddp.py`` under torchrun with W worker processes twice (gradients
+through the switch, then plain gloo DDP; same seeds, same data), shows a progress bar, and ends with a
+table (accuracy, loss, time per step, traffic per worker against a ring allreduce), a PNG and a JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_train_demo"]
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(workers),
+        "--master-port",
+        str(_free_port()),
+        str(EXAMPLE),
+        *extra,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        "--progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    t0 = time.perf_counter()
+    tty = sys.stdout.isatty()
+    shown = -1
+    for line in proc.stdout:
+        if not line.startswith("PROGRESS "):
+            tail = [*tail[-19:], line.rstrip()]
+            continue
+        step, total = (int(v) for v in line.split()[1:3])
+        done = 30 * step // total
+        if tty or done // 3 != shown:  # a live bar on a terminal, a line per 10% in a log
+            shown = done // 3
+            print(
+                f"{chr(13) if tty else ''}  {label:<7} [{'#' * done}{'.' * (30 - done)}] "
+                f"{step}/{total} steps {time.perf_counter() - t0:5.1f}s",
+                end="" if tty else "\n",
+                flush=True,
+            )
+    if tty:
+        print()
+    if proc.wait() != 0 or not out.exists():
+        raise RuntimeError(f"the {label} training failed:\n" + "\n".join(tail))
+    return json.loads(out.read_text())
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def run_train_demo(workers: int = 4, epochs: int = 20, out_dir: Path = Path("out/demo")) -> int:
+    from netagg.launch import SwitchProcess
+
+    if not EXAMPLE.exists():
+        raise FileNotFoundError(f"{EXAMPLE} not found: run the demo from a netagg checkout")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"netagg demo: DDP training of an MLP on scikit-learn's digits, {workers} worker processes, "
+        f"{epochs} epochs; gradients through a Python switch on 127.0.0.1, then plain gloo DDP"
+    )
+    t0 = time.perf_counter()
+    group = f"239.255.0.1:{_free_port(socket.SOCK_DGRAM)}"
+    with SwitchProcess(workers, multicast=group) as sw:
+        print(f"  switch pid {sw.pid} on {sw.address}, results to multicast group {group}")
+        ours = _torchrun("netagg", workers, ["--switch", sw.address], out_dir / "train_netagg.json", epochs)
+        switch_stats = sw.stop()
+    theirs = _torchrun("gloo", workers, ["--backend", "gloo"], out_dir / "train_gloo.json", epochs)
+
+    params = ours["parameters"]
+    steps = ours["steps"]
+    ring = 2 * (workers - 1) / workers * 4 * params * steps  # bytes a ring allreduce sends per worker
+    traffic = ours["traffic_per_worker"]
+    rows = [
+        ("test accuracy", f"{ours['test_accuracy']:.4f}", f"{theirs['test_accuracy']:.4f}", ""),
+        ("test loss", f"{ours['test_loss']:.4f}", f"{theirs['test_loss']:.4f}", ""),
+        (
+            "median time per step",
+            f"{ours['median_step_ms']:.2f} ms",
+            f"{theirs['median_step_ms']:.2f} ms",
+            f"ratio {ours['median_step_ms'] / theirs['median_step_ms']:.2f}",
+        ),
+        ("sent per worker", _mib(traffic.get("bytes_sent", 0)), f"{_mib(ring)} (ring)", ""),
+        ("received per worker", _mib(traffic.get("bytes_received", 0)), f"{_mib(ring)} (ring)", ""),
+    ]
+    print(f"\n{'':<22}{'netagg':>14}{'gloo':>20}")
+    for name, a, b, note in rows:
+        print(f"{name:<22}{a:>14}{b:>20}  {note}")
+    gap = abs(ours["test_accuracy"] - theirs["test_accuracy"])
+    counters = (switch_stats or {}).get("counters", {})
+    print(
+        f"\n{params:,} parameters, {steps} steps of {workers} workers; the switch added "
+        f"{counters.get('contributions', 0):,} packets into {counters.get('completions', 0):,} results "
+        f"and dropped {sum((switch_stats or {}).get('drops', {}).values())}; fallbacks to gloo: "
+        f"{ours['fallbacks']}."
+    )
+    report = {
+        "workers": workers,
+        "epochs": epochs,
+        "netagg": ours,
+        "gloo": theirs,
+        "switch": switch_stats,
+        "ring_bytes_per_worker": ring,
+        "accuracy_gap": gap,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    (out_dir / "train.json").write_text(json.dumps(report, indent=1))
+    _plot(ours, theirs, out_dir / "train.png")
+    ok = gap <= 0.01
+    print(
+        f"{'accuracy within 1 point of gloo' if ok else 'ACCURACY DIFFERS FROM GLOO BY MORE THAN 1 POINT'}; "
+        f"report {out_dir / 'train.json'}, plot {out_dir / 'train.png'} ({time.perf_counter() - t0:.0f} s)"
+    )
+    return 0 if ok else 1
+
+
+def _plot(ours: dict[str, Any], theirs: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, style in ((ours, "-"), (theirs, "--")):
+        ep = [e["epoch"] + 1 for e in run["epochs"]]
+        ax1.plot(ep, [e["train_loss"] for e in run["epochs"]], style, label=f"{run['mode']} train")
+        ax1.plot(ep, [e["test_loss"] for e in run["epochs"]], style, label=f"{run['mode']} test")
+        ax2.plot([1e3 * t for t in run["step_times_s"]], style, lw=0.8, label=run["mode"])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy loss")
+    ax1.set_title("loss")
+    ax1.legend()
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("time per step (ms)")
+    ax2.set_title("step times (rank 0)")
+    ax2.set_yscale("log")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
