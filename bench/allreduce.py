@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -25,16 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netagg.launch import SwitchProcess, run_workers
+from netagg.launch import SwitchProcess, free_port, run_workers
 from netagg.protocol import MAX_ELEMENTS
 
 MIB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def netagg_rank(rank: int, address: str, world: int, nbytes: int, reps: int, warmup: int) -> list[float]:
@@ -83,11 +76,11 @@ def reps_for(nbytes: int) -> int:
 
 def run_case(world: int, nbytes: int, elements: int, warmup: int, multicast: bool) -> dict[str, Any]:
     reps = reps_for(nbytes) if elements >= 1024 else 3
-    group = f"239.255.0.2:{_free_port()}" if multicast else None
+    group = f"239.255.0.2:{free_port(udp=True)}" if multicast else None
     with SwitchProcess(world, elements=elements, multicast=group) as sw:
         na = run_workers(netagg_rank, world, sw.address, world, nbytes, reps, warmup, timeout=1800)
         stats = sw.stop()
-    gl = run_workers(gloo_rank, world, _free_port(), world, nbytes, reps, warmup, timeout=1800)
+    gl = run_workers(gloo_rank, world, free_port(), world, nbytes, reps, warmup, timeout=1800)
     t_na, t_gl = collective_median(na), collective_median(gl)
     counters = (stats or {}).get("counters", {})
     return {

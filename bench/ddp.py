@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -22,13 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netagg.launch import SwitchProcess, run_workers
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from netagg.launch import SwitchProcess, free_port, run_workers
 
 
 def make_model() -> Any:
@@ -77,13 +70,11 @@ def median_step(per_rank: list[list[float]]) -> float:
 
 
 def run(world: int, steps: int, warmup: int) -> dict[str, Any]:
-    with SwitchProcess(world, multicast=f"239.255.0.4:{_free_port(socket.SOCK_DGRAM)}") as sw:
+    with SwitchProcess(world, multicast=f"239.255.0.4:{free_port(udp=True)}") as sw:
         ours = median_step(
-            run_workers(step_rank, world, world, _free_port(), sw.address, steps, warmup, timeout=1800)
+            run_workers(step_rank, world, world, free_port(), sw.address, steps, warmup, timeout=1800)
         )
-    theirs = median_step(
-        run_workers(step_rank, world, world, _free_port(), None, steps, warmup, timeout=1800)
-    )
+    theirs = median_step(run_workers(step_rank, world, world, free_port(), None, steps, warmup, timeout=1800))
     return {
         "workers": world,
         "parameters": sum(p.numel() for p in make_model().parameters()),

@@ -58,23 +58,15 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_demo(workers: int = 4, max_mib: int = 64, out_dir: Path = Path("out/demo")) -> int:
-    from netagg.launch import SwitchProcess, run_workers
+    from netagg.launch import SwitchProcess, free_port, run_workers
 
     sizes = [s for s in (4, 4096, 1 << 20, 16 << 20, 64 << 20, 256 << 20) if s <= max_mib << 20]
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"netagg demo: {workers} worker processes allreduce through a Python switch on 127.0.0.1")
     t0 = time.perf_counter()
     # One host: results go to a multicast group on loopback, sent once instead of once per worker.
-    group = f"239.255.0.1:{_free_udp_port()}"
+    group = f"239.255.0.1:{free_port(udp=True)}"
     with SwitchProcess(workers, multicast=group) as sw:
         print(
             f"  switch pid {sw.pid} serving on {sw.address}; sizes {[_fmt_bytes(s) for s in sizes]}, "

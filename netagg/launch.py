@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SwitchProcess", "WorkerFailed", "run_workers"]
+__all__ = ["SwitchProcess", "WorkerFailed", "free_port", "run_workers"]
+
+
+def free_port(udp: bool = False) -> int:
+    """A port on 127.0.0.1 that nothing is bound to right now (TCP, or UDP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class SwitchProcess:

@@ -8,22 +8,17 @@ table (accuracy, loss, time per step, traffic per worker against a ring allreduc
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from netagg.launch import free_port
+
 __all__ = ["run_train_demo"]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int) -> dict[str, Any]:
@@ -34,7 +29,7 @@ def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int
         "--nproc-per-node",
         str(workers),
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(EXAMPLE),
         *extra,
         "--epochs",
@@ -85,7 +80,7 @@ def run_train_demo(workers: int = 4, epochs: int = 20, out_dir: Path = Path("out
         f"{epochs} epochs; gradients through a Python switch on 127.0.0.1, then plain gloo DDP"
     )
     t0 = time.perf_counter()
-    group = f"239.255.0.1:{_free_port(socket.SOCK_DGRAM)}"
+    group = f"239.255.0.1:{free_port(udp=True)}"
     with SwitchProcess(workers, multicast=group) as sw:
         print(f"  switch pid {sw.pid} on {sw.address}, results to multicast group {group}")
         ours = _torchrun("netagg", workers, ["--switch", sw.address], out_dir / "train_netagg.json", epochs)

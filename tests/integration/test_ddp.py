@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from netagg.launch import run_workers
+from netagg.launch import free_port, run_workers
 from netagg.protocol import scale_bits
 from tests.integration import ddp_workers as dw
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,20 +9,14 @@ import time
 import pytest
 
 from host_agent.worker import NetAggTimeout, Worker
-from netagg.launch import run_workers
+from netagg.launch import free_port, run_workers
 from tests.integration import workers as wk
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_no_switch() -> None:
     t0 = time.monotonic()
     with pytest.raises(NetAggTimeout, match="did not answer JOIN"):
-        Worker(f"127.0.0.1:{free_udp_port()}", 0, 2, join_timeout=1.0)
+        Worker(f"127.0.0.1:{free_port(udp=True)}", 0, 2, join_timeout=1.0)
     assert time.monotonic() - t0 < 5
 
 
