@@ -59,7 +59,8 @@ class NetAggState:
         timeout: seconds without progress before a bucket is given up on the switch. Lower detects a
             dead switch sooner; it must stay well above one step's compute so that slow ranks are
             not mistaken for a dead switch.
-        join_timeout: seconds for every rank to join the switch's job at the first bucket.
+        join_timeout: seconds for every rank to join the switch's job at the first bucket; also how
+            long the first bucket waits before falling back when the switch is not there at all.
         worker_options: anything else :class:`host_agent.Worker` takes (``min_rto``, ``max_rto``,
             ``nonfinite``, ``bind``).
     """
@@ -71,7 +72,7 @@ class NetAggState:
     process_group: Any = None
     fallback: Literal["gloo", "error"] = "gloo"
     timeout: float = 10.0
-    join_timeout: float = 60.0
+    join_timeout: float = 30.0
     worker_options: dict[str, Any] = field(default_factory=dict)
     stats: NetAggStats = field(default_factory=NetAggStats, init=False)
 
