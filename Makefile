@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # This machine kind has a local CPU wheel of exactly this torch; any other spec pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: all demo demo-allreduce test lint typecheck unit bench bench-quick clean install sysdeps
+.PHONY: all demo demo-allreduce proto test lint typecheck unit bench bench-quick clean install sysdeps
 
 all: test
 
@@ -35,6 +35,10 @@ demo-allreduce: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python proto/codegen.py --check
+
+proto: $(STAMP)
+	$(BIN)/python proto/codegen.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
