@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -78,7 +79,9 @@ class SwitchProcess:
             cmd += ["--multicast", multicast]
         if stats_file is not None:
             cmd += ["--stats-file", str(stats_file), "--stats-interval", "0.2"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr goes to a file, not a pipe nobody drains while the switch runs (a full pipe would block it).
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the switch; closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self.pid = self.proc.pid
         if cpu is not None:
             os.sched_setaffinity(self.pid, {cpu})
@@ -96,7 +99,8 @@ class SwitchProcess:
             self.stop()
             raise RuntimeError(f"switch did not start within {ready_timeout}s")
         if not line.startswith("netagg switch on "):
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self._stderr.seek(0)
+            err = self._stderr.read()
             self.proc.wait()
             raise RuntimeError(f"switch failed to start: {err.strip() or line.strip()}")
         hostport = line.split()[3].rstrip(":")
@@ -114,6 +118,7 @@ class SwitchProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
+        self._stderr.close()
         for line in reversed((out or "").splitlines()):
             if line.startswith("{"):
                 self.stats = json.loads(line)

@@ -84,3 +84,10 @@ def test_switch_stops_gracefully_on_sigterm(switch_factory) -> None:
     stats = sw.stop()
     assert sw.proc.returncode == 0
     assert stats is not None and stats["counters"].get("packets_in", 0) == 0
+
+
+def test_switch_that_cannot_start_says_why() -> None:
+    from netagg.launch import SwitchProcess
+
+    with pytest.raises(RuntimeError, match=r"switch failed to start: .*--workers: 0 is outside \[1, 32\]"):
+        SwitchProcess(0)
