@@ -72,3 +72,43 @@ def test_state_validates_its_arguments() -> None:
         NetAggState(switch="127.0.0.1:1", rank=2, world_size=2)
     with pytest.raises(ValueError, match="not initialized"):
         NetAggState(switch="127.0.0.1:1")
+
+
+def test_example_runs_under_torchrun(switch_factory, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "train_ddp.py"
+    sw = switch_factory(2)
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            str(example),
+            "--switch",
+            sw.address,
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = json.loads(out.read_text())
+    assert run["mode"] == "netagg" and run["world_size"] == 2 and run["fallbacks"] == 0
+    assert (
+        run["traffic_per_worker"]["bytes_sent"] > run["parameters"] * 4 * run["steps"]
+    )  # every step went through
+    assert run["test_accuracy"] > 0.8
