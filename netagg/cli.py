@@ -68,7 +68,17 @@ def _build() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address to serve on (default 127.0.0.1:{DEFAULT_PORT})",
     )
-    s.add_argument("--workers", type=_int_range(1, MAX_WORKERS), required=True, help="workers in the job")
+    s.add_argument(
+        "--workers",
+        type=_int_range(1, MAX_WORKERS),
+        help="workers in the static job (omit with --agent to take jobs from the control plane only)",
+    )
+    s.add_argument(
+        "--agent",
+        type=_address,
+        metavar="HOST:PORT",
+        help="also serve the SwitchAgent gRPC API here (the control plane installs and removes jobs)",
+    )
     s.add_argument("--job", type=_int_range(0, 0xFFFF), default=1, help="job id (default 1)")
     s.add_argument(
         "--slots",
@@ -171,29 +181,50 @@ def _stop_on_signals(stop: object) -> None:
 
 
 def _switch(args: argparse.Namespace) -> int:
+    from netagg.udpbatch import BATCH_BELOW_ELEMENTS
     from switch.core import Dataplane, JobConfig
     from switch.udp import UdpSwitch
 
-    slots = args.slots or default_slots(args.elements)
-    cfg = JobConfig(
-        job_id=args.job, workers=args.workers, slots=slots, elements=args.elements, multicast=args.multicast
-    )
-    from netagg.udpbatch import BATCH_BELOW_ELEMENTS
-
+    if args.workers is None and args.agent is None:
+        raise ValueError("give --workers for a static job, or --agent to take jobs from the control plane")
+    jobs = []
+    if args.workers is not None:
+        slots = args.slots or default_slots(args.elements)
+        jobs.append(
+            JobConfig(
+                job_id=args.job,
+                workers=args.workers,
+                slots=slots,
+                elements=args.elements,
+                multicast=args.multicast,
+            )
+        )
     server = UdpSwitch(
-        Dataplane([cfg]),
+        Dataplane(jobs),
         *args.listen,
         stats_file=args.stats_file,
         stats_interval=args.stats_interval,
-        gro=cfg.elements < BATCH_BELOW_ELEMENTS,
+        # Without a static job, jobs of any size may come: batched receives then, which cost large
+        # packets little (GRO only coalesces same-size runs).
+        gro=not jobs or jobs[0].elements < BATCH_BELOW_ELEMENTS,
     )
+    agent = None
+    what = "no static job"
+    if jobs:
+        cfg = jobs[0]
+        what = f"job {cfg.job_id}, {cfg.workers} workers, {cfg.slots} slots, {cfg.elements} elements/packet"
+    if args.agent is not None:
+        from switch.agent import serve_agent
+
+        agent, agent_port = serve_agent(server.dataplane, server.lock, f"{args.agent[0]}:{args.agent[1]}")
+        what += f"; SwitchAgent on {args.agent[0]}:{agent_port}"
     _stop_on_signals(server.stop)
-    print(
-        f"netagg switch on {server.address[0]}:{server.address[1]}: job {cfg.job_id}, {cfg.workers} "
-        f"workers, {cfg.slots} slots, {cfg.elements} elements/packet",
-        flush=True,
-    )
-    server.serve_forever()
+    print(f"netagg switch on {server.address[0]}:{server.address[1]}: {what}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        if agent is not None:
+            agent.stop(grace=1.0)
     print(json.dumps(server.dataplane.stats()), flush=True)
     return 0
 

@@ -37,7 +37,9 @@ class SwitchProcess:
     """``netagg switch`` in a child process.
 
     Args:
-        workers, elements, slots, job, multicast: the static job (see ``netagg switch --help``).
+        workers, elements, slots, job, multicast: the static job (see ``netagg switch --help``);
+            workers=None for none (jobs then come through the SwitchAgent).
+        agent: also serve the SwitchAgent gRPC API on this "HOST:PORT" (port 0: any free one).
         listen: ``HOST:PORT``; port 0 lets the kernel choose (read it from ``address``).
         stats_file: where the switch writes its counters (default: none).
         prefix: command to run the switch under, e.g. ``["ip", "netns", "exec", "ns1"]``.
@@ -46,7 +48,7 @@ class SwitchProcess:
 
     def __init__(
         self,
-        workers: int,
+        workers: int | None,
         *,
         elements: int | None = None,
         slots: int | None = None,
@@ -57,20 +59,13 @@ class SwitchProcess:
         cpu: int | None = None,
         ready_timeout: float = 20.0,
         multicast: str | None = None,
+        agent: str | None = None,
     ) -> None:
-        cmd = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "netagg.cli",
-            "switch",
-            "--listen",
-            listen,
-            "--workers",
-            str(workers),
-            "--job",
-            str(job),
-        ]
+        cmd = [*prefix, sys.executable, "-m", "netagg.cli", "switch", "--listen", listen, "--job", str(job)]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
+        if agent is not None:
+            cmd += ["--agent", agent]
         if elements is not None:
             cmd += ["--elements", str(elements)]
         if slots is not None:
@@ -103,8 +98,11 @@ class SwitchProcess:
             err = self._stderr.read()
             self.proc.wait()
             raise RuntimeError(f"switch failed to start: {err.strip() or line.strip()}")
-        hostport = line.split()[3].rstrip(":")
-        self.address = hostport
+        self.address = line.split()[3].rstrip(":")
+        #: The SwitchAgent's "HOST:PORT" when started with agent=..., else None.
+        self.agent_address: str | None = None
+        if "SwitchAgent on " in line:
+            self.agent_address = line.split("SwitchAgent on ")[1].split()[0].rstrip(";")
 
     def alive(self) -> bool:
         return self.proc.poll() is None

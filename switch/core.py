@@ -220,6 +220,13 @@ class Dataplane:
     def jobs(self) -> list[JobConfig]:
         return [j.cfg for j in self._jobs.values()]
 
+    def reset_counters(self) -> dict[str, object]:
+        """Zero every counter; return what they were."""
+        before = self.stats()
+        self.counters.clear()
+        self.drops = collections.Counter({r: 0 for r in DROP_REASONS})
+        return before
+
     def stats(self) -> dict[str, object]:
         """Counters as plain data: packets/bytes in and out, events, and drops by reason."""
         return {"counters": dict(self.counters), "drops": dict(self.drops)}

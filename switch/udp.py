@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class UdpSwitch(BackgroundService):
         self.sock.settimeout(0.2)  # how often the loop looks at the stop flag and the stats timer
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.gro = gro and enable_gro(self.sock)
+        self.lock = threading.Lock()  # held per datagram; the SwitchAgent takes it to change jobs
         self.stats_file = stats_file
         self.stats_interval = stats_interval
 
@@ -82,6 +84,7 @@ class UdpSwitch(BackgroundService):
         handle_batch = self.dataplane.handle_batch
         sock = self.sock
         gro = self.gro
+        lock = self.lock
         next_stats = time.monotonic() + self.stats_interval if self.stats_interval > 0 else float("inf")
         log.info("netagg switch serving on %s:%d", *self.address)
         try:
@@ -98,7 +101,8 @@ class UdpSwitch(BackgroundService):
                     log.debug("recv error %s", exc)
                     n = -1
                 if n >= 0:
-                    outs = handle_batch(view[:n], seg, src) if seg else handle(view[:n], src)
+                    with lock:  # jobs may be installed or removed meanwhile (switch.agent)
+                        outs = handle_batch(view[:n], seg, src) if seg else handle(view[:n], src)
                     for data, dests in outs:
                         for dest in dests:
                             try:

@@ -86,3 +86,17 @@ def nonfinite(rank: int, address: str, world: int) -> str:
         # The worker is still usable after a non-finite input (the collective itself completed).
         y = w.allreduce(np.ones(10, np.float32))
         return msg + f" | then {y.tolist()}"
+
+
+def sweep_job(
+    rank: int, address: str, world: int, job: int, cases: list[tuple[tuple[int, ...], str]]
+) -> dict[str, Any]:
+    """Like :func:`sweep`, in job ``job``."""
+    results = []
+    with Worker(address, rank, world, job=job, timeout=30) as w:
+        for shape, dtype in cases:
+            got = w.allreduce(inputs(rank, shape, dtype))
+            results.append(
+                {"shape": shape, "dtype": dtype, **check(rank, world, shape, dtype, got, w.elements)}
+            )
+        return {"results": results}

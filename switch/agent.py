@@ -1,0 +1,124 @@
+"""The SwitchAgent gRPC service (proto/netagg/v1/control.proto) for the Python switch.
+
+The control plane installs and removes jobs and reads counters through it. Jobs change while packets
+flow: every call takes the same lock as the switch's packet loop, between two datagrams.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from netagg import __version__
+from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+from netagg.v1 import control_pb2 as pb
+from netagg.v1 import control_pb2_grpc as pb_grpc
+from switch.core import Dataplane, JobConfig
+
+__all__ = ["SwitchAgentService", "serve_agent"]
+
+T = TypeVar("T")
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be IP:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class SwitchAgentService(pb_grpc.SwitchAgentServicer):
+    """SwitchAgent over a :class:`Dataplane`; ``lock`` is the one the packet loop holds per datagram."""
+
+    def __init__(self, dataplane: Dataplane, lock: threading.Lock) -> None:
+        self.dataplane = dataplane
+        self.lock = lock
+
+    def _locked(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        with self.lock:
+            try:
+                return fn()
+            except ValueError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except KeyError as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else "not found")
+        raise AssertionError("unreachable")  # abort raises
+
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.SwitchInfo:
+        return pb.SwitchInfo(
+            kind="python",
+            total_slots=MAX_SLOTS,
+            min_elements_per_packet=1,
+            max_elements_per_packet=MAX_ELEMENTS,
+            max_workers=MAX_WORKERS,
+            version=__version__,
+        )
+
+    def InstallJob(
+        self, request: pb.InstallJobRequest, context: grpc.ServicerContext
+    ) -> pb.InstallJobResponse:
+        r = request
+        try:
+            if r.wire_job_id > 0xFFFF:
+                raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
+            addresses = tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None
+            group = _address(r.multicast_group, "multicast_group") if r.multicast_group else None
+            cfg = JobConfig(
+                job_id=r.wire_job_id,
+                workers=r.workers,
+                slots=r.slots,
+                elements=r.elements_per_packet,
+                slot_base=r.slot_base,
+                total_workers=r.total_workers or None,
+                addresses=addresses,
+                multicast=group,
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        with self.lock:
+            if any(j.job_id == cfg.job_id for j in self.dataplane.jobs):
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"job {cfg.job_id} is already installed")
+        self._locked(context, lambda: self.dataplane.install(cfg))
+        return pb.InstallJobResponse()
+
+    def RemoveJob(self, request: pb.RemoveJobRequest, context: grpc.ServicerContext) -> pb.RemoveJobResponse:
+        self._locked(context, lambda: self.dataplane.remove(request.wire_job_id))
+        return pb.RemoveJobResponse()
+
+    def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
+        return _counters(self._locked(context, self.dataplane.stats))
+
+    def ResetCounters(self, request: pb.ResetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
+        return _counters(self._locked(context, self.dataplane.reset_counters))
+
+
+def _counters(stats: dict[str, Any]) -> pb.Counters:
+    return pb.Counters(
+        counters={k: int(v) for k, v in stats["counters"].items()},
+        drops={k: int(v) for k, v in stats["drops"].items()},
+    )
+
+
+def serve_agent(
+    dataplane: Dataplane, lock: threading.Lock, address: str = "127.0.0.1:0"
+) -> tuple[grpc.Server, int]:
+    """Start the SwitchAgent (and standard health checking) on ``address``; returns (server, port).
+
+    Not authenticated yet: bind it to an address only the control plane reaches (bearer tokens and TLS
+    come with the control-plane issue).
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SwitchAgentServicer_to_server(SwitchAgentService(dataplane, lock), server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("netagg.v1.SwitchAgent", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port

@@ -1,0 +1,136 @@
+"""The Python switch's SwitchAgent gRPC service, in process on port 0, over a real Dataplane."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from netagg.v1 import control_pb2 as pb
+from netagg.v1 import control_pb2_grpc as pb_grpc
+from switch.agent import serve_agent
+from switch.core import Dataplane
+
+
+@pytest.fixture
+def agent() -> Iterator[tuple[pb_grpc.SwitchAgentStub, Dataplane, grpc.Channel]]:
+    dataplane = Dataplane()
+    server, port = serve_agent(dataplane, threading.Lock(), "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield pb_grpc.SwitchAgentStub(channel), dataplane, channel
+    finally:
+        channel.close()
+        server.stop(grace=None)
+
+
+def job(**kw) -> pb.InstallJobRequest:
+    base = dict(wire_job_id=7, workers=4, slots=16, elements_per_packet=64)
+    return pb.InstallJobRequest(**{**base, **kw})
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+def test_info_and_health(agent) -> None:
+    stub, _, channel = agent
+    info = stub.GetInfo(pb.GetInfoRequest())
+    assert info.kind == "python" and info.max_workers == 32 and info.max_elements_per_packet == 16370
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service="netagg.v1.SwitchAgent"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_install_remove_and_counters(agent) -> None:
+    stub, dataplane, _ = agent
+    stub.InstallJob(
+        job(worker_addresses=[f"127.0.0.1:{5000 + i}" for i in range(4)], multicast_group="239.255.0.9:47009")
+    )
+    [cfg] = dataplane.jobs
+    assert (cfg.job_id, cfg.workers, cfg.slots, cfg.elements) == (7, 4, 16, 64)
+    assert cfg.addresses == tuple(("127.0.0.1", 5000 + i) for i in range(4))
+    assert cfg.multicast == ("239.255.0.9", 47009)
+    assert code_of(lambda: stub.InstallJob(job())) == grpc.StatusCode.ALREADY_EXISTS
+    overlap = code_of(lambda: stub.InstallJob(job(wire_job_id=8, slot_base=8)))
+    assert overlap == grpc.StatusCode.INVALID_ARGUMENT
+    dataplane.handle(b"\x01" * 10, ("127.0.0.1", 9))  # one truncated datagram
+    assert stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 1
+    assert stub.ResetCounters(pb.ResetCountersRequest()).drops["truncated"] == 1
+    assert stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 0
+    stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=7))
+    assert dataplane.jobs == []
+    assert code_of(lambda: stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=7))) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(workers=0), "workers must be 1-32"),
+        (dict(workers=33), "workers must be 1-32"),
+        (dict(slots=0), "slots"),
+        (dict(elements_per_packet=0), "elements must be"),
+        (dict(elements_per_packet=20000), "elements must be"),
+        (dict(wire_job_id=70000), "wire_job_id must be 0-65535"),
+        (dict(slot_base=32767, slots=4), "must lie in"),
+        (dict(total_workers=2), "total_workers"),
+        (dict(worker_addresses=["nowhere"]), "IP:PORT"),
+        (dict(worker_addresses=["127.0.0.1:1"]), "1 addresses for 4 workers"),
+        (dict(multicast_group="10.0.0.1:5"), "multicast"),
+    ],
+)
+def test_bad_install_requests_say_what_is_wrong(agent, kw, message) -> None:
+    stub, dataplane, _ = agent
+    with pytest.raises(grpc.RpcError) as err:
+        stub.InstallJob(job(**kw))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    assert dataplane.jobs == []
+
+
+def test_hundreds_of_generated_bad_requests_leave_it_serving(agent) -> None:
+    stub, dataplane, _ = agent
+    stub.InstallJob(job(wire_job_id=1, slot_base=0, slots=8))
+    rng = random.Random(5)
+    codes: dict[grpc.StatusCode, int] = {}
+    for _ in range(300):
+        kind = rng.randrange(3)
+        method: object
+        if kind == 0:
+            method = stub.InstallJob
+            req: object = job(
+                wire_job_id=rng.choice([1, 70000, rng.randrange(2, 100)]),
+                workers=rng.choice([0, 4, 40]),
+                slots=rng.choice([0, 8, 40000]),
+                slot_base=rng.choice([0, 4, 32766]),
+                elements_per_packet=rng.choice([0, 64, 99999]),
+            )
+        elif kind == 1:
+            method, req = stub.RemoveJob, pb.RemoveJobRequest(wire_job_id=rng.randrange(1000, 2000))
+        else:
+            method, req = stub.InstallJob, job(wire_job_id=1)  # already installed
+        try:
+            method(req)  # type: ignore[operator]
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        codes[code] = codes.get(code, 0) + 1
+        if code == grpc.StatusCode.OK:  # a generated request that happened to be valid: undo it
+            for cfg in dataplane.jobs:
+                if cfg.job_id != 1:
+                    dataplane.remove(cfg.job_id)
+    assert set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+    assert codes[grpc.StatusCode.INVALID_ARGUMENT] > 50 and codes[grpc.StatusCode.NOT_FOUND] > 50
+    assert [c.job_id for c in dataplane.jobs] == [1]
+    assert stub.GetInfo(pb.GetInfoRequest()).kind == "python"
