@@ -31,6 +31,7 @@ from netagg.protocol import (
     VERSION,
     Flag,
     MsgType,
+    parse_address,
     record_dtype,
     scale_bits,
 )
@@ -55,14 +56,6 @@ class NetAggTimeout(NetAggError, TimeoutError):
 
 class NonFiniteError(ValueError):
     """Some worker's input had inf or NaN; every worker raises it for the same blocks."""
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), with a clear error for anything else."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 class _Stats:

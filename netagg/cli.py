@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _address(text: str) -> tuple[str, int]:
-    from host_agent.worker import parse_address
+    from netagg.protocol import parse_address
 
     try:
         return parse_address(text)

@@ -35,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "decode",
     "encode",
+    "parse_address",
     "record_dtype",
     "scale_bits",
 ]
@@ -194,6 +195,15 @@ def record_dtype(count: int) -> np.dtype:
     """One datagram with ``count`` payload elements as a numpy record: ``h`` (the header fields) and
     ``p`` (the payload), for reading or writing many same-size datagrams at once."""
     return np.dtype([("h", HEADER_DTYPE), ("p", PAYLOAD_DTYPE, (count,))])
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), with a clear error for anything else (port 0 is
+    allowed: "any free port" where something listens)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def scale_bits(total_workers: int) -> int:

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from netagg import __version__
-from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS, parse_address
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.core import Dataplane, JobConfig
@@ -26,10 +26,13 @@ T = TypeVar("T")
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} must be IP:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        host, port = parse_address(text)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if port == 0:
+        raise ValueError(f"{what}: port 0 is not an address to send to ({text!r})")
+    return host, port
 
 
 class SwitchAgentService(pb_grpc.SwitchAgentServicer):
