@@ -19,7 +19,14 @@ import numpy as np
 
 from netagg.protocol import EXP_BIAS, EXP_NONE, EXP_NONFINITE
 
-__all__ = ["allreduce_error_bound", "block_exponents", "dequantize", "error_bound", "quantize"]
+__all__ = [
+    "allreduce_error_bound",
+    "block_exponents",
+    "chunk_exponents",
+    "dequantize",
+    "error_bound",
+    "quantize",
+]
 
 _F32_MAX_SCALE_EXP = 127  # 2**127 is the largest power of two a float32 holds
 
@@ -44,6 +51,18 @@ def block_exponents(blocks: np.ndarray) -> np.ndarray:
     out[mag == 0] = EXP_NONE
     out[~finite] = EXP_NONFINITE
     return out
+
+
+def chunk_exponents(flat: np.ndarray, elements: int) -> np.ndarray:
+    """:func:`block_exponents` of every packet-sized chunk of a flat float32 array (the last chunk
+    may be shorter)."""
+    nfull = flat.size // elements
+    exps = np.empty(-(-flat.size // elements), dtype=np.uint16)
+    if nfull:
+        exps[:nfull] = block_exponents(flat[: nfull * elements].reshape(nfull, elements))
+    if nfull < exps.size:
+        exps[nfull] = block_exponents(flat[nfull * elements :].reshape(1, -1))[0]
+    return exps
 
 
 def _scale_exps(exps: np.ndarray, bits: int) -> np.ndarray:
@@ -118,10 +137,7 @@ def allreduce_error_bound(inputs: list[np.ndarray], result: np.ndarray, elements
     total = inputs[0].size
     nblocks = -(-total // elements)
     pad = nblocks * elements - total
-    exps = np.zeros(nblocks, dtype=np.uint16)
-    for x in inputs:
-        blocks = np.concatenate([x.astype(np.float32), np.zeros(pad, np.float32)]).reshape(nblocks, elements)
-        exps = np.maximum(exps, block_exponents(blocks))
+    exps = np.maximum.reduce([chunk_exponents(x.astype(np.float32, copy=False), elements) for x in inputs])
     res = np.concatenate([result.astype(np.float32), np.zeros(pad, np.float32)]).reshape(nblocks, elements)
     bound = error_bound(exps, scale_bits(len(inputs)), len(inputs), res)
     return bound.reshape(-1)[:total]

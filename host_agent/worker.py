@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from host_agent.quantize import block_exponents, dequantize, quantize
+from host_agent.quantize import chunk_exponents, dequantize, quantize
 from netagg.protocol import (
     EXP_BIAS,
     EXP_NONE,
@@ -308,8 +308,6 @@ class Worker:
         """
         is_float = flat.dtype == np.float32
         total = flat.size
-        if total == 0:
-            return out
         self._sock.setblocking(False)
         n = self.elements
         nchunks = -(-total // n)
@@ -317,15 +315,8 @@ class Worker:
         window = min(self.slots, nchunks)
         boot = 1 if is_float else 0  # a float allreduce starts each slot with an exponent-only use
         nuses = [(nchunks - j + window - 1) // window + boot for j in range(window)]
-        exps: list[int] = []
+        exps: list[int] = chunk_exponents(flat, n).tolist() if is_float else []
         agreed = np.zeros(nchunks if is_float else 0, dtype=np.uint16)
-        if is_float:
-            e = np.empty(nchunks, dtype=np.uint16)
-            if nfull:
-                e[:nfull] = block_exponents(flat[: nfull * n].reshape(nfull, n))
-            if nfull < nchunks:
-                e[nfull] = block_exponents(flat[nfull * n :].reshape(1, -1))[0]
-            exps = e.tolist()
         base_seq = [int(s) for s in self._seq[:window]]
         pos = [0] * window
         deadline = [math.inf] * window
@@ -501,13 +492,8 @@ class Worker:
         nuses = (nchunks - slots + window - 1) // window + boot
         flat2d = flat[: nfull * n].reshape(nfull, n)
         out2d = out[: nfull * n].reshape(nfull, n)
-        exps = np.zeros(nchunks, dtype=np.uint16)
+        exps = chunk_exponents(flat, n) if is_float else np.zeros(nchunks, dtype=np.uint16)
         agreed = np.zeros(nchunks, dtype=np.uint16)
-        if is_float:
-            if nfull:
-                exps[:nfull] = block_exponents(flat2d)
-            if tail:
-                exps[nfull] = block_exponents(flat[nfull * n :].reshape(1, -1))[0]
         base = self._seq[:window].copy()
         pos = np.zeros(window, dtype=np.int64)
         deadline = np.full(window, np.inf)
@@ -592,7 +578,7 @@ class Worker:
             ok &= (
                 (h["type"] == MsgType.RESULT)
                 & (h["count"] == count_of(c))
-                & (count_of(c) == (size - 24) // 4)
+                & (count_of(c) == (size - HEADER_SIZE) // 4)
             )
             sel = np.flatnonzero(ok)
             js, first = np.unique(jj[sel], return_index=True)  # a duplicate in the same run counts once
