@@ -6,6 +6,8 @@
     dist.init_process_group("gloo", ...)            # still needed: DDP's set-up and the fallback use it
     model = torch.nn.parallel.DistributedDataParallel(model)
     model.register_comm_hook(NetAggState(switch="127.0.0.1:47000"), netagg_hook)
+    # or, with a job created through the control plane (`netagg ctl create ...`):
+    model.register_comm_hook(NetAggState(controller="127.0.0.1:47100", job="j-..."), netagg_hook)
 
 The hook takes each bucket's flat gradient buffer, sends it through the switch (in place), divides by
 the world size and completes the returned future from the agent's I/O thread, so the communication of
@@ -48,10 +50,12 @@ class NetAggState:
     """The hook's state: one per DDP model and rank. Every knob, and how to tune it:
 
     Args:
-        switch: the switch's ``HOST:PORT`` (static job; the control plane's ``controller=`` comes
-            with the gRPC issue).
+        switch: the switch's ``HOST:PORT`` (a static job).
+        controller: instead of ``switch``, the controller's ``HOST:PORT``; ``job`` is then the
+            controller's job id ("j-..."), whose switch, worker id and slots the controller hands out.
+        token: bearer token for the controller (default: $NETAGG_TOKEN).
         rank, world_size: default to torch.distributed's.
-        job: the job id configured at the switch.
+        job: the job id configured at the switch (int), or the controller's job id (str).
         process_group: the group DDP uses; the fallback allreduces over it (default: the world).
         fallback: ``"gloo"`` sends a bucket the switch could not serve through the process group
             instead (a warning the first time, ``stats.fallbacks`` every time) and keeps doing so for
@@ -65,10 +69,12 @@ class NetAggState:
             ``nonfinite``, ``bind``).
     """
 
-    switch: str
+    switch: str | None = None
     rank: int | None = None
     world_size: int | None = None
-    job: int = 1
+    job: int | str = 1
+    controller: str | None = None
+    token: str | None = None
     process_group: Any = None
     fallback: Literal["gloo", "error"] = "gloo"
     timeout: float = 10.0
@@ -77,7 +83,13 @@ class NetAggState:
     stats: NetAggStats = field(default_factory=NetAggStats, init=False)
 
     def __post_init__(self) -> None:
-        parse_address(self.switch)  # ValueError with the reason for a bad address
+        if (self.switch is None) == (self.controller is None):
+            raise ValueError("give either switch='HOST:PORT' (a static job) or controller='HOST:PORT'")
+        parse_address(self.switch or self.controller or "")  # ValueError with the reason for a bad address
+        if self.controller is not None and not isinstance(self.job, str):
+            raise ValueError(
+                f"with controller=..., job is the controller's job id ('j-...'), got {self.job!r}"
+            )
         if self.fallback not in ("gloo", "error"):
             raise ValueError(f"fallback must be 'gloo' or 'error', got {self.fallback!r}")
         if self.timeout <= 0 or self.join_timeout <= 0:
@@ -120,6 +132,8 @@ class NetAggState:
                 self.rank,
                 self.world_size,
                 job=self.job,
+                controller=self.controller,
+                token=self.token,
                 timeout=self.timeout,
                 join_timeout=self.join_timeout,
                 **self.worker_options,

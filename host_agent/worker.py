@@ -72,11 +72,18 @@ class _Stats:
 class Worker:
     """One worker of a netagg job.
 
+    Give either ``switch`` (a static job at a known switch) or ``controller`` (the job is created through
+    the control plane; the controller says where its switch is and what the worker's id and slots are).
+
     Args:
         switch: the switch's ``HOST:PORT``.
         rank: this worker's rank, 0 <= rank < world_size.
         world_size: workers in the job; must match the switch's configuration.
-        job: the job id at the switch.
+        job: the job id at the switch (an int); with ``controller``, the controller's job id ("j-...").
+        controller: the controller's ``HOST:PORT``; ``world_size`` then defaults to the job's workers.
+        token: bearer token for the controller (default: $NETAGG_TOKEN).
+        tls_ca: CA certificate (PEM file) to reach the controller over TLS.
+        replace: take the rank over from a worker that joined before (a restarted worker).
         worker_id: the id the switch knows this worker by (default: rank).
         elements: elements per packet if you want to check it; the switch's job decides it.
         timeout: seconds without any progress before :class:`NetAggTimeout` is raised.
@@ -94,11 +101,15 @@ class Worker:
 
     def __init__(
         self,
-        switch: str,
-        rank: int,
-        world_size: int,
+        switch: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
         *,
-        job: int = 1,
+        job: int | str = 1,
+        controller: str | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        replace: bool = False,
         worker_id: int | None = None,
         elements: int | None = None,
         timeout: float = 10.0,
@@ -109,7 +120,19 @@ class Worker:
         bind: str | None = None,
         rcvbuf: int = 32 << 20,
     ) -> None:
-        if not 0 <= rank < world_size:
+        if (switch is None) == (controller is None):
+            raise ValueError("give either switch='HOST:PORT' (a static job) or controller='HOST:PORT'")
+        if rank is None:
+            raise ValueError("rank is required")
+        if controller is None and world_size is None:
+            raise ValueError("world_size is required with switch=...")
+        if controller is None and not isinstance(job, int):
+            raise ValueError(f"job must be the switch's int job id with switch=..., got {job!r}")
+        if controller is not None and not isinstance(job, str):
+            raise ValueError(
+                f"job must be the controller's job id ('j-...') with controller=..., got {job!r}"
+            )
+        if world_size is not None and not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if timeout <= 0 or join_timeout <= 0:
             raise ValueError("timeout and join_timeout must be positive")
@@ -117,6 +140,22 @@ class Worker:
             raise ValueError(f"need 0 < min_rto <= max_rto, got {min_rto}, {max_rto}")
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
+        self.controller_job: str | None = None
+        if controller is not None:
+            assert isinstance(job, str)
+            self.controller_job = job
+            sock, joined = _join_controller(controller, job, rank, token, tls_ca, replace, bind)
+            if world_size is not None and world_size != joined.total_workers:
+                sock.close()
+                raise NetAggError(
+                    f"job {job} has {joined.total_workers} workers, but world_size={world_size} was given"
+                )
+            world_size, switch = joined.total_workers, joined.switch_address
+            job, worker_id = joined.wire_job_id, joined.worker_id
+            if not 0 <= rank < world_size:
+                sock.close()
+                raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        assert switch is not None and world_size is not None and isinstance(job, int)
         self.switch = parse_address(switch)
         if self.switch[1] == 0:
             raise ValueError(f"switch address {switch!r} needs a port")
@@ -130,11 +169,14 @@ class Worker:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._broken: str | None = None
-        family = socket.AF_INET6 if ":" in self.switch[0] else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        if controller is None:
+            family = socket.AF_INET6 if ":" in self.switch[0] else socket.AF_INET
+            self._sock = socket.socket(family, socket.SOCK_DGRAM)
+            if bind:
+                self._sock.bind(parse_address(bind))
+        else:
+            self._sock = sock
         set_socket_buffers(self._sock, rcvbuf, 4 << 20)
-        if bind:
-            self._sock.bind(parse_address(bind))
         self._sock.connect(self.switch)
         self._buf = bytearray(1 << 16)
         self._runbuf = bytearray(1 << 20)  # several GRO runs of small results, back to back
@@ -755,6 +797,50 @@ class Worker:
             self.stats.received += 1
             self.stats.bytes_received += n
             return n
+
+
+def _join_controller(
+    controller: str,
+    job: str,
+    rank: int,
+    token: str | None,
+    tls_ca: str | None,
+    replace: bool,
+    bind: str | None,
+) -> tuple[socket.socket, Any]:
+    """Bind the worker's socket and join ``job`` at the controller with its address; returns the socket
+    and the JoinJobResponse. gRPC errors become NetAggError with the controller's message."""
+    import grpc
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    chost, cport = parse_address(controller)
+    if cport == 0:
+        raise ValueError(f"controller address {controller!r} needs a port")
+    host, port = parse_address(bind) if bind else ("0.0.0.0", 0)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        if host in ("0.0.0.0", "::"):
+            # The address others see: the one this host uses on its route to the controller.
+            with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+                probe.connect((chost, cport))
+                host = probe.getsockname()[0]
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
+            try:
+                joined = pb_grpc.ControllerStub(ch).JoinJob(
+                    pb.JoinJobRequest(job_id=job, rank=rank, address=address, replace=replace), timeout=30
+                )
+            except grpc.RpcError as exc:
+                raise NetAggError(f"controller {controller}: {exc.code().name}: {exc.details()}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, joined
 
 
 def _quantize_row(row: np.ndarray, exp: int, bits: int, tmp: np.ndarray, dst: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""``netagg``: the command line. Subcommands: switch, allreduce, relay, demo, demo-allreduce."""
+"""``netagg``: the command line: switch, controller, ctl, allreduce, relay, demo, demo-allreduce."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+from netagg.protocol import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+
+TOKEN_ENV = "NETAGG_TOKEN"  # = netagg.rpc.TOKEN_ENV (not imported: it pulls in grpc)
+
+if TYPE_CHECKING:
+    from netagg.rpc import Tokens
 
 __all__ = ["main"]
 
@@ -61,13 +66,7 @@ def _build() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("switch", help="run the Python aggregation switch (static single-job mode)")
-    s.add_argument(
-        "--listen",
-        type=_address,
-        default=("127.0.0.1", DEFAULT_PORT),
-        metavar="HOST:PORT",
-        help=f"address to serve on (default 127.0.0.1:{DEFAULT_PORT})",
-    )
+    _listen_flag(s, DEFAULT_PORT)
     s.add_argument(
         "--workers",
         type=_int_range(1, MAX_WORKERS),
@@ -102,6 +101,46 @@ def _build() -> argparse.ArgumentParser:
     )
     s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
     s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
+    s.add_argument(
+        "--total-slots",
+        type=_int_range(1, MAX_SLOTS),
+        default=MAX_SLOTS,
+        help=f"slots the control plane may give out on this switch (default {MAX_SLOTS})",
+    )
+    s.add_argument(
+        "--controller",
+        type=_address,
+        metavar="HOST:PORT",
+        help="register with this controller (implies --agent 127.0.0.1:0 unless --agent is given)",
+    )
+    s.add_argument("--switch-id", help="id to register under (default: HOST:PORT of the data plane)")
+    s.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="host name or address workers and the controller reach this switch at "
+        "(default: the --listen host; needed when listening on 0.0.0.0)",
+    )
+    _auth_flags(s, server=True)
+
+    c = sub.add_parser("controller", help="run the control plane (jobs, slot allocation, switch programming)")
+    _listen_flag(c, DEFAULT_CONTROLLER_PORT)
+    c.add_argument(
+        "--db",
+        type=Path,
+        default=Path("netagg-controller.db"),
+        help="SQLite file with the jobs and switches (default ./netagg-controller.db; kept across restarts)",
+    )
+    c.add_argument(
+        "--agent-tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA certificate the switch agents' TLS certificates are signed with (default: plain gRPC)",
+    )
+    _auth_flags(c, server=True)
+
+    from netagg.ctl import add_ctl_parser
+
+    add_ctl_parser(sub, _auth_flags)
 
     a = sub.add_parser("allreduce", help="run allreduces as one worker (for experiments and checks)")
     a.add_argument("--switch", required=True, type=_address, metavar="HOST:PORT")
@@ -139,6 +178,35 @@ def _build() -> argparse.ArgumentParser:
     return p
 
 
+def _listen_flag(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument(
+        "--listen",
+        type=_address,
+        default=("127.0.0.1", port),
+        metavar="HOST:PORT",
+        help=f"address to serve on (default 127.0.0.1:{port})",
+    )
+
+
+def _auth_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    g.add_argument(
+        "--token-file",
+        type=Path,
+        help="file of tokens, one `TOKEN TENANT [admin]` a line (a client uses the first)",
+    )
+    if server:
+        p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate")
+        p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="connect to the controller over TLS, trusting this CA certificate",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
@@ -146,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "switch":
             return _switch(args)
+        if args.command == "controller":
+            return _controller(args)
+        if args.command == "ctl":
+            from netagg.ctl import run_ctl
+
+            return run_ctl(args)
         if args.command == "allreduce":
             return _allreduce(args)
         if args.command == "relay":
@@ -185,8 +259,21 @@ def _switch(args: argparse.Namespace) -> int:
     from switch.core import Dataplane, JobConfig
     from switch.udp import UdpSwitch
 
+    if args.controller is not None and args.agent is None:
+        args.agent = ("127.0.0.1", 0)
     if args.workers is None and args.agent is None:
-        raise ValueError("give --workers for a static job, or --agent to take jobs from the control plane")
+        raise ValueError(
+            "give --workers for a static job, or --agent/--controller to take jobs from the control plane"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tokens = None
+    if args.agent is not None:
+        tokens = _server_tokens(args)
+        if tokens is None:
+            raise ValueError(
+                f"--agent needs --token or --token-file (or ${TOKEN_ENV}): the SwitchAgent is authenticated"
+            )
     jobs = []
     if args.workers is not None:
         slots = args.slots or default_slots(args.elements)
@@ -213,19 +300,118 @@ def _switch(args: argparse.Namespace) -> int:
     if jobs:
         cfg = jobs[0]
         what = f"job {cfg.job_id}, {cfg.workers} workers, {cfg.slots} slots, {cfg.elements} elements/packet"
-    if args.agent is not None:
-        from switch.agent import serve_agent
-
-        agent, agent_port = serve_agent(server.dataplane, server.lock, f"{args.agent[0]}:{args.agent[1]}")
-        what += f"; SwitchAgent on {args.agent[0]}:{agent_port}"
-    _stop_on_signals(server.stop)
-    print(f"netagg switch on {server.address[0]}:{server.address[1]}: {what}", flush=True)
     try:
+        if args.agent is not None and tokens is not None:
+            from switch.agent import serve_agent
+
+            agent, agent_port = serve_agent(
+                server.dataplane,
+                server.lock,
+                f"{args.agent[0]}:{args.agent[1]}",
+                tokens,
+                total_slots=args.total_slots,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            )
+            what += f"; SwitchAgent on {args.agent[0]}:{agent_port}"
+            if args.controller is not None:
+                host = args.advertise or server.address[0]
+                agent_host = args.advertise or args.agent[0]
+                data = f"{host}:{server.address[1]}"
+                switch_id = args.switch_id or data
+                _register(args, switch_id, data, f"{agent_host}:{agent_port}")
+                what += f"; registered as {switch_id} with {args.controller[0]}:{args.controller[1]}"
+        _stop_on_signals(server.stop)
+        print(f"netagg switch on {server.address[0]}:{server.address[1]}: {what}", flush=True)
         server.serve_forever()
     finally:
         if agent is not None:
             agent.stop(grace=1.0)
+        server.sock.close()
     print(json.dumps(server.dataplane.stats()), flush=True)
+    return 0
+
+
+def _server_tokens(args: argparse.Namespace) -> Tokens | None:
+    import os
+
+    from netagg.rpc import Tokens
+
+    if args.token:
+        return Tokens.single(args.token)
+    if args.token_file:
+        return Tokens.from_file(args.token_file)
+    if os.environ.get(TOKEN_ENV):
+        return Tokens.single(os.environ[TOKEN_ENV])
+    return None
+
+
+def _register(args: argparse.Namespace, switch_id: str, data: str, agent: str, wait: float = 30.0) -> None:
+    """Register with the controller, retrying while it is not up yet (for ``wait`` seconds)."""
+    import time
+
+    import grpc
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    token = read_token(args.token, args.token_file)
+    host, port = args.controller
+    deadline = time.monotonic() + wait
+    with channel(f"{host}:{port}", token, tls_ca=args.tls_ca) as ch:
+        stub = pb_grpc.ControllerStub(ch)
+        while True:
+            try:
+                stub.RegisterSwitch(
+                    pb.RegisterSwitchRequest(switch_id=switch_id, data_address=data, agent_address=agent),
+                    timeout=10,
+                )
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise ValueError(
+                        f"registering with the controller: {exc.code().name}: {exc.details()}"
+                    ) from None
+                time.sleep(0.5)
+
+
+def _controller(args: argparse.Namespace) -> int:
+    import threading
+
+    from netagg.controller import serve_controller
+    from netagg.rpc import Tokens, generate_token_file
+    from netagg.store import Store
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tokens = _server_tokens(args)
+    note = ""
+    if tokens is None:
+        token_file = args.db.with_name(args.db.name + ".token")
+        if not token_file.exists():
+            generate_token_file(token_file)
+        tokens = Tokens.from_file(token_file)
+        note = f"; admin token in {token_file}"
+    store = Store(args.db)
+    server, port, service = serve_controller(
+        f"{args.listen[0]}:{args.listen[1]}",
+        store,
+        tokens,
+        tls_cert=str(args.tls_cert) if args.tls_cert else None,
+        tls_key=str(args.tls_key) if args.tls_key else None,
+        agent_tls_ca=str(args.agent_tls_ca) if args.agent_tls_ca else None,
+    )
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    tls = " (TLS)" if args.tls_cert else ""
+    print(f"netagg controller on {args.listen[0]}:{port}{tls}: db {args.db}{note}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace=2.0).wait()
+        service.close()
+        store.close()
     return 0
 
 

@@ -1,7 +1,8 @@
 """Start the switch and workers as real processes (for the demo, the benchmarks and tests).
 
-:class:`SwitchProcess` runs ``netagg switch`` and waits until it prints that it is serving (no
-sleep-and-hope); it is stopped by PID with SIGTERM and its final counters are read from its output.
+:class:`SwitchProcess` runs ``netagg switch`` (and :class:`ControllerProcess` ``netagg controller``) and
+waits until it prints that it is serving (no sleep-and-hope); it is stopped by PID with SIGTERM and a
+switch's final counters are read from its output.
 :func:`run_workers` runs one function per rank in spawned processes and returns their results in rank
 order, raising with the worker's traceback if any of them fails.
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SwitchProcess", "WorkerFailed", "free_port", "run_workers"]
+__all__ = ["ControllerProcess", "SwitchProcess", "WorkerFailed", "free_port", "run_workers"]
 
 
 def free_port(udp: bool = False) -> int:
@@ -33,18 +34,85 @@ def free_port(udp: bool = False) -> int:
         return int(s.getsockname()[1])
 
 
-class SwitchProcess:
+class _ServiceProcess:
+    """A ``netagg`` subcommand in a child process, ready once it prints its banner line."""
+
+    banner = ""
+    what = ""  # "switch", "controller": for error messages
+
+    def _start(self, cmd: list[str], ready_timeout: float, cpu: int | None = None) -> str:
+        # stderr goes to a file, not a pipe nobody drains while it runs (a full pipe would block it).
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the process; closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.pid = self.proc.pid
+        if cpu is not None:
+            os.sched_setaffinity(self.pid, {cpu})
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + ready_timeout
+        line = ""
+        while time.monotonic() < deadline:  # it prints its address once it is bound
+            line = self.proc.stdout.readline()
+            if line.startswith(self.banner):
+                break
+            if not line and self.proc.poll() is not None:
+                break
+        else:
+            self.stop()
+            raise RuntimeError(f"{self.what} did not start within {ready_timeout}s")
+        if not line.startswith(self.banner):
+            self.proc.wait()
+            raise RuntimeError(
+                f"{self.what} failed to start: {self.stderr().strip() or line.strip()}"
+            )
+        return line
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up (what a crash looks like)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> str:
+        """SIGTERM, wait (SIGKILL after ``timeout``); returns what it printed on stdout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        except ValueError:  # stdout already closed by an earlier stop()
+            out = ""
+        self._stderr.close()
+        return out or ""
+
+
+class SwitchProcess(_ServiceProcess):
     """``netagg switch`` in a child process.
 
     Args:
         workers, elements, slots, job, multicast: the static job (see ``netagg switch --help``);
             workers=None for none (jobs then come through the SwitchAgent).
         agent: also serve the SwitchAgent gRPC API on this "HOST:PORT" (port 0: any free one).
+        controller: register with this controller (implies an agent on 127.0.0.1:0).
+        token: the bearer token of the agent (and for registering); needed with agent or controller.
+        total_slots: slots the control plane may give out on the switch.
         listen: ``HOST:PORT``; port 0 lets the kernel choose (read it from ``address``).
         stats_file: where the switch writes its counters (default: none).
         prefix: command to run the switch under, e.g. ``["ip", "netns", "exec", "ns1"]``.
         cpu: pin the switch to this CPU (``os.sched_setaffinity``), or None.
+        extra: more ``netagg switch`` flags.
     """
+
+    banner = "netagg switch on "
+    what = "switch"
 
     def __init__(
         self,
@@ -60,70 +128,75 @@ class SwitchProcess:
         ready_timeout: float = 20.0,
         multicast: str | None = None,
         agent: str | None = None,
+        controller: str | None = None,
+        token: str | None = None,
+        total_slots: int | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         cmd = [*prefix, sys.executable, "-m", "netagg.cli", "switch", "--listen", listen, "--job", str(job)]
-        if workers is not None:
-            cmd += ["--workers", str(workers)]
-        if agent is not None:
-            cmd += ["--agent", agent]
-        if elements is not None:
-            cmd += ["--elements", str(elements)]
-        if slots is not None:
-            cmd += ["--slots", str(slots)]
-        if multicast is not None:
-            cmd += ["--multicast", multicast]
+        for flag, value in (
+            ("--workers", workers),
+            ("--agent", agent),
+            ("--controller", controller),
+            ("--token", token),
+            ("--total-slots", total_slots),
+            ("--elements", elements),
+            ("--slots", slots),
+            ("--multicast", multicast),
+        ):
+            if value is not None:
+                cmd += [flag, str(value)]
         if stats_file is not None:
             cmd += ["--stats-file", str(stats_file), "--stats-interval", "0.2"]
-        # stderr goes to a file, not a pipe nobody drains while the switch runs (a full pipe would block it).
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the switch; closed in stop())
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        self.pid = self.proc.pid
-        if cpu is not None:
-            os.sched_setaffinity(self.pid, {cpu})
+        cmd += list(extra)
         self.stats: dict[str, Any] | None = None
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + ready_timeout
-        line = ""
-        while time.monotonic() < deadline:  # the switch prints its address once it is bound
-            line = self.proc.stdout.readline()
-            if line.startswith("netagg switch on "):
-                break
-            if not line and self.proc.poll() is not None:
-                break
-        else:
-            self.stop()
-            raise RuntimeError(f"switch did not start within {ready_timeout}s")
-        if not line.startswith("netagg switch on "):
-            self._stderr.seek(0)
-            err = self._stderr.read()
-            self.proc.wait()
-            raise RuntimeError(f"switch failed to start: {err.strip() or line.strip()}")
+        line = self._start(cmd, ready_timeout, cpu)
         self.address = line.split()[3].rstrip(":")
-        #: The SwitchAgent's "HOST:PORT" when started with agent=..., else None.
+        #: The SwitchAgent's "HOST:PORT" when started with agent=... or controller=..., else None.
         self.agent_address: str | None = None
         if "SwitchAgent on " in line:
             self.agent_address = line.split("SwitchAgent on ")[1].split()[0].rstrip(";")
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
+    def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:  # type: ignore[override]
         """SIGTERM, wait, and return the counters it printed on the way out (None if it died)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        self._stderr.close()
-        for line in reversed((out or "").splitlines()):
+        out = super().stop(timeout)
+        for line in reversed(out.splitlines()):
             if line.startswith("{"):
                 self.stats = json.loads(line)
                 break
         return self.stats
 
     def __enter__(self) -> SwitchProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ControllerProcess(_ServiceProcess):
+    """``netagg controller`` in a child process (state in ``db``; port 0 picks a free port unless
+    ``listen`` names one, which a restart on the same address needs)."""
+
+    banner = "netagg controller on "
+    what = "controller"
+
+    def __init__(
+        self,
+        db: Path,
+        *,
+        token: str | None = None,
+        listen: str = "127.0.0.1:0",
+        ready_timeout: float = 20.0,
+        extra: Sequence[str] = (),
+    ) -> None:
+        cmd = [sys.executable, "-m", "netagg.cli", "controller", "--listen", listen, "--db", str(db)]
+        if token is not None:
+            cmd += ["--token", token]
+        cmd += list(extra)
+        line = self._start(cmd, ready_timeout)
+        self.address = line.split()[3].rstrip(":")
+
+    def __enter__(self) -> ControllerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "DEFAULT_CONTROLLER_PORT",
     "DEFAULT_PORT",
     "EXP_BIAS",
     "EXP_NONE",
@@ -25,6 +26,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_ELEMENTS",
     "MAX_SLOTS",
+    "MAX_WINDOW_ELEMENTS",
     "MAX_WORKERS",
     "PAYLOAD_DTYPE",
     "SET_BIT",
@@ -42,6 +44,8 @@ __all__ = [
 
 #: UDP port the switch listens on unless told otherwise (0xB798; unassigned by IANA).
 DEFAULT_PORT = 47000
+#: The controller's default gRPC port (not part of the wire protocol; here so the CLI imports no grpc).
+DEFAULT_CONTROLLER_PORT = 47100
 #: Protocol version carried in every header.
 VERSION = 1
 #: ``struct`` layout of the header: see docs/protocol.md, "Header".
@@ -74,6 +78,9 @@ SET_BIT = 0x8000
 MAX_SLOTS = SET_BIT  # 32768 slot indices
 #: Workers per aggregation node: the contributor bitmap is 32 bits wide.
 MAX_WORKERS = 32
+#: Most slots x elements per packet one job may have on a switch (a 64 MiB window of int32; a switch
+#: keeps two sets of it plus the results, ~256 MiB in the Python switch).
+MAX_WINDOW_ELEMENTS = 1 << 24
 #: Exponent field encoding (16 bits): 0 = no data / all-zero block, 0xFFFF = a non-finite value,
 #: anything else = the float exponent e plus EXP_BIAS (block magnitudes are < 2**e).
 EXP_NONE = 0

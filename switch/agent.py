@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent import futures
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from netagg import __version__
 from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS, parse_address
+from netagg.rpc import Tokens, make_server
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.core import Dataplane, JobConfig
@@ -38,9 +38,12 @@ def _address(text: str, what: str) -> tuple[str, int]:
 class SwitchAgentService(pb_grpc.SwitchAgentServicer):
     """SwitchAgent over a :class:`Dataplane`; ``lock`` is the one the packet loop holds per datagram."""
 
-    def __init__(self, dataplane: Dataplane, lock: threading.Lock) -> None:
+    def __init__(self, dataplane: Dataplane, lock: threading.Lock, *, total_slots: int = MAX_SLOTS) -> None:
+        if not 1 <= total_slots <= MAX_SLOTS:
+            raise ValueError(f"total_slots must be 1-{MAX_SLOTS}, got {total_slots}")
         self.dataplane = dataplane
         self.lock = lock
+        self.total_slots = total_slots
 
     def _locked(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         with self.lock:
@@ -55,7 +58,7 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.SwitchInfo:
         return pb.SwitchInfo(
             kind="python",
-            total_slots=MAX_SLOTS,
+            total_slots=self.total_slots,
             min_elements_per_packet=1,
             max_elements_per_packet=MAX_ELEMENTS,
             max_workers=MAX_WORKERS,
@@ -71,6 +74,11 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
                 raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
             addresses = tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None
             group = _address(r.multicast_group, "multicast_group") if r.multicast_group else None
+            if r.slot_base + r.slots > self.total_slots:
+                raise ValueError(
+                    f"slots [{r.slot_base}, {r.slot_base + r.slots}) lie outside this switch's "
+                    f"{self.total_slots} slots"
+                )
             cfg = JobConfig(
                 job_id=r.wire_job_id,
                 workers=r.workers,
@@ -108,20 +116,25 @@ def _counters(stats: dict[str, Any]) -> pb.Counters:
 
 
 def serve_agent(
-    dataplane: Dataplane, lock: threading.Lock, address: str = "127.0.0.1:0"
+    dataplane: Dataplane,
+    lock: threading.Lock,
+    address: str,
+    tokens: Tokens,
+    *,
+    total_slots: int = MAX_SLOTS,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Start the SwitchAgent (and standard health checking) on ``address``; returns (server, port).
-
-    Not authenticated yet: bind it to an address only the control plane reaches (bearer tokens and TLS
-    come with the control-plane issue).
-    """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_SwitchAgentServicer_to_server(SwitchAgentService(dataplane, lock), server)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("netagg.v1.SwitchAgent", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
+    """Start the SwitchAgent on ``address`` with bearer-token checks, health checking and reflection
+    (TLS with ``tls_cert``/``tls_key``); returns (server, bound port)."""
+    service = SwitchAgentService(dataplane, lock, total_slots=total_slots)
+    server, port, _ = make_server(
+        address,
+        tokens,
+        [lambda s: pb_grpc.add_SwitchAgentServicer_to_server(service, s)],
+        [pb.DESCRIPTOR.services_by_name["SwitchAgent"].full_name],
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_workers=4,
+    )
     return server, port

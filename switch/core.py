@@ -22,6 +22,7 @@ from netagg.protocol import (
     HEADER_SIZE,
     MAX_ELEMENTS,
     MAX_SLOTS,
+    MAX_WINDOW_ELEMENTS,
     MAX_WORKERS,
     PAYLOAD_DTYPE,
     SET_BIT,
@@ -117,6 +118,11 @@ class JobConfig:
         if self.slots < 1 or self.slot_base < 0 or self.slot_base + self.slots > MAX_SLOTS:
             raise ValueError(
                 f"slots [{self.slot_base}, {self.slot_base + self.slots}) must lie in [0, {MAX_SLOTS})"
+            )
+        if self.slots * self.elements > MAX_WINDOW_ELEMENTS:
+            raise ValueError(
+                f"slots x elements = {self.slots * self.elements} exceeds {MAX_WINDOW_ELEMENTS} "
+                "(a 64 MiB window per job); use fewer slots"
             )
         total = self.total_workers if self.total_workers is not None else self.workers
         if total < self.workers:

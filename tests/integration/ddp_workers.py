@@ -31,9 +31,17 @@ def _batch(rank: int, step: int):
 
 
 def grads(
-    rank: int, world: int, port: int, switch: str | None, bucket_cap_mb: float, steps: int = 2
+    rank: int,
+    world: int,
+    port: int,
+    switch: str | dict[str, Any] | None,
+    bucket_cap_mb: float,
+    steps: int = 2,
 ) -> dict[str, Any]:
-    """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients."""
+    """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients.
+
+    ``switch``: the switch's address, or the NetAggState arguments (e.g. controller=, job=, token=), or
+    None for DDP's default allreduce."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -46,7 +54,7 @@ def grads(
         model = DDP(_model(0), bucket_cap_mb=bucket_cap_mb)
         state = None
         if switch is not None:
-            state = NetAggState(switch=switch)
+            state = NetAggState(switch=switch) if isinstance(switch, str) else NetAggState(**switch)
             model.register_comm_hook(state, netagg_hook)
         local = _model(0)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -7,16 +7,22 @@ import pytest
 
 from host_agent.worker import NetAggTimeout, Worker
 from netagg.launch import run_workers
+from netagg.rpc import channel
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from tests.integration import workers as wk
 
 
 def test_jobs_through_the_agent(switch_factory) -> None:
-    sw = switch_factory(None, agent="127.0.0.1:0")
+    token = "integration-agent-token-42"
+    sw = switch_factory(None, agent="127.0.0.1:0", token=token)
     assert sw.agent_address is not None
-    with grpc.insecure_channel(sw.agent_address) as channel:
-        stub = pb_grpc.SwitchAgentStub(channel)
+    with channel(sw.agent_address, None) as ch:  # no token: refused
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.SwitchAgentStub(ch).GetInfo(pb.GetInfoRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with channel(sw.agent_address, token) as ch:
+        stub = pb_grpc.SwitchAgentStub(ch)
         stub.InstallJob(pb.InstallJobRequest(wire_job_id=1, workers=4, slots=16, elements_per_packet=1024))
         stub.InstallJob(
             pb.InstallJobRequest(wire_job_id=2, workers=2, slot_base=16, slots=64, elements_per_packet=64)

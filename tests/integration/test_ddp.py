@@ -39,6 +39,32 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
         np.testing.assert_array_equal(ours, theirs)
 
 
+def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
+    from netagg.launch import ControllerProcess
+    from netagg.rpc import channel
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    token = "ddp-controller-token-0123"
+    with ControllerProcess(tmp_path / "ctl.db", token=token) as ctl:
+        switch_factory(None, controller=ctl.address, token=token)
+        with channel(ctl.address, token) as ch:
+            spec = pb.JobSpec(name="ddp", workers=2, element_type=pb.ELEMENT_TYPE_FLOAT32)
+            job = pb_grpc.ControllerStub(ch).CreateJob(pb.CreateJobRequest(spec=spec))
+        state = {"controller": ctl.address, "job": job.job_id, "token": token}
+        netagg = run_workers(dw.grads, 2, 2, free_port(), state, 0.2, timeout=300)
+    gloo = run_workers(dw.grads, 2, 2, free_port(), None, 0.2, timeout=300)
+    atol = 2.0 ** (1 - scale_bits(2)) * max(r["local_max"] for r in netagg)
+    import torch
+
+    for rank in range(2):
+        assert netagg[rank]["stats"]["fallbacks"] == 0 and netagg[rank]["stats"]["buckets"] > 0
+        for ours, theirs in zip(netagg[rank]["averaged"], gloo[rank]["averaged"], strict=True):
+            torch.testing.assert_close(
+                torch.from_numpy(ours), torch.from_numpy(theirs), atol=atol, rtol=2**-20
+            )
+
+
 def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
     sw = switch_factory(2)
     out = run_workers(
@@ -72,6 +98,10 @@ def test_state_validates_its_arguments() -> None:
         NetAggState(switch="127.0.0.1:1", rank=2, world_size=2)
     with pytest.raises(ValueError, match="not initialized"):
         NetAggState(switch="127.0.0.1:1")
+    with pytest.raises(ValueError, match="either switch"):
+        NetAggState(switch="127.0.0.1:1", controller="127.0.0.1:2", rank=0, world_size=2)
+    with pytest.raises(ValueError, match="controller's job id"):
+        NetAggState(controller="127.0.0.1:2", job=3, rank=0, world_size=2)
 
 
 def test_example_runs_under_torchrun(switch_factory, tmp_path) -> None:

@@ -100,3 +100,29 @@ def sweep_job(
                 {"shape": shape, "dtype": dtype, **check(rank, world, shape, dtype, got, w.elements)}
             )
         return {"results": results}
+
+
+def controller_job(
+    rank: int,
+    controller: str,
+    job_id: str,
+    token: str,
+    cases: list[tuple[tuple[int, ...], str]],
+    seed: int = 0,
+    repeat: int = 1,
+) -> dict[str, Any]:
+    """A worker of a job created through the controller: join there, then allreduce every case
+    ``repeat`` times, checking each result."""
+    results = []
+    with Worker(controller=controller, job=job_id, rank=rank, token=token, timeout=30) as w:
+        for _ in range(repeat):
+            for shape, dtype in cases:
+                got = w.allreduce(inputs(rank, shape, dtype, seed))
+                results.append(
+                    {
+                        "shape": shape,
+                        "dtype": dtype,
+                        **check(rank, w.world_size, shape, dtype, got, w.elements, seed),
+                    }
+                )
+        return {"results": results, "wire_job": w.job, "slot_base": w.slot_base, "switch": w.switch}

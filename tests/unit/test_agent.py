@@ -10,21 +10,27 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from netagg.rpc import Tokens, channel
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.agent import serve_agent
 from switch.core import Dataplane
 
+TOKEN = "agent-test-token-0123456789"
+
 
 @pytest.fixture
-def agent() -> Iterator[tuple[pb_grpc.SwitchAgentStub, Dataplane, grpc.Channel]]:
+def agent() -> Iterator[tuple[pb_grpc.SwitchAgentStub, Dataplane, str]]:
+    """(stub with the token, the dataplane it programs, the server's address)."""
     dataplane = Dataplane()
-    server, port = serve_agent(dataplane, threading.Lock(), "127.0.0.1:0")
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    server, port = serve_agent(
+        dataplane, threading.Lock(), "127.0.0.1:0", Tokens.single(TOKEN), total_slots=4096
+    )
+    ch = channel(f"127.0.0.1:{port}", TOKEN)
     try:
-        yield pb_grpc.SwitchAgentStub(channel), dataplane, channel
+        yield pb_grpc.SwitchAgentStub(ch), dataplane, f"127.0.0.1:{port}"
     finally:
-        channel.close()
+        ch.close()
         server.stop(grace=None)
 
 
@@ -40,11 +46,13 @@ def code_of(call) -> grpc.StatusCode:
 
 
 def test_info_and_health(agent) -> None:
-    stub, _, channel = agent
+    stub, _, target = agent
     info = stub.GetInfo(pb.GetInfoRequest())
     assert info.kind == "python" and info.max_workers == 32 and info.max_elements_per_packet == 16370
-    health = health_pb2_grpc.HealthStub(channel)
-    reply = health.Check(health_pb2.HealthCheckRequest(service="netagg.v1.SwitchAgent"))
+    assert info.total_slots == 4096
+    with channel(target, None) as ch:  # health needs no token
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="netagg.v1.SwitchAgent"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -78,7 +86,8 @@ def test_install_remove_and_counters(agent) -> None:
         (dict(elements_per_packet=0), "elements must be"),
         (dict(elements_per_packet=20000), "elements must be"),
         (dict(wire_job_id=70000), "wire_job_id must be 0-65535"),
-        (dict(slot_base=32767, slots=4), "must lie in"),
+        (dict(slot_base=4094, slots=4), "outside this switch's 4096 slots"),
+        (dict(slots=2048, elements_per_packet=16370), "64 MiB window"),
         (dict(total_workers=2), "total_workers"),
         (dict(worker_addresses=["nowhere"]), "worker_addresses[]: expected HOST:PORT, got 'nowhere'"),
         (dict(worker_addresses=["127.0.0.1:0"] * 4), "port 0 is not an address"),
@@ -135,3 +144,19 @@ def test_hundreds_of_generated_bad_requests_leave_it_serving(agent) -> None:
     assert codes[grpc.StatusCode.INVALID_ARGUMENT] > 50 and codes[grpc.StatusCode.NOT_FOUND] > 50
     assert [c.job_id for c in dataplane.jobs] == [1]
     assert stub.GetInfo(pb.GetInfoRequest()).kind == "python"
+
+
+def test_calls_without_a_valid_token_are_refused(agent) -> None:
+    _, dataplane, target = agent
+    for token, word in ((None, "no bearer token"), ("wrong-token-0123456789", "not valid")):
+        with channel(target, token) as other:
+            stub = pb_grpc.SwitchAgentStub(other)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.InstallJob(job())
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and word in err.value.details()
+            # health stays open, for probes
+            health = health_pb2_grpc.HealthStub(other)
+            assert (
+                health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            )
+    assert dataplane.jobs == []

@@ -54,7 +54,7 @@ class Placement(_message.Message):
     def __init__(self, switch_id: _Optional[str] = ..., slot_base: _Optional[int] = ..., slots: _Optional[int] = ..., parent_switch_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "wire_job_id", "spec", "state", "placements", "joined_ranks", "create_time")
+    __slots__ = ("job_id", "wire_job_id", "spec", "state", "placements", "joined_ranks", "create_time", "owner")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WIRE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Job(_message.Message):
     PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     JOINED_RANKS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     wire_job_id: int
     spec: JobSpec
@@ -69,7 +70,8 @@ class Job(_message.Message):
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
     joined_ranks: _containers.RepeatedScalarFieldContainer[int]
     create_time: float
-    def __init__(self, job_id: _Optional[str] = ..., wire_job_id: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., joined_ranks: _Optional[_Iterable[int]] = ..., create_time: _Optional[float] = ...) -> None: ...
+    owner: str
+    def __init__(self, job_id: _Optional[str] = ..., wire_job_id: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., joined_ranks: _Optional[_Iterable[int]] = ..., create_time: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Switch(_message.Message):
     __slots__ = ("switch_id", "data_address", "agent_address", "info", "free_slots")
@@ -156,14 +158,16 @@ class DeleteJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class JoinJobRequest(_message.Message):
-    __slots__ = ("job_id", "rank", "address")
+    __slots__ = ("job_id", "rank", "address", "replace")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     address: str
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+    replace: bool
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class JoinJobResponse(_message.Message):
     __slots__ = ("switch_address", "wire_job_id", "worker_id", "slot_base", "slots", "elements_per_packet", "total_workers", "multicast_group")

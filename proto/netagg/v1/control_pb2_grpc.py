@@ -119,7 +119,8 @@ class ControllerServicer:
     def JoinJob(self, request, context):
         """A worker joins a job: the controller installs its address on the switch and returns everything its
         host agent needs. INVALID_ARGUMENT for a rank outside [0, workers) or a bad address; ALREADY_EXISTS
-        when the rank has joined from another address; NOT_FOUND, PERMISSION_DENIED as GetJob.
+        when the rank has joined from another address (unless replace is set); NOT_FOUND,
+        PERMISSION_DENIED as GetJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,7 +128,10 @@ class ControllerServicer:
 
     def RegisterSwitch(self, request, context):
         """A switch announces itself (switches started with --controller do this). Re-registering the same
-        switch_id updates its addresses; INVALID_ARGUMENT for a bad address or capacity.
+        switch_id updates its addresses and installs its jobs again (a restarted switch gets back what it
+        carried). The controller calls the switch's SwitchAgent with the caller's token, first to read its
+        SwitchInfo (UNAVAILABLE if it cannot). INVALID_ARGUMENT for a bad address or id; PERMISSION_DENIED
+        for a token that is not an admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

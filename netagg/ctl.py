@@ -1,0 +1,179 @@
+"""``netagg ctl``: the controller's command-line client (jobs, switches, stats), as tables or JSON.
+
+    netagg ctl create --name resnet --workers 4 [--type float32] [--elements N] [--slots S]
+    netagg ctl jobs | get JOB | delete JOB | switches
+    netagg ctl stats [--interval 1] [--count N] [JOB ...]
+
+The controller is ``--controller HOST:PORT`` (default $NETAGG_CONTROLLER, else 127.0.0.1:47100); the
+token is ``--token``, ``--token-file`` or $NETAGG_TOKEN. A refused call prints one line with its gRPC
+status and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["add_ctl_parser", "run_ctl"]
+
+CONTROLLER_ENV = "NETAGG_CONTROLLER"
+
+
+def add_ctl_parser(sub: Any, auth_flags: Callable[..., None]) -> None:
+    from netagg.protocol import DEFAULT_CONTROLLER_PORT
+
+    p = sub.add_parser("ctl", help="talk to the controller: jobs, switches, stats")
+    p.add_argument(
+        "--controller",
+        default=os.environ.get(CONTROLLER_ENV, f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"),
+        metavar="HOST:PORT",
+        help=f"the controller (default ${CONTROLLER_ENV}, else 127.0.0.1:{DEFAULT_CONTROLLER_PORT})",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    auth_flags(p, server=False)
+    verbs = p.add_subparsers(dest="verb", required=True, parser_class=type(p))
+    c = verbs.add_parser("create", help="create a job")
+    c.add_argument("--name", required=True)
+    c.add_argument("--workers", type=int, required=True)
+    c.add_argument("--type", choices=("float32", "int32"), default="float32")
+    c.add_argument("--elements", type=int, default=0, help="elements per packet (default: the switch's)")
+    c.add_argument(
+        "--slots", type=int, default=0, help="slots = each worker's window (default: the controller's)"
+    )
+    verbs.add_parser("jobs", help="list jobs")
+    g = verbs.add_parser("get", help="one job")
+    g.add_argument("job_id")
+    d = verbs.add_parser("delete", help="delete a job")
+    d.add_argument("job_id")
+    verbs.add_parser("switches", help="list switches")
+    s = verbs.add_parser("stats", help="stream job and switch statistics")
+    s.add_argument("job_ids", nargs="*")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--count", type=int, default=0, help="stop after this many snapshots (0: until Ctrl-C)")
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    token = read_token(args.token, args.token_file)
+
+    def show(msg: Any, table: Callable[[Any], str]) -> None:
+        if args.json:
+            print(
+                json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True), sort_keys=True)
+            )
+        else:
+            print(table(msg))
+
+    with channel(args.controller, token, tls_ca=args.tls_ca) as ch:
+        stub = pb_grpc.ControllerStub(ch)
+        t = args.timeout
+        try:
+            if args.verb == "create":
+                etype = pb.ELEMENT_TYPE_FLOAT32 if args.type == "float32" else pb.ELEMENT_TYPE_INT32
+                if args.workers < 0 or args.elements < 0 or args.slots < 0:
+                    raise ValueError("--workers, --elements and --slots must not be negative")
+                spec = pb.JobSpec(
+                    name=args.name,
+                    workers=args.workers,
+                    element_type=etype,
+                    elements_per_packet=args.elements,
+                    slots=args.slots,
+                )
+                show(stub.CreateJob(pb.CreateJobRequest(spec=spec), timeout=t), lambda j: _jobs_table([j]))
+            elif args.verb == "jobs":
+                show(stub.ListJobs(pb.ListJobsRequest(), timeout=t), lambda r: _jobs_table(r.jobs))
+            elif args.verb == "get":
+                show(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t), lambda j: _jobs_table([j]))
+            elif args.verb == "delete":
+                stub.DeleteJob(pb.DeleteJobRequest(job_id=args.job_id), timeout=t)
+                print(json.dumps({"deleted": args.job_id}) if args.json else f"deleted {args.job_id}")
+            elif args.verb == "switches":
+                show(
+                    stub.ListSwitches(pb.ListSwitchesRequest(), timeout=t),
+                    lambda r: _switches_table(r.switches),
+                )
+            else:
+                n = 0
+                req = pb.StreamStatsRequest(interval_seconds=args.interval, job_ids=args.job_ids)
+                stream = stub.StreamStats(req)
+                try:
+                    for snap in stream:
+                        show(snap, _stats_table)
+                        n += 1
+                        if args.count and n >= args.count:
+                            break
+                finally:
+                    stream.cancel()
+        except grpc.RpcError as exc:
+            print(f"netagg ctl {args.verb}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [headers, *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _jobs_table(jobs: Any) -> str:
+    from netagg.v1 import control_pb2 as pb
+
+    rows = []
+    for j in jobs:
+        where = ", ".join(f"{p.switch_id}[{p.slot_base}:{p.slot_base + p.slots}]" for p in j.placements)
+        rows.append(
+            [
+                j.job_id,
+                j.spec.name,
+                j.owner,
+                pb.JobState.Name(j.state).removeprefix("JOB_STATE_").lower(),
+                j.wire_job_id,
+                f"{len(j.joined_ranks)}/{j.spec.workers}",
+                pb.ElementType.Name(j.spec.element_type).removeprefix("ELEMENT_TYPE_").lower(),
+                j.spec.elements_per_packet,
+                where,
+            ]
+        )
+    return _table(["JOB", "NAME", "OWNER", "STATE", "WIRE", "JOINED", "TYPE", "ELEMENTS", "SLOTS"], rows)
+
+
+def _switches_table(switches: Any) -> str:
+    rows = [
+        [
+            s.switch_id,
+            s.info.kind,
+            s.data_address,
+            s.agent_address,
+            f"{s.free_slots}/{s.info.total_slots}",
+            f"{s.info.min_elements_per_packet}-{s.info.max_elements_per_packet}",
+            s.info.max_workers,
+        ]
+        for s in switches
+    ]
+    return _table(["SWITCH", "KIND", "DATA", "AGENT", "FREE SLOTS", "ELEMENTS", "MAX WORKERS"], rows)
+
+
+def _stats_table(snap: Any) -> str:
+    import time
+
+    lines = [time.strftime("%H:%M:%S", time.localtime(snap.time))]
+    keys = ("packets_in", "packets_out", "contributions", "completions", "repeats")
+    rows = []
+    for sw_id, c in sorted(snap.switch_counters.items()):
+        drops = sum(c.drops.values())
+        rows.append([sw_id, *(c.counters.get(k, 0) for k in keys), drops])
+    lines.append(_table(["SWITCH", *(k.upper() for k in keys), "DROPS"], rows))
+    lines.append(_jobs_table(snap.jobs))
+    return "\n".join(lines)
