@@ -824,23 +824,41 @@ def _join_controller(
     try:
         sock.bind((host, port))
         port = sock.getsockname()[1]
-        if host in ("0.0.0.0", "::"):
+        unbound = host in ("0.0.0.0", "::")
+        if unbound:
             # The address others see: the one this host uses on its route to the controller.
             with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
                 probe.connect((chost, cport))
                 host = probe.getsockname()[0]
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
+            stub = pb_grpc.ControllerStub(ch)
             try:
-                joined = pb_grpc.ControllerStub(ch).JoinJob(
-                    pb.JoinJobRequest(job_id=job, rank=rank, address=address, replace=replace), timeout=30
+                joined = stub.JoinJob(
+                    pb.JoinJobRequest(job_id=job, rank=rank, address=_fmt(host, port), replace=replace),
+                    timeout=30,
                 )
+                if unbound:
+                    # The switch sees the address of this host's route to the switch: if that is not
+                    # the one toward the controller, say so (the switch takes packets only from there).
+                    shost, sport = parse_address(joined.switch_address)
+                    with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+                        probe.connect((shost, sport))
+                        if probe.getsockname()[0] != host:
+                            host = probe.getsockname()[0]
+                            request = pb.JoinJobRequest(
+                                job_id=job, rank=rank, address=_fmt(host, port), replace=True
+                            )
+                            joined = stub.JoinJob(request, timeout=30)
             except grpc.RpcError as exc:
                 raise NetAggError(f"controller {controller}: {exc.code().name}: {exc.details()}") from None
     except BaseException:
         sock.close()
         raise
     return sock, joined
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _quantize_row(row: np.ndarray, exp: int, bits: int, tmp: np.ndarray, dst: np.ndarray) -> None:

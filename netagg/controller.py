@@ -311,10 +311,21 @@ class ControllerService(pb_grpc.ControllerServicer):
                     "is another worker using this rank? (a restarted worker passes replace=true)",
                 )
             self.store.put_member(job.job_id, request.rank, address)
-        placement = job.placements[0]
-        sw = self.store.switch(placement.switch_id)
-        if sw is None:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, f"switch {placement.switch_id} of the job is gone")
+            placement = job.placements[0]
+            sw = self.store.switch(placement.switch_id)
+            if sw is None:
+                _abort(
+                    context, grpc.StatusCode.UNAVAILABLE, f"switch {placement.switch_id} of the job is gone"
+                )
+            try:
+                self._pin_workers(sw, job.job_id)
+            except grpc.RpcError as exc:
+                _abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"switch {sw.switch_id} could not take the workers' addresses: "
+                    f"{exc.code().name}: {exc.details()}",
+                )
         return pb.JoinJobResponse(
             switch_address=sw.data_address,
             wire_job_id=job.wire_job_id,
@@ -407,6 +418,20 @@ class ControllerService(pb_grpc.ControllerServicer):
             if wake.wait(interval):
                 return
 
+    def _pin_workers(self, sw: SwitchRecord, job_id: str) -> None:
+        """Once every rank has joined, fix their addresses on the switch (SetWorkers): from then on it
+        takes each worker's packets only from there, and a P4 switch replicates results to them."""
+        job = self.store.job(job_id)
+        if job is None or len(job.joined_ranks) != job.spec.workers:
+            return
+        addresses = [self.store.member(job_id, r) for r in range(job.spec.workers)]
+        self._agent(sw).SetWorkers(
+            pb.SetWorkersRequest(
+                wire_job_id=job.wire_job_id, worker_addresses=[m.address for m in addresses if m is not None]
+            ),
+            timeout=self.agent_timeout,
+        )
+
     # -- reconciliation ------------------------------------------------------------------------
     def _reinstall(self, sw: SwitchRecord) -> None:
         """Install every job placed on ``sw`` (ALREADY_EXISTS is fine: it kept them)."""
@@ -416,6 +441,7 @@ class ControllerService(pb_grpc.ControllerServicer):
                     continue
                 try:
                     self._install(sw, job, p)
+                    self._pin_workers(sw, job.job_id)
                     log.info("job %s installed again on %s", job.job_id, sw.switch_id)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.ALREADY_EXISTS:

@@ -61,9 +61,7 @@ class _ServiceProcess:
             raise RuntimeError(f"{self.what} did not start within {ready_timeout}s")
         if not line.startswith(self.banner):
             self.proc.wait()
-            raise RuntimeError(
-                f"{self.what} failed to start: {self.stderr().strip() or line.strip()}"
-            )
+            raise RuntimeError(f"{self.what} failed to start: {self.stderr().strip() or line.strip()}")
         return line
 
     def stderr(self) -> str:

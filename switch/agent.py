@@ -101,6 +101,16 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
         self._locked(context, lambda: self.dataplane.remove(request.wire_job_id))
         return pb.RemoveJobResponse()
 
+    def SetWorkers(
+        self, request: pb.SetWorkersRequest, context: grpc.ServicerContext
+    ) -> pb.SetWorkersResponse:
+        try:
+            addresses = tuple(_address(a, "worker_addresses[]") for a in request.worker_addresses)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._locked(context, lambda: self.dataplane.set_addresses(request.wire_job_id, addresses))
+        return pb.SetWorkersResponse()
+
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
         return _counters(self._locked(context, self.dataplane.stats))
 

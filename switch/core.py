@@ -8,6 +8,7 @@ rules it implements are those of docs/protocol.md ("Switch rules"); the I/O back
 from __future__ import annotations
 
 import collections
+import dataclasses
 import socket
 import struct
 import time
@@ -216,6 +217,19 @@ class Dataplane:
                 raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.cfg.job_id}'s")
         addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
         self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
+
+    def set_addresses(self, job_id: int, addresses: tuple[Address, ...]) -> None:
+        """Fix a job's worker addresses (index = worker id). If they differ from the addresses its
+        members joined from, a new JOIN round begins. KeyError if the job is not installed."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} is not installed")
+        cfg = dataclasses.replace(job.cfg, addresses=tuple(addresses))  # validates the count
+        job.cfg = cfg
+        if list(addresses) != job.addrs:
+            job.joined = False
+            job.incarnation = [0] * cfg.workers
+            job.addrs = list(addresses)
 
     def remove(self, job_id: int) -> None:
         """Remove a job; its packets are dropped as unknown_job from now on."""

@@ -160,3 +160,24 @@ def test_calls_without_a_valid_token_are_refused(agent) -> None:
                 health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
             )
     assert dataplane.jobs == []
+
+
+def test_set_workers_pins_addresses(agent) -> None:
+    stub, dataplane, _ = agent
+    stub.InstallJob(job(workers=2))
+    addresses = ["127.0.0.1:5000", "127.0.0.1:5001"]
+    stub.SetWorkers(pb.SetWorkersRequest(wire_job_id=7, worker_addresses=addresses))
+    [cfg] = dataplane.jobs
+    assert cfg.addresses == (("127.0.0.1", 5000), ("127.0.0.1", 5001))
+    from netagg.protocol import HEADER, VERSION, MsgType
+
+    join = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, 7, 1, 0, 0, 99, 0, 0, 0)
+    assert dataplane.handle(join, ("127.0.0.1", 6666)) == []  # not worker 1's address
+    assert dataplane.drops["wrong_source"] == 1
+    assert dataplane.handle(join, ("127.0.0.1", 5001))  # PENDING: worker 0 has not joined
+    bad = pb.SetWorkersRequest(wire_job_id=7, worker_addresses=addresses[:1])
+    assert code_of(lambda: stub.SetWorkers(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    bad = pb.SetWorkersRequest(wire_job_id=7, worker_addresses=["x", "y"])
+    assert code_of(lambda: stub.SetWorkers(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    missing = pb.SetWorkersRequest(wire_job_id=8, worker_addresses=addresses)
+    assert code_of(lambda: stub.SetWorkers(missing)) == grpc.StatusCode.NOT_FOUND

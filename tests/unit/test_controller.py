@@ -177,6 +177,9 @@ def test_join(plane: Plane) -> None:
     plane.stub().JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=1, address="127.0.0.1:6001"))
     got = plane.stub().GetJob(pb.GetJobRequest(job_id=job.job_id))
     assert got.state == pb.JOB_STATE_RUNNING and list(got.joined_ranks) == [0, 1]
+    # every rank is in: their addresses are pinned on the switch
+    [cfg] = plane.dataplane.jobs
+    assert cfg.addresses == (("127.0.0.1", 6000), ("127.0.0.1", 6001))
 
 
 def test_stats_stream(plane: Plane) -> None:

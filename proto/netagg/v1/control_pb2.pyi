@@ -274,6 +274,18 @@ class RemoveJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SetWorkersRequest(_message.Message):
+    __slots__ = ("wire_job_id", "worker_addresses")
+    WIRE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    wire_job_id: int
+    worker_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, wire_job_id: _Optional[int] = ..., worker_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetWorkersResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetCountersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -452,6 +452,11 @@ class SwitchAgentStub:
                 request_serializer=netagg_dot_v1_dot_control__pb2.RemoveJobRequest.SerializeToString,
                 response_deserializer=netagg_dot_v1_dot_control__pb2.RemoveJobResponse.FromString,
                 _registered_method=True)
+        self.SetWorkers = channel.unary_unary(
+                '/netagg.v1.SwitchAgent/SetWorkers',
+                request_serializer=netagg_dot_v1_dot_control__pb2.SetWorkersRequest.SerializeToString,
+                response_deserializer=netagg_dot_v1_dot_control__pb2.SetWorkersResponse.FromString,
+                _registered_method=True)
         self.GetCounters = channel.unary_unary(
                 '/netagg.v1.SwitchAgent/GetCounters',
                 request_serializer=netagg_dot_v1_dot_control__pb2.GetCountersRequest.SerializeToString,
@@ -493,6 +498,18 @@ class SwitchAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWorkers(self, request, context):
+        """Fix the data-plane addresses of an installed job's workers (the controller calls it once every
+        rank has joined, with the addresses they joined from). From then on the switch takes a worker's
+        packets, JOINs included, only from its address (wrong_source otherwise); if an address changes, a
+        new JOIN round begins. A P4 switch also programs its result replication from them. NOT_FOUND if
+        the job is not installed; INVALID_ARGUMENT for a bad address or a number of addresses other than
+        the job's workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCounters(self, request, context):
         """Read the counters (all jobs together).
         """
@@ -524,6 +541,11 @@ def add_SwitchAgentServicer_to_server(servicer, server):
                     servicer.RemoveJob,
                     request_deserializer=netagg_dot_v1_dot_control__pb2.RemoveJobRequest.FromString,
                     response_serializer=netagg_dot_v1_dot_control__pb2.RemoveJobResponse.SerializeToString,
+            ),
+            'SetWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkers,
+                    request_deserializer=netagg_dot_v1_dot_control__pb2.SetWorkersRequest.FromString,
+                    response_serializer=netagg_dot_v1_dot_control__pb2.SetWorkersResponse.SerializeToString,
             ),
             'GetCounters': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCounters,
@@ -620,6 +642,33 @@ class SwitchAgent:
             '/netagg.v1.SwitchAgent/RemoveJob',
             netagg_dot_v1_dot_control__pb2.RemoveJobRequest.SerializeToString,
             netagg_dot_v1_dot_control__pb2.RemoveJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagg.v1.SwitchAgent/SetWorkers',
+            netagg_dot_v1_dot_control__pb2.SetWorkersRequest.SerializeToString,
+            netagg_dot_v1_dot_control__pb2.SetWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,44 @@
+/* Egress: each replica of a job's RESULT or JOIN_ACK gets its worker's addresses (and, for a JOIN_ACK,
+ * the worker id and its incarnation); flooded copies never go back out of the port they came in by. */
+#ifndef NETAGG_EGRESS_P4
+#define NETAGG_EGRESS_P4
+
+#include "../include/headers.p4"
+#include "../include/state.p4"
+
+control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
+    action to_worker(mac_t mac, ip4_t ip, bit<16> port) {
+        hdr.ethernet.dst = mac;
+        hdr.ipv4.dst = ip;
+        hdr.udp.dst_port = port;
+    }
+
+    /* (job group, replica id = worker + 1) -> the worker's addresses. */
+    table replicas {
+        key = { sm.mcast_grp: exact; sm.egress_rid: exact; }
+        actions = { to_worker; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_JOB_WORKERS;
+    }
+
+    apply {
+        if (sm.mcast_grp == FLOOD_GROUP && sm.egress_port == sm.ingress_port) {
+            mark_to_drop(sm);
+        } else if (sm.mcast_grp >= JOB_GROUP_BASE) {
+            replicas.apply();
+            if (hdr.netagg.type == TYPE_JOIN_ACK) {
+                bit<16> worker = sm.egress_rid - 1;
+                bit<32> incarnation;
+                reg_incarnation.read(incarnation,
+                    (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE) * NETAGG_MAX_WORKERS + (bit<32>)worker);
+                hdr.netagg.worker = worker;
+                hdr.netagg.seq = incarnation;
+            }
+        }
+        if (meta.is_netagg == 1 && sm.egress_spec != 511) {
+            events.count(EV_PACKETS_OUT);
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,105 @@
+/* The JOIN barrier (docs/protocol.md, "Joining"): members, incarnations, refresh-based expiry, epochs.
+ * A JOIN that reaches this control has passed Validate (job, worker, incarnation, source address). */
+#ifndef NETAGG_JOIN_P4
+#define NETAGG_JOIN_P4
+
+#include "../include/headers.p4"
+#include "../include/elements.p4"
+#include "../include/state.p4"
+#include "reply.p4"
+
+/* Rule 4: a member whose last JOIN is older than JOIN_REFRESH_US leaves the round. */
+#define EXPIRE_MEMBER(u)                                                                        \
+    if ((bit<16>)u < meta.workers && (members & (32w1 << u)) != 0) {                          \
+        reg_join_time.read(t, base + u);                                                       \
+        if (now - t > JOIN_REFRESH_US) {                                                       \
+            members = members & ~(32w1 << u);                                                  \
+            events.count(EV_JOIN_EXPIRED);                                                     \
+        }                                                                                      \
+    }
+
+control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
+    ReplyHeader() reply_header;
+    ToSender() to_sender;
+    ToJob() to_job;
+
+    /* The JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port. */
+    action ack_payload() {
+        hdr.elems[0].setValid();
+        hdr.elems[0].v = (bit<32>)meta.slot_base;
+        hdr.elems[1].setValid();
+        hdr.elems[1].v = (bit<32>)meta.slots;
+        hdr.elems[2].setValid();
+        hdr.elems[2].v = (bit<32>)meta.elements;
+        hdr.elems[3].setValid();
+        hdr.elems[3].v = (bit<32>)meta.workers;
+        hdr.elems[4].setValid();
+        hdr.elems[4].v = meta.total_workers;
+        hdr.elems[5].setValid();
+        hdr.elems[5].v = 0;   /* results come by unicast, replicated by the switch */
+        hdr.elems[6].setValid();
+        hdr.elems[6].v = 0;
+    }
+
+    apply {
+        bit<32> job = (bit<32>)meta.job_index;
+        bit<32> base = job * NETAGG_MAX_WORKERS;
+        bit<32> idx = base + (bit<32>)hdr.netagg.worker;
+        bit<48> now = sm.ingress_global_timestamp;
+        bit<48> t;
+        bit<32> incarnation;
+        bit<32> members;
+        bit<8> joined;
+        reg_incarnation.read(incarnation, idx);
+        reg_members.read(members, job);
+        reg_joined.read(joined, job);
+        events.count(EV_JOINS);
+        hdr.netagg.slot = 0;
+        hdr.netagg.set = 0;
+        if ((members & meta.wbit) != 0 && incarnation == hdr.netagg.seq) {
+            /* Rule 1: a repeat of a JOIN we have refreshes the member. */
+            reg_join_time.write(idx, now);
+            to_sender.apply(hdr, meta, sm);
+            if (joined == 1) {
+                ack_payload();
+                reply_header.apply(hdr, meta, TYPE_JOIN_ACK, 0, 7, 0, meta.full);
+            } else {
+                reply_header.apply(hdr, meta, TYPE_PENDING, 0, 0, 0, members);
+            }
+        } else {
+            if (joined == 1) {
+                /* Rule 2: a new incarnation after a complete round starts a new round. */
+                joined = 0;
+                members = 0;
+            }
+            /* Rule 3 */
+            reg_incarnation.write(idx, hdr.netagg.seq);
+            reg_join_time.write(idx, now);
+            members = members | meta.wbit;
+            FOR_EACH_WORKER(EXPIRE_MEMBER)
+            if (members != meta.full) {
+                to_sender.apply(hdr, meta, sm);
+                reply_header.apply(hdr, meta, TYPE_PENDING, 0, 0, 0, members);
+            } else {
+                /* Rule 5: the round is complete: a new epoch, whose slot state starts empty. */
+                bit<32> clock;
+                reg_round_clock.read(clock, 0);
+                clock = clock + 1;
+                reg_round_clock.write(0, clock);
+                reg_epoch_tag.write(job, clock);
+                meta.epoch = meta.epoch + 1;
+                reg_epoch.write(job, meta.epoch);
+                joined = 1;
+                events.count(EV_EPOCHS);
+                ack_payload();
+                /* worker and seq (the incarnation) are set per replica by the egress */
+                reply_header.apply(hdr, meta, TYPE_JOIN_ACK, 0, 7, 0, meta.full);
+                to_job.apply(meta, sm);
+            }
+            reg_members.write(job, members);
+            reg_joined.write(job, joined);
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,104 @@
+/* Every check before a datagram may touch state, in the order of docs/protocol.md ("Switch rules", 1).
+ * A failed check sets meta.drop with its reason; the top ingress counts it and drops the packet. */
+#ifndef NETAGG_VALIDATE_P4
+#define NETAGG_VALIDATE_P4
+
+#include "../include/headers.p4"
+
+control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
+    action reject(bit<8> reason) {
+        meta.drop = 1;
+        meta.drop_reason = reason;
+    }
+
+    action set_job(bit<8> job_index, bit<15> slot_base, bit<16> slots, bit<16> workers, bit<32> full,
+                   bit<32> total_workers, bit<16> elements) {
+        meta.job_found = 1;
+        meta.job_index = job_index;
+        meta.slot_base = slot_base;
+        meta.slots = slots;
+        meta.workers = workers;
+        meta.full = full;
+        meta.total_workers = total_workers;
+        meta.elements = elements;
+    }
+
+    /* wire job id -> the job's configuration (one entry per installed job). */
+    table jobs {
+        key = { hdr.netagg.job: exact; }
+        actions = { set_job; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_MAX_JOBS;
+    }
+
+    action set_worker(ip4_t ip, bit<16> port) {
+        meta.worker_found = 1;
+        meta.worker_ip = ip;
+        meta.worker_port = port;
+    }
+
+    /* (job, worker id) -> the only address the worker's packets are accepted from. */
+    table workers {
+        key = { meta.job_index: exact; hdr.netagg.worker: exact; }
+        actions = { set_worker; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_JOB_WORKERS;
+    }
+
+    apply {
+        if (!hdr.netagg.isValid()) {
+            reject(DROP_TRUNCATED);
+        } else if (hdr.netagg.version != NETAGG_VERSION) {
+            reject(DROP_BAD_VERSION);
+        } else if (hdr.netagg.reserved != 0) {
+            reject(DROP_BAD_RESERVED);
+        } else if (meta.length_diff != 0) {
+            reject(DROP_BAD_LENGTH);
+        } else if (hdr.netagg.type != TYPE_CONTRIB && hdr.netagg.type != TYPE_JOIN) {
+            reject(DROP_BAD_TYPE);
+        } else {
+            jobs.apply();
+            if (meta.job_found == 0) {
+                reject(DROP_UNKNOWN_JOB);
+            } else if (hdr.netagg.worker >= meta.workers) {
+                reject(DROP_BAD_WORKER);
+            } else {
+                workers.apply();
+                meta.wbit = 32w1 << (bit<8>)hdr.netagg.worker;
+                reg_epoch.read(meta.epoch, (bit<32>)meta.job_index);
+                reg_epoch_tag.read(meta.epoch_tag, (bit<32>)meta.job_index);
+                bit<1> from_worker = 0;
+                if (meta.worker_found == 1 && hdr.ipv4.src == meta.worker_ip
+                        && hdr.udp.src_port == meta.worker_port) {
+                    from_worker = 1;
+                }
+                if (hdr.netagg.type == TYPE_JOIN) {
+                    if (hdr.netagg.seq == 0) {
+                        reject(DROP_BAD_INCARNATION);
+                    } else if (from_worker == 0) {
+                        reject(DROP_WRONG_SOURCE);
+                    }
+                } else {
+                    bit<8> joined;
+                    reg_joined.read(joined, (bit<32>)meta.job_index);
+                    if (hdr.netagg.slot < meta.slot_base
+                            || (bit<16>)(hdr.netagg.slot - meta.slot_base) >= meta.slots) {
+                        reject(DROP_BAD_SLOT);
+                    } else if (hdr.netagg.count > meta.elements) {
+                        reject(DROP_BAD_LENGTH);
+                    } else if (hdr.netagg.set != hdr.netagg.seq[0:0]) {
+                        reject(DROP_BAD_SET);
+                    } else if (joined == 0) {
+                        reject(DROP_NOT_JOINED);
+                    } else if (hdr.netagg.epoch != meta.epoch) {
+                        reject(DROP_STALE_EPOCH);
+                    } else if (from_worker == 0) {
+                        reject(DROP_WRONG_SOURCE);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#endif

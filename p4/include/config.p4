@@ -1,0 +1,84 @@
+/* netagg P4 program: every size and constant, with the reason for it.
+ * The wire protocol these implement is docs/protocol.md; the numbers that the control plane also needs
+ * (drop reasons, event counters) are read from this file by switch/bmv2.py, so keep one per line. */
+#ifndef NETAGG_CONFIG_P4
+#define NETAGG_CONFIG_P4
+
+/* Elements per packet, N: SwitchML's 256-byte payload. A compile-time parameter (p4c-bm2-ss
+ * -DNETAGG_ELEMENTS=32): a multiple of 8, 8 to 64 (the per-element code is unrolled by macros in
+ * include/elements.p4; 64 keeps the frame under any MTU). */
+#ifndef NETAGG_ELEMENTS
+#define NETAGG_ELEMENTS 64
+#endif
+
+/* Slots on the switch: a job owns a range of them. 1024 slots x 2 sets x 64 elements x 4 bytes = 512 KiB
+ * of accumulator registers: ample for BMv2, which forwards ~10^4-10^5 packets/s, so a window of a
+ * few hundred packets per job already covers its bandwidth-delay product. */
+#ifndef NETAGG_SLOTS
+#define NETAGG_SLOTS 1024
+#endif
+#define NETAGG_SLOT_SETS (2 * NETAGG_SLOTS)
+#define NETAGG_ACC_CELLS (NETAGG_SLOT_SETS * NETAGG_ELEMENTS)
+
+/* Jobs installed at once (index into per-job registers); workers per job: the bitmap is 32 bits. */
+#define NETAGG_MAX_JOBS 64
+#define NETAGG_MAX_WORKERS 32
+#define NETAGG_JOB_WORKERS (NETAGG_MAX_JOBS * NETAGG_MAX_WORKERS)
+
+/* The UDP port of the protocol (docs/protocol.md, "Transport"). */
+#define NETAGG_PORT 47000
+#define NETAGG_VERSION 1
+#define NETAGG_HEADER_BYTES 24
+
+/* Message types. */
+#define TYPE_JOIN 1
+#define TYPE_JOIN_ACK 2
+#define TYPE_CONTRIB 3
+#define TYPE_RESULT 4
+#define TYPE_PENDING 5
+
+/* Flags. */
+#define FLAG_RETX 1
+#define FLAG_UNICAST 2
+
+/* A member that has not refreshed its JOIN for this long is removed (docs/protocol.md, "Joining", 4):
+ * 2 s in microseconds (ingress_global_timestamp's unit on BMv2). */
+#define JOIN_REFRESH_US 2000000
+
+/* Multicast groups: 1 floods ordinary broadcast traffic; job j's results go to group JOB_GROUP_BASE + j. */
+#define FLOOD_GROUP 1
+#define JOB_GROUP_BASE 256
+
+/* Drop reasons: index into the `drops` counter (same names and order as switch/core.py DROP_REASONS). */
+#define DROP_TRUNCATED 0
+#define DROP_BAD_VERSION 1
+#define DROP_BAD_TYPE 2
+#define DROP_BAD_RESERVED 3
+#define DROP_BAD_LENGTH 4
+#define DROP_UNKNOWN_JOB 5
+#define DROP_BAD_WORKER 6
+#define DROP_BAD_SLOT 7
+#define DROP_BAD_SET 8
+#define DROP_BAD_INCARNATION 9
+#define DROP_NOT_JOINED 10
+#define DROP_STALE_EPOCH 11
+#define DROP_WRONG_SOURCE 12
+#define DROP_STALE_SEQ 13
+#define DROP_COUNT_MISMATCH 14
+#define NUM_DROP_REASONS 15
+
+/* Events: index into the `events` counter (same names as the Python switch's counters). */
+#define EV_PACKETS_IN 0
+#define EV_JOINS 1
+#define EV_CONTRIBUTIONS 2
+#define EV_COMPLETIONS 3
+#define EV_REPEATS 4
+#define EV_RETRANSMISSIONS 5
+#define EV_RESULTS_RESENT 6
+#define EV_PENDING_SENT 7
+#define EV_EPOCHS 8
+#define EV_JOIN_EXPIRED 9
+#define EV_PACKETS_OUT 10
+#define NUM_EVENTS 11
+
+#endif

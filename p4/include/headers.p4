@@ -1,0 +1,112 @@
+/* Headers (docs/protocol.md, "Header") and the metadata the controls share. */
+#ifndef NETAGG_HEADERS_P4
+#define NETAGG_HEADERS_P4
+
+#include "config.p4"
+
+typedef bit<48> mac_t;
+typedef bit<32> ip4_t;
+
+header ethernet_h {
+    mac_t dst;
+    mac_t src;
+    bit<16> ether_type;
+}
+
+header arp_h {
+    bit<16> htype;
+    bit<16> ptype;
+    bit<8> hlen;
+    bit<8> plen;
+    bit<16> oper;
+    mac_t sha;
+    ip4_t spa;
+    mac_t tha;
+    ip4_t tpa;
+}
+
+header ipv4_h {
+    bit<4> version;
+    bit<4> ihl;
+    bit<8> diffserv;
+    bit<16> total_len;
+    bit<16> identification;
+    bit<3> flags;
+    bit<13> frag_offset;
+    bit<8> ttl;
+    bit<8> protocol;
+    bit<16> checksum;
+    ip4_t src;
+    ip4_t dst;
+}
+
+header udp_h {
+    bit<16> src_port;
+    bit<16> dst_port;
+    bit<16> length;
+    bit<16> checksum;
+}
+
+/* The 24-byte netagg header, field by field as docs/protocol.md has it. */
+header netagg_h {
+    bit<8> version;
+    bit<8> type;
+    bit<8> flags;
+    bit<8> epoch;
+    bit<16> job;
+    bit<16> worker;
+    bit<1> set;
+    bit<15> slot;
+    bit<16> count;
+    bit<32> seq;
+    bit<16> exp;
+    bit<16> reserved;
+    bit<32> bitmap;
+}
+
+/* One int32 element of the payload (network byte order, as P4 reads it). */
+header element_h {
+    bit<32> v;
+}
+
+struct headers_t {
+    ethernet_h ethernet;
+    arp_h arp;
+    ipv4_h ipv4;
+    udp_h udp;
+    netagg_h netagg;
+    element_h[NETAGG_ELEMENTS] elems;
+}
+
+struct metadata_t {
+    bit<16> to_parse;      /* elements still to extract */
+    bit<32> length_diff;   /* UDP length - (32 + 4 x count): 0 when they agree */
+    bit<1> is_netagg;      /* a datagram to the switch's netagg address */
+    mac_t switch_mac;      /* the switch's own addresses, from the switch_addr table */
+    ip4_t switch_ip;
+    /* the job, from the job table */
+    bit<1> job_found;
+    bit<8> job_index;
+    bit<15> slot_base;
+    bit<16> slots;
+    bit<16> workers;
+    bit<32> full;          /* bitmap of all workers */
+    bit<32> total_workers;
+    bit<16> elements;      /* the job's elements per packet (<= NETAGG_ELEMENTS) */
+    bit<8> epoch;
+    bit<32> epoch_tag;
+    /* the sender's configured address, from the worker table */
+    bit<1> worker_found;
+    ip4_t worker_ip;
+    bit<16> worker_port;
+    /* slot state */
+    bit<32> cell;          /* 2 * slot + set */
+    bit<32> acc_base;      /* cell * NETAGG_ELEMENTS */
+    bit<32> wbit;          /* 1 << worker */
+    bit<1> first;          /* first contribution of the use: copy, do not add */
+    /* what to do with the packet */
+    bit<1> drop;
+    bit<8> drop_reason;
+}
+
+#endif
