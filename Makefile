@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # This machine kind has a local CPU wheel of exactly this torch; any other spec pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: all demo demo-allreduce proto test lint typecheck unit bench bench-quick clean install sysdeps
+.PHONY: all demo demo-allreduce proto test lint typecheck unit bench bench-quick bench-bmv2 clean install sysdeps p4
 
 all: test
 
@@ -16,6 +16,11 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq python3-venv python3-pip; \
 	  else echo "need python3-venv: apt-get install python3-venv" >&2; exit 1; fi; }
+	@# Tools the network tests use (they skip, saying why, without them): best effort, root only.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for t in ip:iproute2 ping:iputils-ping nft:nftables; do \
+	    command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	  [ -z "$$missing" ] || { apt-get update -qq && apt-get install -y -qq $$missing; } || true; fi
 
 $(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +60,22 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/allreduce.py --quick --out out/bench-quick
+
+# The P4 program for BMv2: p4c-bm2-ss from $(NETAGG_P4_PREFIX)/bin or PATH; output in build/p4/
+# (git-ignored). ELEMENTS=32 compiles another packet size (a multiple of 8, 8-64).
+P4C      ?= $(if $(NETAGG_P4_PREFIX),$(NETAGG_P4_PREFIX)/bin/p4c-bm2-ss,p4c-bm2-ss)
+ELEMENTS ?= 64
+P4_SRC   := $(wildcard p4/*.p4 p4/include/*.p4 p4/controls/*.p4)
+
+p4: build/p4/netagg.json build/p4/forward.json
+
+build/p4/%.json: p4/%.p4 $(P4_SRC)
+	@command -v $(P4C) >/dev/null || { echo "p4c-bm2-ss not found: put it on PATH or set NETAGG_P4_PREFIX (see README, BMv2)" >&2; exit 1; }
+	@mkdir -p build/p4
+	$(P4C) --std p4-16 -DNETAGG_ELEMENTS=$(ELEMENTS) -o $@ --p4runtime-files build/p4/$*.p4info.txt $<
+
+bench-bmv2: $(STAMP) p4
+	$(BIN)/python bench/bmv2.py --out out/bench-bmv2
 
 clean:
 	rm -rf build out .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,13 @@ _OFF_FLAGS = 2
 _ACK_WORDS = 7  # JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port
 
 
+#: Send errors that lose one datagram, as a lossy link would, and that the retransmission timer repairs:
+#: nobody listening at the switch address yet (ICMP), a full socket buffer, a local packet filter
+#: dropping it (EPERM; e.g. an nftables rule emulating loss). A filter that drops everything ends in
+#: the usual timeout error.
+_LOST_ON_SEND = (ConnectionRefusedError, BlockingIOError, PermissionError)
+
+
 class NetAggError(RuntimeError):
     """The allreduce could not be carried out (the worker is unusable afterwards)."""
 
@@ -97,6 +104,9 @@ class Worker:
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteError` at every worker when any
             worker's input had inf/NaN; ``"nan"`` returns NaN for the affected blocks instead.
         bind: local ``HOST:PORT`` to send from (default: any port on the route to the switch).
+        batch: send and receive packets of fewer than 1,024 elements in runs (UDP GSO/GRO). Turn it
+            off where a switch reads frames off a link with AF_PACKET/pcap (BMv2 on veth): such a tap
+            can see a GSO run as one oversized frame.
     """
 
     def __init__(
@@ -119,6 +129,7 @@ class Worker:
         nonfinite: Literal["raise", "nan"] = "raise",
         bind: str | None = None,
         rcvbuf: int = 32 << 20,
+        batch: bool = True,
     ) -> None:
         if (switch is None) == (controller is None):
             raise ValueError("give either switch='HOST:PORT' (a static job) or controller='HOST:PORT'")
@@ -165,6 +176,7 @@ class Worker:
         self._min_rto_asked = min_rto
         self.min_rto, self.max_rto = (min_rto or min(0.02, max_rto)), max_rto
         self.nonfinite = nonfinite
+        self._batch = batch
         self.stats = _Stats()
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -311,7 +323,7 @@ class Worker:
         self.fanin = fanin
         self.bits = scale_bits(total)
         # Small packets go out and come in as runs (GSO/GRO), processed with numpy a run at a time.
-        self.batched = elements < BATCH_BELOW_ELEMENTS and enable_gro(self._sock)
+        self.batched = self._batch and elements < BATCH_BELOW_ELEMENTS and enable_gro(self._sock)
         if self._min_rto_asked is None:
             self.min_rto = min(self.max_rto, 0.1 if self.batched else 0.02)
         self._seq = np.zeros(slots, dtype=np.int64)  # the next use number of each slot, this epoch
@@ -413,8 +425,8 @@ class Worker:
             try:
                 stats.bytes_sent += sock_sendmsg((hdr, payload[j, :cnt]))  # type: ignore[arg-type]
                 stats.sent += 1
-            except (ConnectionRefusedError, BlockingIOError):
-                pass  # the switch is not there, or the buffer is full: the timer resends
+            except _LOST_ON_SEND:
+                pass  # the switch is not there, the buffer is full, a filter dropped it: the timer resends
             sent_at[j] = now
             tries[j] = 0
             deadline[j] = now + rto
@@ -573,7 +585,7 @@ class Worker:
                         send_segments(sock, data.data, size) if size else int(bool(sock.send(data.data)))
                     )
                     stats.bytes_sent += data.size
-                except (ConnectionRefusedError, BlockingIOError):
+                except _LOST_ON_SEND:
                     pass  # the timer resends
 
         def prepare(js: np.ndarray, now: float) -> None:
@@ -773,8 +785,8 @@ class Worker:
     def _send(self, *parts: bytes | bytearray | memoryview | np.ndarray) -> None:
         try:
             n = self._sock.sendmsg(parts)  # type: ignore[arg-type]
-        except (ConnectionRefusedError, BlockingIOError):
-            return  # the switch is not there (yet) or the buffer is full: the timer will resend
+        except _LOST_ON_SEND:
+            return  # the switch is not there (yet), the buffer is full, a filter dropped it: resent later
         self.stats.sent += 1
         self.stats.bytes_sent += n
 

@@ -138,6 +138,42 @@ def _build() -> argparse.ArgumentParser:
     )
     _auth_flags(c, server=True)
 
+    b = sub.add_parser(
+        "bmv2", help="run simple_switch with netagg's P4 program and serve its SwitchAgent (the BMv2 driver)"
+    )
+    b.add_argument(
+        "--json", type=Path, default=Path("build/p4/netagg.json"), help="compiled program (make p4)"
+    )
+    b.add_argument(
+        "-i",
+        "--interface",
+        action="append",
+        required=True,
+        metavar="PORT@IFACE",
+        help="a BMv2 port and its Linux interface, as simple_switch takes them (repeat)",
+    )
+    b.add_argument(
+        "--switch-ip", required=True, help="the aggregator's IPv4 address (workers send to IP:47000)"
+    )
+    b.add_argument(
+        "--switch-mac", default="02:00:00:00:00:fe", help="its MAC (the program answers ARP for it)"
+    )
+    b.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="IP,MAC,PORT",
+        help="a host behind a port (repeat): L2 forwarding and result replication use them",
+    )
+    b.add_argument(
+        "--agent", type=_address, default=("127.0.0.1", 0), metavar="HOST:PORT", help="SwitchAgent address"
+    )
+    b.add_argument("--controller", type=_address, metavar="HOST:PORT", help="register with this controller")
+    b.add_argument("--switch-id", help="id to register under (default: bmv2-SWITCH_IP)")
+    b.add_argument("--advertise", metavar="HOST", help="host the controller reaches the agent at")
+    b.add_argument("--log-file", type=Path, help="simple_switch's log (slows it down)")
+    _auth_flags(b, server=True)
+
     from netagg.ctl import add_ctl_parser
 
     add_ctl_parser(sub, _auth_flags)
@@ -156,6 +192,12 @@ def _build() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="verify the first result against numpy (every rank rebuilds every input); exit 1 if wrong",
+    )
+    a.add_argument("--bind", metavar="HOST:PORT", help="local address to send from (default: any)")
+    a.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="no GSO/GRO runs of small packets (for switches that tap links with pcap, such as BMv2)",
     )
 
     r = sub.add_parser("relay", help="a lossy UDP relay between workers and a switch (for testing)")
@@ -216,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _switch(args)
         if args.command == "controller":
             return _controller(args)
+        if args.command == "bmv2":
+            return _bmv2(args)
         if args.command == "ctl":
             from netagg.ctl import run_ctl
 
@@ -332,6 +376,57 @@ def _switch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bmv2(args: argparse.Namespace) -> int:
+    import threading
+
+    from switch.agent import serve_switch_agent
+    from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
+
+    tokens = _server_tokens(args)
+    if tokens is None:
+        raise ValueError(f"needs --token or --token-file (or ${TOKEN_ENV}): the SwitchAgent is authenticated")
+    ports = {}
+    for text in args.interface:
+        port, sep, iface = text.partition("@")
+        if not sep or not port.isdigit() or not iface:
+            raise ValueError(f"--interface: expected PORT@IFACE, got {text!r}")
+        ports[int(port)] = iface
+    hosts = []
+    for text in args.host:
+        parts = text.split(",")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ValueError(f"--host: expected IP,MAC,PORT, got {text!r}")
+        hosts.append(HostPort(parts[0], parts[1], int(parts[2])))
+    sw = Bmv2Process(args.json, ports, log_file=args.log_file)
+    server = None
+    try:
+        agent = Bmv2Agent(sw, args.switch_ip, args.switch_mac, hosts)
+        server, port = serve_switch_agent(
+            agent, f"{args.agent[0]}:{args.agent[1]}", tokens, tls_cert=args.tls_cert, tls_key=args.tls_key
+        )
+        what = f"SwitchAgent on {args.agent[0]}:{port}; simple_switch pid {sw.pid}, thrift {sw.thrift_port}"
+        if args.controller is not None:
+            switch_id = args.switch_id or f"bmv2-{args.switch_ip}"
+            _register(
+                args,
+                switch_id,
+                f"{args.switch_ip}:{DEFAULT_PORT}",
+                f"{args.advertise or args.agent[0]}:{port}",
+            )
+            what += f"; registered as {switch_id}"
+        stop = threading.Event()
+        _stop_on_signals(stop.set)
+        print(f"netagg bmv2 on {args.switch_ip}:{DEFAULT_PORT}: {what}", flush=True)
+        while not stop.wait(0.5):
+            if not sw.alive():
+                raise OSError(f"simple_switch (pid {sw.pid}) exited")
+    finally:
+        if server is not None:
+            server.stop(grace=1.0)
+        sw.stop()
+    return 0
+
+
 def _server_tokens(args: argparse.Namespace) -> Tokens | None:
     import os
 
@@ -425,7 +520,15 @@ def _allreduce(args: argparse.Namespace) -> int:
     host, port = args.switch
     times = []
     result: dict[str, object] = {"rank": args.rank, "size": args.size, "dtype": args.dtype}
-    with Worker(f"{host}:{port}", args.rank, args.world_size, job=args.job, timeout=args.timeout) as w:
+    with Worker(
+        f"{host}:{port}",
+        args.rank,
+        args.world_size,
+        job=args.job,
+        timeout=args.timeout,
+        bind=args.bind,
+        batch=not args.no_batch,
+    ) as w:
         for i in range(args.repeat):
             t0 = time.perf_counter()
             y = w.allreduce(x)

@@ -20,7 +20,7 @@ from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.core import Dataplane, JobConfig
 
-__all__ = ["SwitchAgentService", "serve_agent"]
+__all__ = ["SwitchAgentService", "serve_agent", "serve_switch_agent"]
 
 T = TypeVar("T")
 
@@ -135,9 +135,22 @@ def serve_agent(
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Start the SwitchAgent on ``address`` with bearer-token checks, health checking and reflection
-    (TLS with ``tls_cert``/``tls_key``); returns (server, bound port)."""
+    """Start the Python switch's SwitchAgent on ``address``; returns (server, bound port)."""
     service = SwitchAgentService(dataplane, lock, total_slots=total_slots)
+    return serve_switch_agent(service, address, tokens, tls_cert=tls_cert, tls_key=tls_key)
+
+
+def serve_switch_agent(
+    service: pb_grpc.SwitchAgentServicer,
+    address: str,
+    tokens: Tokens,
+    *,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+) -> tuple[grpc.Server, int]:
+    """Serve any SwitchAgent implementation (the Python switch's, the BMv2 driver's) on ``address`` with
+    bearer-token checks, health checking and reflection (TLS with ``tls_cert``/``tls_key``); returns
+    (server, bound port)."""
     server, port, _ = make_server(
         address,
         tokens,

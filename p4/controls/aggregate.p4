@@ -74,15 +74,15 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         if (meta.drop == 0) {
             if ((bitmap & meta.wbit) != 0) {
                 events.count(EV_REPEATS);
-                to_sender.apply(hdr, meta, sm);
+                to_sender.apply(hdr, sm);
                 if (bitmap == meta.full) {
                     events.count(EV_RESULTS_RESENT);
                     FOR_EACH_ELEMENT(STORED_RESULT)
-                    reply_header.apply(hdr, meta, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap);
+                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap);
                 } else {
                     events.count(EV_PENDING_SENT);
                     no_payload.apply(hdr);
-                    reply_header.apply(hdr, meta, TYPE_PENDING, 0, 0, 0, bitmap);
+                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap);
                 }
             } else {
                 meta.first = (bitmap == 0) ? 1w1 : 1w0;
@@ -98,8 +98,8 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 } else {
                     events.count(EV_COMPLETIONS);
                     hdr.netagg.worker = 0xFFFF;
-                    reply_header.apply(hdr, meta, TYPE_RESULT, 0, nelem, expmax, bitmap);
-                    to_job.apply(meta, sm);
+                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, bitmap);
+                    to_job.apply(meta.job_index, sm);
                 }
             }
             reg_bitmap.write(cell, bitmap);

@@ -35,7 +35,7 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 hdr.netagg.seq = incarnation;
             }
         }
-        if (meta.is_netagg == 1 && sm.egress_spec != 511) {
+        if (meta.is_netagg == 1) {
             events.count(EV_PACKETS_OUT);
         }
     }

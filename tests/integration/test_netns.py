@@ -1,7 +1,7 @@
 """The switch and 4 workers each in a network namespace, joined by veth pairs to a bridge.
 
-Needs root and `ip netns`. Loss with `tc netem` needs the kernel's sch_netem; where it is missing that
-test skips and says so (the lossy relay tests cover loss on loopback). Addresses are 10.77.0.0/24, only
+Needs root and `ip netns`. Loss uses `tc netem` where the kernel has sch_netem, else an nftables rule
+(tests/integration/netloss.py); with neither, that test skips and says so. Addresses are 10.77.0.0/24, only
 inside namespaces this test creates and deletes by name.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from netagg.launch import SwitchProcess
+from tests.integration.netloss import add_loss, nft_dropped
 
 W = 4
 SUBNET = "10.77.0"
@@ -155,17 +156,9 @@ def test_allreduce_across_namespaces(topo: Topo, multicast: str | None) -> None:
     assert stats is not None and stats["counters"]["completions"] > 0
 
 
-def test_allreduce_with_netem_loss(topo: Topo) -> None:
-    for ns in topo.hosts[1:]:
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "5%"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if r.returncode != 0 and "unknown" in r.stderr.lower():
-            pytest.skip(f"tc netem unavailable here ({r.stderr.strip()}): the kernel lacks sch_netem")
-        assert r.returncode == 0, r.stderr
+def test_allreduce_with_5_percent_loss(topo: Topo) -> None:
+    """5% loss on every worker's link (tc netem, or nftables where the kernel lacks sch_netem)."""
+    how = {add_loss(ns, 5) for ns in topo.hosts[1:]}
     prefix = ["ip", "netns", "exec", topo.hosts[0]]
     with SwitchProcess(W, elements=256, listen=f"{SWITCH_IP}:47000", prefix=prefix) as sw:
         for dtype in ("int32", "float32"):
@@ -173,3 +166,5 @@ def test_allreduce_with_netem_loss(topo: Topo) -> None:
                 assert res["check"]["ok"], res
                 assert res["worker"]["retransmissions"] > 0
         sw.stop()
+    if how == {"nftables"}:
+        assert all(nft_dropped(ns) > 0 for ns in topo.hosts[1:])

@@ -1,0 +1,87 @@
+"""Packet loss on a namespace's link for the tests: tc netem where the kernel has sch_netem, else an
+nftables rule that drops the same share of UDP datagrams in and out (for the worker a local drop looks
+like a lost datagram: it retransmits)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def add_loss(ns: str, percent: int, dev: str = "eth0") -> str:
+    """Lose ``percent`` % of the packets of namespace ``ns``; returns "netem" or "nftables", or skips the
+    test saying why neither is available."""
+    r = _run(
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        "root",
+        "netem",
+        "loss",
+        f"{percent}%",
+        check=False,
+    )
+    if r.returncode == 0:
+        return "netem"
+    if shutil.which("nft") is None:
+        pytest.skip(
+            f"no tc netem ({r.stderr.strip()}) and no nft (apt-get install nftables) to lose packets with"
+        )
+    _run("ip", "netns", "exec", ns, "nft", "add", "table", "inet", "loss")
+    for hook in ("input", "output"):
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "loss",
+            hook,
+            f"{{ type filter hook {hook} priority 0; }}",
+        )
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "loss",
+            hook,
+            "meta",
+            "l4proto",
+            "udp",
+            "numgen",
+            "random",
+            "mod",
+            "100",
+            "<",
+            str(percent),
+            "counter",
+            "drop",
+        )
+    return "nftables"
+
+
+def nft_dropped(ns: str) -> int:
+    """Datagrams the nftables loss rules of ``ns`` dropped so far."""
+    listing = _run("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "loss").stdout
+    return sum(int(n) for n in re.findall(r"packets (\d+)", listing))

@@ -1,0 +1,54 @@
+"""What can be checked of the P4 program and the conformance harness without BMv2: the constants the
+driver reads from p4/include/config.p4 agree with the Python switch, and the harness's cases mean what
+they say on the Python switch (the BMv2 comparison is tests/integration/test_bmv2.py)."""
+
+from __future__ import annotations
+
+from netagg import conformance
+from switch.bmv2 import P4_DIR, _counter_names, p4_constants
+from switch.core import DROP_REASONS
+
+
+def test_drop_reasons_are_the_python_switchs() -> None:
+    constants = p4_constants()
+    names = _counter_names("DROP_", constants)
+    assert [names[i] for i in range(constants["NUM_DROP_REASONS"])] == list(DROP_REASONS)
+
+
+def test_events_and_sizes() -> None:
+    constants = p4_constants()
+    events = _counter_names("EV_", constants)
+    assert sorted(events) == list(range(constants["NUM_EVENTS"]))
+    assert {"packets_in", "contributions", "completions", "repeats", "epochs"} <= set(events.values())
+    assert constants["NETAGG_ELEMENTS"] % 8 == 0 and 8 <= constants["NETAGG_ELEMENTS"] <= 64
+    assert constants["NETAGG_PORT"] == 47000
+
+
+def test_every_control_is_wired_into_the_top_file() -> None:
+    top = (P4_DIR / "netagg.p4").read_text()
+    for control in sorted((P4_DIR / "controls").glob("*.p4")):
+        assert f'"controls/{control.name}"' in top or control.name == "reply.p4", control.name
+
+
+def test_conformance_cases_on_the_python_switch() -> None:
+    target = conformance.PythonTarget()
+    by_name = {c.name: target.run(c) for c in conformance.CASES}
+    outs, drops = by_name["malformed headers"]
+    assert drops == {
+        "truncated": 1,
+        "bad_version": 1,
+        "bad_type": 2,
+        "bad_reserved": 1,
+        "bad_length": 3,
+        "bad_set": 1,
+        "bad_incarnation": 1,
+        "stale_epoch": 1,
+    }
+    assert all(o == [] for o in outs[2:-1]) and len(outs[-1]) == 2  # only the good pair gives a RESULT
+    outs, drops = by_name["foreign jobs, workers, slots and sources"]
+    assert drops == {"unknown_job": 1, "bad_worker": 1, "bad_slot": 2, "wrong_source": 2}
+    assert outs[-1] == by_name["malformed headers"][0][-1]  # the same sum as without the forgeries
+    outs, drops = by_name["set flips, reuse and late packets"]
+    assert drops == {"stale_seq": 1, "count_mismatch": 1}
+    assert len(outs[-1]) == 1 and outs[-1][0][1].startswith("010402")  # version 1, RESULT, UNICAST
+    assert by_name["contributions before the job is joined"][1] == {"not_joined": 2}
