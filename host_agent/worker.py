@@ -778,6 +778,11 @@ class Worker:
             head += f"Workers {sorted(missing)} have not contributed (gone, or calling with another size). "
         elif not pending:
             head += f"The switch at {self.switch[0]}:{self.switch[1]} answered none of the retransmissions. "
+            if self.batched:
+                head += (
+                    "(A switch that reads its links with pcap, such as BMv2 on veth, cannot take GSO runs: "
+                )
+                head += "try batch=False.) "
         more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
         return NetAggTimeout(head + "; ".join(lines[:6]) + more)
 

@@ -240,7 +240,8 @@ class _Job:
 
 
 _HANDLE = re.compile(r"handle (\d+)")
-_COUNTER = re.compile(r"\((\d+) bytes, (\d+) packets\)")  # simple_switch_CLI: "drops[3]= (96 bytes, 2 packets)"
+# simple_switch_CLI answers counter_read with "drops[3]= (96 bytes, 2 packets)"
+_COUNTER = re.compile(r"\((\d+) bytes, (\d+) packets\)")
 
 
 def _handle(out: str) -> int:
@@ -506,12 +507,17 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def compile_p4(source: Path, out_dir: Path, *, elements: int | None = None) -> Path:
-    """Compile a P4 program with p4c-bm2-ss into ``out_dir`` (JSON and P4Info); returns the JSON path."""
+    """Compile a P4 program with p4c-bm2-ss into ``out_dir`` (JSON and P4Info) unless the JSON there is
+    newer than every source under p4/ (as `make p4` would); returns the JSON path."""
+    json_path = out_dir / (source.stem + ".json")
+    sources = [*P4_DIR.rglob("*.p4"), source]
+    fresh = json_path.exists() and json_path.stat().st_mtime > max(s.stat().st_mtime for s in sources)
+    if elements is None and fresh:
+        return json_path
     p4c = find_binary("p4c-bm2-ss")
     if p4c is None:
         raise Bmv2Error(f"p4c-bm2-ss is needed (on PATH or in ${PREFIX_ENV}/bin)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / (source.stem + ".json")
     cmd = [
         p4c,
         "--std",

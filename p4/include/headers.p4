@@ -103,7 +103,6 @@ struct metadata_t {
     bit<32> cell;          /* 2 * slot + set */
     bit<32> acc_base;      /* cell * NETAGG_ELEMENTS */
     bit<32> wbit;          /* 1 << worker */
-    bit<1> first;          /* first contribution of the use: copy, do not add */
     /* what to do with the packet */
     bit<1> drop;
     bit<8> drop_reason;

@@ -116,7 +116,9 @@ def _install(agent: Bmv2Agent, job: int = 1, slots: int = 128, elements: int = 6
     return addresses
 
 
-def _allreduce(hosts: Hosts, addresses: list[str], size: int, dtype: str, timeout: float = 60) -> list[str]:
+def _allreduce(
+    hosts: Hosts, addresses: list[str], size: int, dtype: str, timeout: float = 60, batch: bool = False
+) -> list[str]:
     procs = [
         subprocess.Popen(
             [
@@ -143,9 +145,9 @@ def _allreduce(hosts: Hosts, addresses: list[str], size: int, dtype: str, timeou
                 "--check",
                 "--bind",
                 addresses[r],
-                "--no-batch",
                 "--timeout",
                 "20",
+                *([] if batch else ["--no-batch"]),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
