@@ -8,21 +8,25 @@
 #include "../include/state.p4"
 #include "reply.p4"
 
-/* First contribution of a use: copy; later ones: add (int32, wrapping): v = (acc & keep) + element,
- * keep = 0 for the first, all ones after. The packet then carries the running sum, which is the
- * RESULT's payload when this contribution completes the use. Straight-line code on purpose: BMv2 runs
- * a branch-free block as one action, while an `if` per element costs a pipeline step each (several
- * times slower in bench/bmv2.py). Elements past `count` are invalid headers; the cells they touch
+/* Per element k: the first contribution of a use is stored as it is; later ones are added (int32,
+ * wrapping), and the one that completes the use also carries the sum out as the RESULT's payload.
+ * Straight-line actions on purpose: BMv2 runs a branch-free block as one action, while an `if` per
+ * element costs a pipeline step each, and every arithmetic operation is a GMP call (bench/bmv2.py
+ * measured each of these choices). Elements past `count` are invalid headers: the cells they touch
  * belong to this slot set and are overwritten by the first contribution of any later use that covers
  * them, and no reply carries them. */
-#define ACCUMULATE(k)                                                                          \
-    reg_acc.read(v, meta.acc_base + k);                                                        \
-    v = (v & keep) + hdr.elems[k].v;                                                           \
-    reg_acc.write(meta.acc_base + k, v);                                                       \
-    hdr.elems[k].v = v;
+#define STORE_FIRST(k) reg_acc_##k.write(meta.cell, hdr.elems[k].v);
+#define ADD(k)                                                                                 \
+    reg_acc_##k.read(v, meta.cell);                                                            \
+    v = v + hdr.elems[k].v;                                                                    \
+    reg_acc_##k.write(meta.cell, v);
+#define ADD_AND_CARRY(k)                                                                       \
+    reg_acc_##k.read(v, meta.cell);                                                            \
+    hdr.elems[k].v = hdr.elems[k].v + v;                                                       \
+    reg_acc_##k.write(meta.cell, hdr.elems[k].v);
 
 /* A repeat of a complete use: its stored result. */
-#define STORED_RESULT(k) reg_acc.read(hdr.elems[k].v, meta.acc_base + k);
+#define STORED_RESULT(k) reg_acc_##k.read(hdr.elems[k].v, meta.cell);
 
 control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
     ReplyHeader() reply_header;
@@ -30,9 +34,18 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
     ToJob() to_job;
     NoPayload() no_payload;
 
-    action accumulate(bit<32> keep) {
+    action store_first() {
+        FOR_EACH_ELEMENT(STORE_FIRST)
+    }
+
+    action add() {
         bit<32> v;
-        FOR_EACH_ELEMENT(ACCUMULATE)
+        FOR_EACH_ELEMENT(ADD)
+    }
+
+    action add_and_carry() {
+        bit<32> v;
+        FOR_EACH_ELEMENT(ADD_AND_CARRY)
     }
 
     action stored_result() {
@@ -42,7 +55,6 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
     apply {
         bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
         meta.cell = cell;
-        meta.acc_base = cell * NETAGG_ELEMENTS;
         if ((hdr.netagg.flags & FLAG_RETX) != 0) {
             events.count(EV_RETRANSMISSIONS);
         }
@@ -89,12 +101,19 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap);
                 }
             } else {
-                if (bitmap == 0) {
-                    accumulate(0);
+                bit<32> after = bitmap | meta.wbit;
+                if (after == meta.full) {
+                    if (bitmap == 0) {
+                        store_first();  /* a job of one worker: its values are the sum */
+                    } else {
+                        add_and_carry();
+                    }
+                } else if (bitmap == 0) {
+                    store_first();
                 } else {
-                    accumulate(0xFFFFFFFF);
+                    add();
                 }
-                bitmap = bitmap | meta.wbit;
+                bitmap = after;
                 if (hdr.netagg.exp > expmax) {
                     expmax = hdr.netagg.exp;
                 }

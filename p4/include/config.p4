@@ -18,7 +18,6 @@
 #define NETAGG_SLOTS 1024
 #endif
 #define NETAGG_SLOT_SETS (2 * NETAGG_SLOTS)
-#define NETAGG_ACC_CELLS (NETAGG_SLOT_SETS * NETAGG_ELEMENTS)
 
 /* Jobs installed at once (index into per-job registers); workers per job: the bitmap is 32 bits. */
 #define NETAGG_MAX_JOBS 64

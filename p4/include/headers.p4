@@ -101,7 +101,6 @@ struct metadata_t {
     bit<16> worker_port;
     /* slot state */
     bit<32> cell;          /* 2 * slot + set */
-    bit<32> acc_base;      /* cell * NETAGG_ELEMENTS */
     bit<32> wbit;          /* 1 << worker */
     /* what to do with the packet */
     bit<1> drop;

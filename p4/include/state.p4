@@ -4,6 +4,7 @@
 #define NETAGG_STATE_P4
 
 #include "config.p4"
+#include "elements.p4"
 
 /* Per job (index = job_index from the job table). */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_members;     /* workers in the current JOIN round */
@@ -25,9 +26,12 @@ register<bit<32>>(NETAGG_SLOT_SETS) reg_seq_tag;    /* reg_epoch_tag of the job 
 register<bit<32>>(NETAGG_SLOT_SETS) reg_bitmap;     /* contributors so far */
 register<bit<16>>(NETAGG_SLOT_SETS) reg_nelem;      /* the use's count */
 register<bit<16>>(NETAGG_SLOT_SETS) reg_expmax;     /* maximum exponent proposal */
-/* Accumulators, element k of slot set c at c * NETAGG_ELEMENTS + k. Holds the sum once complete,
- * which is also the stored result sent again to a worker that repeats. */
-register<bit<32>>(NETAGG_ACC_CELLS) reg_acc;
+/* Accumulators: one register array per element k of a packet, indexed by slot set (2 * slot + set).
+ * Holds the sum once the use is complete, which is also the stored result sent again to a worker that
+ * repeats. (One array per element rather than one big one: no index arithmetic per element, which
+ * p4c turns into a temporary field each and BMv2 then copies with every packet.) */
+#define DECLARE_ACCUMULATOR(k) register<bit<32>>(NETAGG_SLOT_SETS) reg_acc_##k;
+FOR_EACH_ELEMENT(DECLARE_ACCUMULATOR)
 
 counter(NUM_DROP_REASONS, CounterType.packets) drops;
 counter(NUM_EVENTS, CounterType.packets_and_bytes) events;
