@@ -99,6 +99,23 @@ def _build() -> argparse.ArgumentParser:
         help="send each result once to this IPv4 multicast group (e.g. 239.255.0.1:47001) "
         "instead of once per worker; workers join it",
     )
+    s.add_argument(
+        "--total-workers",
+        type=_int_range(1, 1 << 16),
+        help="workers in the whole job when this switch is part of a tree (default: --workers)",
+    )
+    s.add_argument(
+        "--parent",
+        type=_address,
+        metavar="HOST:PORT",
+        help="aggregation tree: send each complete use's partial sum to this parent switch",
+    )
+    s.add_argument(
+        "--parent-worker",
+        type=_int_range(0, MAX_WORKERS - 1),
+        default=0,
+        help="this switch's worker id at the parent",
+    )
     s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
     s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
     s.add_argument(
@@ -328,6 +345,9 @@ def _switch(args: argparse.Namespace) -> int:
                 slots=slots,
                 elements=args.elements,
                 multicast=args.multicast,
+                total_workers=args.total_workers,
+                parent=args.parent,
+                parent_worker=args.parent_worker,
             )
         )
     server = UdpSwitch(

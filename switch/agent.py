@@ -74,6 +74,7 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
                 raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
             addresses = tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None
             group = _address(r.multicast_group, "multicast_group") if r.multicast_group else None
+            parent = _address(r.parent_address, "parent_address") if r.parent_address else None
             if r.slot_base + r.slots > self.total_slots:
                 raise ValueError(
                     f"slots [{r.slot_base}, {r.slot_base + r.slots}) lie outside this switch's "
@@ -88,6 +89,8 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
                 total_workers=r.total_workers or None,
                 addresses=addresses,
                 multicast=group,
+                parent=parent,
+                parent_worker=r.parent_worker_id,
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

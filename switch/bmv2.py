@@ -370,6 +370,10 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
             )
         if cfg.multicast is not None:
             raise ValueError("multicast_group must be empty: the P4 switch replicates results itself")
+        if cfg.parent is not None:
+            raise ValueError(
+                "parent_address: this P4 program cannot forward to a parent (a root or single switch only)"
+            )
         lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
         for other in self._jobs.values():
             olo, ohi = other.cfg.slot_base, other.cfg.slot_base + other.cfg.slots

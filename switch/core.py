@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import secrets
 import socket
 import struct
 import time
@@ -108,6 +109,12 @@ class JobConfig:
     """IPv4 group and port to send each result to once, instead of once per worker (workers learn it
     from JOIN_ACK and join the group). A P4 switch replicates a result with a multicast group; over
     UDP, IP multicast does the same, and on loopback it saves the switch W-1 copies per result."""
+    parent: Address | None = None
+    """In an aggregation tree, the parent switch's address: when a use is complete here, its partial
+    sum goes up to the parent as one contribution, and the parent's RESULT comes down to the workers
+    (docs/protocol.md, "Aggregation trees"). None for a root or a single switch."""
+    parent_worker: int = 0
+    """This switch's worker id in the job at the parent."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.job_id <= 0xFFFF:
@@ -125,6 +132,8 @@ class JobConfig:
                 f"slots x elements = {self.slots * self.elements} exceeds {MAX_WINDOW_ELEMENTS} "
                 "(a 64 MiB window per job); use fewer slots"
             )
+        if not 0 <= self.parent_worker < MAX_WORKERS:
+            raise ValueError(f"parent_worker must be 0-{MAX_WORKERS - 1}, got {self.parent_worker}")
         total = self.total_workers if self.total_workers is not None else self.workers
         if total < self.workers:
             raise ValueError(f"total_workers ({total}) must be >= workers ({self.workers})")
@@ -150,12 +159,15 @@ class _Job:
     joined: bool = False
     epoch: int = 0
     full: int = 0
+    parent_incarnation: int = 0  # this switch's incarnation at its parent (0: not asked to join)
+    parent_epoch: int | None = None  # the job's epoch at the parent, once it acknowledged the JOIN
     # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
     # packet path reads and writes single values (numpy scalars cost ~10x more there).
     seq: list[int] = field(init=False)
     bitmap: list[int] = field(init=False)
     nelem: list[int] = field(init=False)
     expmax: list[int] = field(init=False)
+    ready: list[bool] = field(init=False)  # the set's RESULT is known (complete, or came from the parent)
     acc_all: np.ndarray = field(init=False)
     acc: list[np.ndarray] = field(init=False)
     out_all: np.ndarray = field(init=False)
@@ -183,6 +195,7 @@ class _Job:
         self.bitmap = [0] * pairs
         self.nelem = [0] * pairs
         self.expmax = [0] * pairs
+        self.ready = [False] * pairs
 
 
 class Dataplane:
@@ -269,6 +282,9 @@ class Dataplane:
         if n != HEADER_SIZE + 4 * count:
             return self._drop("bad_length")
         if mtype not in _SWITCH_TYPES:
+            parent_job = self._jobs.get(job_id)
+            if parent_job is not None and parent_job.cfg.parent is not None and src == parent_job.cfg.parent:
+                return self._from_parent(parent_job, data, mtype, epoch, slot, count, seq, exp)
             return self._drop("bad_type")
         job = self._jobs.get(job_id)
         if job is None:
@@ -319,7 +335,7 @@ class Dataplane:
         h = rec["h"]
         job_ids = h["job"]
         job = self._jobs.get(int(job_ids[0]))
-        if job is None or not job.joined or count > job.cfg.elements:
+        if job is None or not job.joined or count > job.cfg.elements or job.cfg.parent is not None:
             return None
         cfg = job.cfg
         slot_field = h["slot"].astype(np.int64)
@@ -375,6 +391,7 @@ class Dataplane:
             job.bitmap[x] = b
             job.nelem[x] = count
             job.expmax[x] = e
+            job.ready[x] = b == job.full
         c = self.counters
         c["packets_in"] += k
         c["bytes_in"] += k * seg
@@ -436,7 +453,98 @@ class Dataplane:
         job.reset_slots()
         job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
         self.counters["epochs"] += 1
-        return self._emit([(self._join_ack(job, w), [job.addrs[w]]) for w in range(cfg.workers)])
+        outs: list[Output] = [(self._join_ack(job, w), [job.addrs[w]]) for w in range(cfg.workers)]
+        if cfg.parent is not None:  # a new round here is a new round of this switch at its parent
+            job.parent_incarnation = secrets.randbits(32) or 1
+            job.parent_epoch = None
+            outs.append(self._parent_join(job))
+        return self._emit(outs)
+
+    # -- aggregation trees ---------------------------------------------------------------------
+    def _parent_join(self, job: _Job) -> Output:
+        c = job.cfg
+        pkt = HEADER.pack(
+            VERSION, MsgType.JOIN, 0, 0, c.job_id, c.parent_worker, 0, 0, job.parent_incarnation, 0, 0, 0
+        )
+        self.counters["parent_joins_sent"] += 1
+        return (pkt, [c.parent])
+
+    def _up(self, job: _Job, k: int, slot: int, seq: int, count: int, *, retx: bool) -> list[Output]:
+        """The partial sum of a complete use, as this switch's contribution at the parent (or, before
+        the parent has acknowledged this switch's JOIN, the JOIN again)."""
+        c = job.cfg
+        if job.parent_epoch is None:
+            return [self._parent_join(job)]
+        hdr = HEADER.pack(
+            VERSION,
+            _CONTRIB,
+            _RETX if retx else 0,
+            job.parent_epoch,
+            c.job_id,
+            c.parent_worker,
+            slot,
+            count,
+            seq,
+            job.expmax[k],
+            0,
+            0,
+        )
+        self.counters["partials_resent" if retx else "partials_sent"] += 1
+        return [(hdr + job.acc[k][:count].astype(PAYLOAD_DTYPE).tobytes(), [c.parent])]
+
+    def _from_parent(
+        self,
+        job: _Job,
+        data: bytes | bytearray | memoryview,
+        mtype: int,
+        epoch: int,
+        slot: int,
+        count: int,
+        seq: int,
+        exp: int,
+    ) -> list[Output]:
+        """A JOIN_ACK, PENDING or RESULT from the parent: the RESULT of a use goes down to the workers."""
+        c = job.cfg
+        self.counters["from_parent"] += 1
+        if mtype == MsgType.JOIN_ACK:
+            if seq == job.parent_incarnation:
+                job.parent_epoch = epoch
+            return []
+        if mtype != _RESULT:
+            return []  # PENDING: the workers' retransmissions will make this switch ask again
+        i = (slot & (SET_BIT - 1)) - c.slot_base
+        k = 2 * i + (1 if slot & SET_BIT else 0)
+        if (
+            epoch != job.parent_epoch
+            or not 0 <= i < c.slots
+            or job.seq[k] != seq
+            or job.nelem[k] != count
+            or job.bitmap[k] != job.full
+            or job.ready[k]
+        ):
+            self.counters["parent_stale"] += 1
+            return []
+        job.ready[k] = True
+        out = job.out[k]
+        HEADER.pack_into(
+            out.data,
+            0,
+            VERSION,
+            _RESULT,
+            0,
+            job.epoch,
+            c.job_id,
+            _WORKER_ALL,
+            slot,
+            count,
+            seq,
+            exp,
+            0,
+            job.full,
+        )
+        out[HEADER_SIZE : HEADER_SIZE + 4 * count] = np.frombuffer(data, np.uint8, 4 * count, HEADER_SIZE)
+        job.acc[k][:count] = job.out_payload[k][:count]
+        return self._emit([(out.data[: HEADER_SIZE + 4 * count], job.result_dests)])
 
     def _join_ack(self, job: _Job, worker: int) -> bytes:
         c = job.cfg
@@ -506,6 +614,7 @@ class Dataplane:
             job.bitmap[k] = 0
             job.nelem[k] = count
             job.expmax[k] = 0
+            job.ready[k] = False
         elif seq != cur:
             return self._drop("stale_seq")
         elif count != job.nelem[k]:
@@ -514,6 +623,10 @@ class Dataplane:
         bitmap = job.bitmap[k]
         if bitmap & bit:
             self.counters["repeats"] += 1
+            if bitmap == job.full and not job.ready[k]:
+                # A tree: the partial went up and the parent's RESULT has not come back (one of the two
+                # was lost): the worker's retransmission makes this switch send it again.
+                return self._emit(self._up(job, k, slot, seq, count, retx=True))
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
                 resend = bytearray(job.out[k].data[: HEADER_SIZE + 4 * count])
@@ -538,6 +651,9 @@ class Dataplane:
         if bitmap != job.full:
             return []
         self.counters["completions"] += 1
+        if cfg.parent is not None:
+            return self._emit(self._up(job, k, slot, seq, count, retx=False))
+        job.ready[k] = True
         out = job.out[k]
         HEADER.pack_into(
             out.data,

@@ -126,3 +126,23 @@ def controller_job(
                     }
                 )
         return {"results": results, "wire_job": w.job, "slot_base": w.slot_base, "switch": w.switch}
+
+
+def tree_sweep(
+    rank: int,
+    leaves: list[str],
+    world: int,
+    cases: list[tuple[tuple[int, ...], str]],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A worker of a job aggregated by a tree: ranks are spread over the leaf switches in order
+    (rank r at leaf r // per_leaf, worker id r % per_leaf there)."""
+    per_leaf = world // len(leaves)
+    results = []
+    with Worker(leaves[rank // per_leaf], rank, world, worker_id=rank % per_leaf, timeout=30) as w:
+        for shape, dtype in cases:
+            got = w.allreduce(inputs(rank, shape, dtype, seed))
+            results.append(
+                {"shape": shape, "dtype": dtype, **check(rank, world, shape, dtype, got, w.elements, seed)}
+            )
+        return {"results": results, "stats": w.stats.as_dict()}

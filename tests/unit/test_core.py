@@ -51,7 +51,9 @@ def decoded(outs):
 
 def check_accounting(dp: Dataplane) -> None:
     c = dp.counters
-    assert c["packets_in"] == sum(dp.drops.values()) + c["joins"] + c["contributions"] + c["repeats"]
+    assert c["packets_in"] == (
+        sum(dp.drops.values()) + c["joins"] + c["contributions"] + c["repeats"] + c["from_parent"]
+    )
 
 
 def test_join_barrier_acks_everyone_with_the_job_parameters() -> None:
@@ -400,3 +402,42 @@ def test_batch_path_takes_the_vectorized_route() -> None:
     results = expand(outs)
     assert [decode(d)[1].tolist() for d, _ in results] == [[3, 3 * s, 3, 6] for s in range(8)]
     assert dp.counters["contributions"] == 24 and dp.counters["completions"] == 8
+
+
+def test_tree_leaf_sends_partials_up_and_results_down() -> None:
+    """A leaf of an aggregation tree (docs/protocol.md, "Aggregation trees"): its complete uses go up
+    as one contribution; the parent's RESULT comes down with the leaf's own epoch; repeats make it send
+    its partial again until the RESULT is there, and get the stored RESULT after."""
+    parent = "root"
+    dp = Dataplane([JobConfig(JOB, 2, slots=4, elements=4, total_workers=4, parent=parent, parent_worker=1)])
+    join(dp, 0)
+    outs = join(dp, 1)
+    # JOIN_ACKs to both workers, and this switch's own JOIN to its parent
+    assert [d for _, d in outs] == [["w0"], ["w1"], [parent]]
+    up_join, _ = decode(raw(outs[-1][0]))
+    assert up_join.type == MsgType.JOIN and up_join.worker == 1 and up_join.seq != 0
+    assert dp.handle(contrib(0, 0, 0, [1, 2, 3, 4], exp=1030), "w0") == []
+    # complete here, but the parent has not acknowledged: the JOIN goes again instead of the partial
+    [(again, dests)] = dp.handle(contrib(1, 0, 0, [10, 20, 30, 40], exp=1040), "w1")
+    assert dests == [parent] and decode(raw(again))[0].type == MsgType.JOIN
+    ack = HEADER.pack(1, MsgType.JOIN_ACK, 0, 9, JOB, 1, 0, 0, up_join.seq, 0, 0, 3)
+    assert dp.handle(ack, parent) == []
+    # a worker's retransmission now makes the leaf send its partial sum up, marked RETX
+    [(partial, dests)] = dp.handle(contrib(1, 0, 0, [10, 20, 30, 40], exp=1040, flags=1), "w1")
+    h, values = decode(raw(partial))
+    assert dests == [parent]
+    assert (h.type, h.epoch, h.worker, h.seq, h.exp, h.flags) == (MsgType.CONTRIB, 9, 1, 0, 1040, 1)
+    assert list(values) == [11, 22, 33, 44]
+    # the parent's RESULT (the sum over the whole tree) goes to both workers with the leaf's epoch
+    total = np.array([100, 200, 300, 400], dtype=">i4")
+    result = HEADER.pack(1, MsgType.RESULT, 0, 9, JOB, 0xFFFF, 0, 4, 0, 1050, 0, 3) + total.tobytes()
+    [(down, dests)] = dp.handle(result, parent)
+    h, values = decode(raw(down))
+    assert dests == ["w0", "w1"] and (h.type, h.epoch, h.exp, h.bitmap) == (MsgType.RESULT, 1, 1050, 3)
+    assert list(values) == [100, 200, 300, 400]
+    assert dp.handle(result, parent) == []  # a duplicate from the parent: nothing more
+    [(again, dests)] = dp.handle(contrib(0, 0, 0, [1, 2, 3, 4], exp=1030), "w0")
+    assert dests == ["w0"] and list(decode(raw(again))[1]) == [100, 200, 300, 400]
+    # a RESULT that is not from the parent is an ordinary bad_type
+    assert dp.handle(result, "w0") == [] and dp.drops["bad_type"] == 1
+    check_accounting(dp)

@@ -241,7 +241,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstallJobRequest(_message.Message):
-    __slots__ = ("wire_job_id", "workers", "total_workers", "slot_base", "slots", "elements_per_packet", "worker_addresses", "multicast_group")
+    __slots__ = ("wire_job_id", "workers", "total_workers", "slot_base", "slots", "elements_per_packet", "worker_addresses", "multicast_group", "parent_address", "parent_worker_id")
     WIRE_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,8 @@ class InstallJobRequest(_message.Message):
     ELEMENTS_PER_PACKET_FIELD_NUMBER: _ClassVar[int]
     WORKER_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     MULTICAST_GROUP_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     wire_job_id: int
     workers: int
     total_workers: int
@@ -258,7 +260,9 @@ class InstallJobRequest(_message.Message):
     elements_per_packet: int
     worker_addresses: _containers.RepeatedScalarFieldContainer[str]
     multicast_group: str
-    def __init__(self, wire_job_id: _Optional[int] = ..., workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., slot_base: _Optional[int] = ..., slots: _Optional[int] = ..., elements_per_packet: _Optional[int] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., multicast_group: _Optional[str] = ...) -> None: ...
+    parent_address: str
+    parent_worker_id: int
+    def __init__(self, wire_job_id: _Optional[int] = ..., workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., slot_base: _Optional[int] = ..., slots: _Optional[int] = ..., elements_per_packet: _Optional[int] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., multicast_group: _Optional[str] = ..., parent_address: _Optional[str] = ..., parent_worker_id: _Optional[int] = ...) -> None: ...
 
 class InstallJobResponse(_message.Message):
     __slots__ = ()
