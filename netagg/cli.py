@@ -100,6 +100,20 @@ def _build() -> argparse.ArgumentParser:
         "instead of once per worker; workers join it",
     )
     s.add_argument(
+        "--ethernet",
+        metavar="IFACE[,IFACE...]",
+        help="be a switch node on these interfaces (raw Ethernet: L2 switching, ARP, aggregation for "
+        "--ip); instead of a UDP socket on --listen",
+    )
+    s.add_argument("--ip", help="with --ethernet: the aggregator's IPv4 address")
+    s.add_argument("--mac", help="with --ethernet: its MAC (default: the first interface's)")
+    s.add_argument(
+        "--ingress-loss",
+        type=_fraction,
+        default=0.0,
+        help="with --ethernet: drop each received frame with this probability (lossy links without netem)",
+    )
+    s.add_argument(
         "--total-workers",
         type=_int_range(1, 1 << 16),
         help="workers in the whole job when this switch is part of a tree (default: --workers)",
@@ -200,6 +214,9 @@ def _build() -> argparse.ArgumentParser:
     a.add_argument("--rank", type=_int_range(0, MAX_WORKERS - 1), required=True)
     a.add_argument("--world-size", type=_int_range(1, MAX_WORKERS), required=True)
     a.add_argument("--job", type=_int_range(0, 0xFFFF), default=1)
+    a.add_argument(
+        "--worker-id", type=_int_range(0, MAX_WORKERS - 1), help="id at the switch (default: the rank)"
+    )
     a.add_argument("--size", type=_int_range(1, 1 << 30), default=1 << 20, help="elements per allreduce")
     a.add_argument("--dtype", choices=("float32", "int32"), default="float32")
     a.add_argument("--repeat", type=_int_range(1, 1_000_000), default=10)
@@ -318,6 +335,7 @@ def _stop_on_signals(stop: object) -> None:
 def _switch(args: argparse.Namespace) -> int:
     from netagg.udpbatch import BATCH_BELOW_ELEMENTS
     from switch.core import Dataplane, JobConfig
+    from switch.ethernet import EthernetSwitch
     from switch.udp import UdpSwitch
 
     if args.controller is not None and args.agent is None:
@@ -350,15 +368,23 @@ def _switch(args: argparse.Namespace) -> int:
                 parent_worker=args.parent_worker,
             )
         )
-    server = UdpSwitch(
-        Dataplane(jobs),
-        *args.listen,
-        stats_file=args.stats_file,
-        stats_interval=args.stats_interval,
-        # Without a static job, jobs of any size may come: batched receives then, which cost large
-        # packets little (GRO only coalesces same-size runs).
-        gro=not jobs or jobs[0].elements < BATCH_BELOW_ELEMENTS,
-    )
+    server: UdpSwitch | EthernetSwitch
+    if args.ethernet:
+        if not args.ip:
+            raise ValueError("--ethernet needs --ip (the aggregator's address)")
+        server = EthernetSwitch(
+            Dataplane(jobs), args.ethernet.split(","), args.ip, mac=args.mac, ingress_loss=args.ingress_loss
+        )
+    else:
+        server = UdpSwitch(
+            Dataplane(jobs),
+            *args.listen,
+            stats_file=args.stats_file,
+            stats_interval=args.stats_interval,
+            # Without a static job, jobs of any size may come: batched receives then, which cost large
+            # packets little (GRO only coalesces same-size runs).
+            gro=not jobs or jobs[0].elements < BATCH_BELOW_ELEMENTS,
+        )
     agent = None
     what = "no static job"
     if jobs:
@@ -391,7 +417,8 @@ def _switch(args: argparse.Namespace) -> int:
     finally:
         if agent is not None:
             agent.stop(grace=1.0)
-        server.sock.close()
+        if isinstance(server, UdpSwitch):
+            server.sock.close()
     print(json.dumps(server.dataplane.stats()), flush=True)
     return 0
 
@@ -545,6 +572,7 @@ def _allreduce(args: argparse.Namespace) -> int:
         args.rank,
         args.world_size,
         job=args.job,
+        worker_id=args.worker_id,
         timeout=args.timeout,
         bind=args.bind,
         batch=not args.no_batch,
