@@ -159,7 +159,9 @@ class NetnsNetwork:
         return next(i for i in self.ports[node] if self.peer[(node, i)] == other)
 
     # -- switches and hosts --------------------------------------------------------------------
-    def start_switches(self, *, elements: int = 1024, job: int = 1, ingress_loss: float = 0.0) -> None:
+    def start_switches(
+        self, *, elements: int = 1024, slots: int | None = None, job: int = 1, ingress_loss: float = 0.0
+    ) -> None:
         """Start the Python switch on every switch node, configured as the topology's aggregation tree
         for one static job of all hosts (ranks in host order)."""
         from netagg.launch import SwitchProcess
@@ -191,6 +193,7 @@ class NetnsNetwork:
             self.switch_procs[sw.name] = SwitchProcess(
                 len(self.topo.children(sw.name)),
                 elements=elements,
+                slots=slots,
                 job=job,
                 prefix=["ip", "netns", "exec", self.ns(sw.name)],
                 extra=extra,

@@ -1,4 +1,4 @@
-"""``netagg``: the command line: switch, controller, ctl, allreduce, relay, demo, demo-allreduce."""
+"""``netagg``: the command line: switch, controller, ctl, bmv2, experiment, allreduce, relay, demos."""
 
 from __future__ import annotations
 
@@ -205,6 +205,23 @@ def _build() -> argparse.ArgumentParser:
     b.add_argument("--log-file", type=Path, help="simple_switch's log (slows it down)")
     _auth_flags(b, server=True)
 
+    e = sub.add_parser(
+        "experiment", help="build a topology in namespaces, run its switches and an allreduce sweep (root)"
+    )
+    e.add_argument("--topo", choices=("star", "leafspine", "tree"), default="leafspine")
+    e.add_argument("--hosts", type=_int_range(1, 32), default=4, help="star: hosts")
+    e.add_argument("--leaves", type=_int_range(1, 16), default=2, help="leafspine: leaf switches")
+    e.add_argument("--hosts-per-leaf", type=_int_range(1, 32), default=2, help="leafspine: hosts per leaf")
+    e.add_argument("--depth", type=_int_range(1, 4), default=2, help="tree: levels of switches")
+    e.add_argument("--fanout", type=_int_range(1, 8), default=2, help="tree: children per switch")
+    e.add_argument("--sizes", default="1,4,16,64", help="MiB of float32 per host, comma-separated")
+    e.add_argument("--loss", default="0,1,5", help="loss on every link in percent, comma-separated")
+    e.add_argument("--repeat", type=_int_range(1, 100), default=3)
+    e.add_argument(
+        "--elements", type=_int_range(1, 2000), default=2000, help="elements per packet (MTU 9000)"
+    )
+    e.add_argument("--out", type=Path, default=Path("out/experiment"))
+
     from netagg.ctl import add_ctl_parser
 
     add_ctl_parser(sub, _auth_flags)
@@ -294,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _controller(args)
         if args.command == "bmv2":
             return _bmv2(args)
+        if args.command == "experiment":
+            return _experiment(args)
         if args.command == "ctl":
             from netagg.ctl import run_ctl
 
@@ -472,6 +491,36 @@ def _bmv2(args: argparse.Namespace) -> int:
             server.stop(grace=1.0)
         sw.stop()
     return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    import os
+
+    from netagg.experiment import run_experiment
+
+    if os.geteuid() != 0:
+        raise ValueError("needs root (it creates network namespaces)")
+
+    def numbers(text: str, what: str) -> list[float]:
+        try:
+            values = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--{what}: expected comma-separated numbers, got {text!r}") from None
+        if not values or any(v < 0 for v in values):
+            raise ValueError(f"--{what}: expected non-negative numbers, got {text!r}")
+        return values
+
+    sizes, losses = numbers(args.sizes, "sizes"), numbers(args.loss, "loss")
+    if any(x >= 100 for x in losses):
+        raise ValueError("--loss is in percent, below 100")
+    topo_args = {
+        "star": {"hosts": args.hosts},
+        "leafspine": {"leaves": args.leaves, "hosts_per_leaf": args.hosts_per_leaf},
+        "tree": {"depth": args.depth, "fanout": args.fanout},
+    }[args.topo]
+    return run_experiment(
+        args.topo, topo_args, sizes, losses, args.out, repeat=args.repeat, elements=args.elements
+    )
 
 
 def _server_tokens(args: argparse.Namespace) -> Tokens | None:

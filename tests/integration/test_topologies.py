@@ -135,3 +135,13 @@ def test_other_topologies(network: NetnsNetwork) -> None:
     network.start_switches(elements=512)
     for res in _allreduce(network, 50_000, "int32"):
         assert res["check"]["ok"], res
+
+
+def test_experiment_command_writes_json_and_plot(tmp_path) -> None:
+    from netagg.experiment import run_experiment
+
+    assert run_experiment("star", {"hosts": 2}, [0.05], [0.0], tmp_path, repeat=1) == 0
+    summary = json.loads((tmp_path / "experiment.json").read_text())
+    [run] = summary["runs"]
+    assert run["exact_or_within_bound"] and run["seconds"] > 0
+    assert (tmp_path / "experiment.png").stat().st_size > 0 and (tmp_path / "topology.json").exists()
