@@ -146,6 +146,12 @@ def _build() -> argparse.ArgumentParser:
     )
     s.add_argument("--switch-id", help="id to register under (default: HOST:PORT of the data plane)")
     s.add_argument(
+        "--parent-switch",
+        metavar="SWITCH_ID",
+        help="register this switch as a child of that one in the fabric (a leaf's spine): the controller "
+        "builds aggregation trees along these links",
+    )
+    s.add_argument(
         "--advertise",
         metavar="HOST",
         help="host name or address workers and the controller reach this switch at "
@@ -555,7 +561,12 @@ def _register(args: argparse.Namespace, switch_id: str, data: str, agent: str, w
         while True:
             try:
                 stub.RegisterSwitch(
-                    pb.RegisterSwitchRequest(switch_id=switch_id, data_address=data, agent_address=agent),
+                    pb.RegisterSwitchRequest(
+                        switch_id=switch_id,
+                        data_address=data,
+                        agent_address=agent,
+                        parent_switch_id=getattr(args, "parent_switch", None) or "",
+                    ),
                     timeout=10,
                 )
                 return

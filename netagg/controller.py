@@ -9,12 +9,14 @@ that take the job's workers and packet size, first-fit within it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
@@ -102,15 +104,19 @@ class ControllerService(pb_grpc.ControllerServicer):
             return self._stubs[key][1]
 
     def _install(self, sw: SwitchRecord, job: pb.Job, placement: pb.Placement) -> None:
-        """Install ``job`` on ``sw``; raises grpc.RpcError (ALREADY_EXISTS if it is there)."""
+        """Install ``job``'s part on ``sw``; raises grpc.RpcError (ALREADY_EXISTS if it is there)."""
+        node = _shape(job)[sw.switch_id]
+        parent = self.store.switch(node.parent) if node.parent else None
         self._agent(sw).InstallJob(
             pb.InstallJobRequest(
                 wire_job_id=job.wire_job_id,
-                workers=job.spec.workers,
+                workers=node.workers,
                 total_workers=job.spec.workers,
                 slot_base=placement.slot_base,
                 slots=placement.slots,
                 elements_per_packet=job.spec.elements_per_packet,
+                parent_address=parent.data_address if parent is not None else "",
+                parent_worker_id=node.parent_worker,
             ),
             timeout=self.agent_timeout,
         )
@@ -219,6 +225,96 @@ class ControllerService(pb_grpc.ControllerServicer):
         full.elements_per_packet, full.slots = n, slots
         return sw, full, base
 
+    def _place_tree(
+        self, context: grpc.ServicerContext, spec: pb.JobSpec
+    ) -> tuple[list[tuple[SwitchRecord, str]], pb.JobSpec, int]:
+        """Place a job spread over several switches as a tree through their common ancestor; returns
+        ([(switch, parent id)], spec with defaults, slot_base)."""
+        switches = {s.switch_id: s for s in self.store.switches()}
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        for leaf, n in spec.workers_at.items():
+            if leaf not in switches:
+                _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"spec.workers_at: switch {leaf!r} is not registered",
+                )
+            if n < 1:
+                _abort(context, bad, f"spec.workers_at[{leaf!r}] must be at least 1, got {n}")
+        if sum(spec.workers_at.values()) != spec.workers:
+            _abort(
+                context,
+                bad,
+                f"spec.workers_at adds up to {sum(spec.workers_at.values())}, "
+                f"not spec.workers = {spec.workers}",
+            )
+        paths = {}
+        for leaf in spec.workers_at:
+            path, at = [leaf], switches[leaf].parent
+            while at:
+                if at in path or at not in switches:
+                    _abort(
+                        context,
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"switch {path[-1]}'s parent {at!r} is not registered (or the parents loop)",
+                    )
+                path.append(at)
+                at = switches[at].parent
+            paths[leaf] = path
+        first = paths[min(paths)]
+        root = next((n for n in first if all(n in p for p in paths.values())), None)
+        if root is None:
+            _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"switches {sorted(paths)} have no common ancestor (see ListSwitches' parent_switch_id)",
+            )
+        tree: dict[str, str] = {}
+        for path in paths.values():
+            for node, parent in zip(path, [*path[1:], ""], strict=True):
+                tree[node] = "" if node == root else parent
+                if node == root:
+                    break
+        n = spec.elements_per_packet or min(switches[sw].info.max_elements_per_packet for sw in tree)
+        slots = spec.slots or min(default_slots(n), MAX_WINDOW_ELEMENTS // n)
+        for sw, parent in tree.items():
+            info = switches[sw].info
+            children = spec.workers_at.get(sw, 0) + sum(1 for p in tree.values() if p == sw)
+            if children > info.max_workers:
+                _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"switch {sw} would have {children} children; it takes at most {info.max_workers}",
+                )
+            if not info.min_elements_per_packet <= n <= info.max_elements_per_packet:
+                _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"switch {sw} takes {info.min_elements_per_packet}-{info.max_elements_per_packet} "
+                    f"elements per packet, not {n}",
+                )
+            if parent and info.kind != "python":
+                _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"switch {sw} ({info.kind}) cannot forward to a parent; only Python switches can be "
+                    "inner nodes of a tree yet",
+                )
+        used = [r for sw in tree for r in self.store.used_ranges(sw)]
+        total = min(switches[sw].info.total_slots for sw in tree)
+        base = next((lo for lo, hi in _free_gaps(used, total) if hi - lo >= slots), None)
+        if base is None:
+            _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"no range of {slots} slots is free on all of {sorted(tree)} at once",
+            )
+        full = pb.JobSpec()
+        full.CopyFrom(spec)
+        full.elements_per_packet, full.slots = n, slots
+        order = sorted(tree, key=lambda sw: tree[sw] != "")  # the root first
+        return [(switches[sw], tree[sw]) for sw in order], full, base
+
     # -- RPCs ----------------------------------------------------------------------------------
     def CreateJob(self, request: pb.CreateJobRequest, context: grpc.ServicerContext) -> pb.Job:
         tenant = tenant_of(context, self.tokens)
@@ -226,7 +322,11 @@ class ControllerService(pb_grpc.ControllerServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "spec is missing")
         self._validate_spec(context, request.spec)
         with self.store.locked():  # one admission at a time: no two jobs get the same slots
-            sw, spec, base = self._place(context, request.spec)
+            if request.spec.workers_at:
+                nodes, spec, base = self._place_tree(context, request.spec)
+            else:
+                sw, spec, base = self._place(context, request.spec)
+                nodes = [(sw, "")]
             used = self.store.wire_ids()
             wire = next((i for i in range(1, 0x10000) if i not in used), None)
             if wire is None:
@@ -239,17 +339,36 @@ class ControllerService(pb_grpc.ControllerServicer):
                 create_time=time.time(),
                 owner=tenant.name,
             )
-            placement = job.placements.add(switch_id=sw.switch_id, slot_base=base, slots=spec.slots)
-            try:
-                self._install(sw, job, placement)
-            except grpc.RpcError as exc:
-                _abort(
-                    context,
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"switch {sw.switch_id} ({sw.agent_address}) could not be programmed: "
-                    f"{exc.code().name}: {exc.details()}",
+            for sw, parent in nodes:
+                job.placements.add(
+                    switch_id=sw.switch_id, slot_base=base, slots=spec.slots, parent_switch_id=parent
                 )
+            installed: list[SwitchRecord] = []
+            for (sw, _), placement in zip(nodes, job.placements, strict=True):
+                try:
+                    self._install(sw, job, placement)
+                    installed.append(sw)
+                except grpc.RpcError as exc:
+                    for done in installed:  # all or nothing
+                        with contextlib.suppress(grpc.RpcError):
+                            self._agent(done).RemoveJob(
+                                pb.RemoveJobRequest(wire_job_id=wire), timeout=self.agent_timeout
+                            )
+                    _abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"switch {sw.switch_id} ({sw.agent_address}) could not be programmed: "
+                        f"{exc.code().name}: {exc.details()}",
+                    )
             self.store.add_job(job)
+            for sw, _ in nodes:  # switches with only switches below can be pinned right away
+                if _shape(job)[sw.switch_id].hosts == 0:
+                    try:
+                        self._pin_workers(sw, job.job_id)
+                    except grpc.RpcError as exc:
+                        log.warning(
+                            "job %s: pinning children on %s: %s", job.job_id, sw.switch_id, exc.details()
+                        )
         log.info(
             "job %s (wire %d, %s): %d workers, slots [%d, %d) on %s",
             job.job_id,
@@ -258,7 +377,7 @@ class ControllerService(pb_grpc.ControllerServicer):
             spec.workers,
             base,
             base + spec.slots,
-            sw.switch_id,
+            ", ".join(p.switch_id for p in job.placements),
         )
         return job
 
@@ -311,7 +430,13 @@ class ControllerService(pb_grpc.ControllerServicer):
                     "is another worker using this rank? (a restarted worker passes replace=true)",
                 )
             self.store.put_member(job.job_id, request.rank, address)
-            placement = job.placements[0]
+            shape = _shape(job)
+            leaf = next(
+                sw
+                for sw, node in shape.items()
+                if node.first_rank <= request.rank < node.first_rank + node.hosts
+            )
+            placement = next(p for p in job.placements if p.switch_id == leaf)
             sw = self.store.switch(placement.switch_id)
             if sw is None:
                 _abort(
@@ -329,7 +454,7 @@ class ControllerService(pb_grpc.ControllerServicer):
         return pb.JoinJobResponse(
             switch_address=sw.data_address,
             wire_job_id=job.wire_job_id,
-            worker_id=request.rank,
+            worker_id=request.rank - shape[leaf].first_rank,
             slot_base=placement.slot_base,
             slots=placement.slots,
             elements_per_packet=job.spec.elements_per_packet,
@@ -367,7 +492,15 @@ class ControllerService(pb_grpc.ControllerServicer):
             )
         if info.total_slots < 1 or info.max_workers < 1 or info.min_elements_per_packet < 1:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"the switch reports no capacity: {info}")
-        rec = SwitchRecord(request.switch_id, data, agent_addr, info, token)
+        if request.parent_switch_id and not _SWITCH_ID.fullmatch(request.parent_switch_id):
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"parent_switch_id {request.parent_switch_id[:80]!r} is not a switch id",
+            )
+        if request.parent_switch_id == request.switch_id:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a switch cannot be its own parent")
+        rec = SwitchRecord(request.switch_id, data, agent_addr, info, token, request.parent_switch_id)
         with self.store.locked():
             self.store.put_switch(rec, time.time())
             self._reinstall(rec)
@@ -419,16 +552,30 @@ class ControllerService(pb_grpc.ControllerServicer):
                 return
 
     def _pin_workers(self, sw: SwitchRecord, job_id: str) -> None:
-        """Once every rank has joined, fix their addresses on the switch (SetWorkers): from then on it
-        takes each worker's packets only from there, and a P4 switch replicates results to them."""
+        """Once every rank of ``sw`` has joined, fix its workers' addresses there (SetWorkers): its hosts
+        as they joined, then its child switches' data-plane addresses. From then on it takes each
+        worker's packets only from there, and a P4 switch replicates results to them."""
         job = self.store.job(job_id)
-        if job is None or len(job.joined_ranks) != job.spec.workers:
+        if job is None:
             return
-        addresses = [self.store.member(job_id, r) for r in range(job.spec.workers)]
+        shape = _shape(job)
+        node = shape.get(sw.switch_id)
+        if node is None:
+            return
+        members = [self.store.member(job_id, r) for r in range(node.first_rank, node.first_rank + node.hosts)]
+        if any(m is None for m in members):
+            return
+        addresses = [m.address for m in members if m is not None]
+        # its child switches, in worker-id order, send from their data-plane addresses
+        for child in sorted(
+            (c for c, n in shape.items() if n.parent == sw.switch_id), key=lambda c: shape[c].parent_worker
+        ):
+            record = self.store.switch(child)
+            if record is None:
+                return
+            addresses.append(record.data_address)
         self._agent(sw).SetWorkers(
-            pb.SetWorkersRequest(
-                wire_job_id=job.wire_job_id, worker_addresses=[m.address for m in addresses if m is not None]
-            ),
+            pb.SetWorkersRequest(wire_job_id=job.wire_job_id, worker_addresses=addresses),
             timeout=self.agent_timeout,
         )
 
@@ -461,7 +608,38 @@ class ControllerService(pb_grpc.ControllerServicer):
             agent_address=sw.agent_address,
             info=sw.info,
             free_slots=max(0, sw.info.total_slots - used),
+            parent_switch_id=sw.parent,
         )
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One switch of a job's placement: what it aggregates and where it sends its partial sums."""
+
+    workers: int  # children: its hosts, then its child switches
+    hosts: int  # workers of the job attached to it
+    parent: str  # switch_id of its parent in the tree, "" for the root
+    parent_worker: int  # its worker id at the parent
+    first_rank: int  # ranks [first_rank, first_rank + hosts) are its hosts
+
+
+def _shape(job: pb.Job) -> dict[str, _Node]:
+    """The tree of a job from its spec and placements (single switch: one node with every worker)."""
+    if not job.spec.workers_at:
+        p = job.placements[0]
+        return {p.switch_id: _Node(job.spec.workers, job.spec.workers, "", 0, 0)}
+    parents = {p.switch_id: p.parent_switch_id for p in job.placements}
+    hosts = dict(job.spec.workers_at)
+    kids = {sw: sorted(c for c, par in parents.items() if par == sw) for sw in parents}
+    first, rank = {}, 0
+    for leaf in sorted(hosts):
+        first[leaf] = rank
+        rank += hosts[leaf]
+    nodes = {}
+    for sw, par in parents.items():
+        index = hosts.get(par, 0) + kids[par].index(sw) if par else 0
+        nodes[sw] = _Node(hosts.get(sw, 0) + len(kids[sw]), hosts.get(sw, 0), par, index, first.get(sw, 0))
+    return nodes
 
 
 def _free_gaps(used: list[tuple[int, int]], total: int) -> list[tuple[int, int]]:

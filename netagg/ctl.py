@@ -45,6 +45,12 @@ def add_ctl_parser(sub: Any, auth_flags: Callable[..., None]) -> None:
     c.add_argument(
         "--slots", type=int, default=0, help="slots = each worker's window (default: the controller's)"
     )
+    c.add_argument(
+        "--workers-at",
+        default="",
+        metavar="SWITCH=N,...",
+        help="workers behind each leaf switch, for a job aggregated as a tree (e.g. leaf1=2,leaf2=2)",
+    )
     verbs.add_parser("jobs", help="list jobs")
     g = verbs.add_parser("get", help="one job")
     g.add_argument("job_id")
@@ -83,12 +89,19 @@ def run_ctl(args: argparse.Namespace) -> int:
                 etype = pb.ELEMENT_TYPE_FLOAT32 if args.type == "float32" else pb.ELEMENT_TYPE_INT32
                 if args.workers < 0 or args.elements < 0 or args.slots < 0:
                     raise ValueError("--workers, --elements and --slots must not be negative")
+                workers_at = {}
+                for item in filter(None, args.workers_at.split(",")):
+                    switch, sep, count = item.partition("=")
+                    if not sep or not count.isdigit():
+                        raise ValueError(f"--workers-at: expected SWITCH=N,..., got {item!r}")
+                    workers_at[switch] = int(count)
                 spec = pb.JobSpec(
                     name=args.name,
                     workers=args.workers,
                     element_type=etype,
                     elements_per_packet=args.elements,
                     slots=args.slots,
+                    workers_at=workers_at,
                 )
                 show(stub.CreateJob(pb.CreateJobRequest(spec=spec), timeout=t), lambda j: _jobs_table([j]))
             elif args.verb == "jobs":

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS switches (
     agent_address TEXT NOT NULL,
     info          BLOB NOT NULL,      -- netagg.v1.SwitchInfo
     agent_token   TEXT NOT NULL,      -- what the controller calls the SwitchAgent with
-    registered    REAL NOT NULL
+    registered    REAL NOT NULL,
+    parent        TEXT NOT NULL DEFAULT ''  -- the switch above it in the fabric
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order
@@ -59,6 +60,7 @@ class SwitchRecord:
     agent_address: str
     info: pb.SwitchInfo
     agent_token: str
+    parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class Store:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(switches)")}
+            if "parent" not in columns:  # a file from before aggregation trees
+                self._db.execute("ALTER TABLE switches ADD COLUMN parent TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -111,9 +116,10 @@ class Store:
     def put_switch(self, rec: SwitchRecord, now: float) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO switches VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(switch_id) DO UPDATE SET "
+                "INSERT INTO switches (switch_id, data_address, agent_address, info, agent_token, "
+                "registered, parent) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(switch_id) DO UPDATE SET "
                 "data_address = excluded.data_address, agent_address = excluded.agent_address, "
-                "info = excluded.info, agent_token = excluded.agent_token",
+                "info = excluded.info, agent_token = excluded.agent_token, parent = excluded.parent",
                 (
                     rec.switch_id,
                     rec.data_address,
@@ -121,16 +127,17 @@ class Store:
                     rec.info.SerializeToString(),
                     rec.agent_token,
                     now,
+                    rec.parent,
                 ),
             )
 
     def switches(self) -> list[SwitchRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT switch_id, data_address, agent_address, info, agent_token FROM switches "
+                "SELECT switch_id, data_address, agent_address, info, agent_token, parent FROM switches "
                 "ORDER BY registered, switch_id"
             ).fetchall()
-        return [SwitchRecord(r[0], r[1], r[2], pb.SwitchInfo.FromString(r[3]), r[4]) for r in rows]
+        return [SwitchRecord(r[0], r[1], r[2], pb.SwitchInfo.FromString(r[3]), r[4], r[5]) for r in rows]
 
     def switch(self, switch_id: str) -> SwitchRecord | None:
         return next((s for s in self.switches() if s.switch_id == switch_id), None)

@@ -207,3 +207,38 @@ def test_switch_without_a_token_refuses_to_serve_the_agent(capsys, monkeypatch) 
     monkeypatch.delenv("NETAGG_TOKEN", raising=False)
     assert netagg_main(["switch", "--agent", "127.0.0.1:0", "--listen", "127.0.0.1:0"]) == 1
     assert "--agent needs --token" in capsys.readouterr().err
+
+
+def test_controller_places_a_job_on_a_tree(controller, switch_factory) -> None:
+    """A spine and two leaves register with their fabric parent; a job with two workers behind each
+    leaf is installed as a tree and its workers, joining through the controller, get exact sums."""
+    base = {"controller": controller.address, "token": TOKEN, "total_slots": 64}
+    spine = switch_factory(None, extra=["--switch-id", "spine"], **base)
+    leaves = [
+        switch_factory(None, extra=["--switch-id", f"leaf{i}", "--parent-switch", "spine"], **base)
+        for i in (1, 2)
+    ]
+    with channel(controller.address, TOKEN) as ch:
+        stub = pb_grpc.ControllerStub(ch)
+        s = pb.JobSpec(
+            name="tree",
+            workers=4,
+            element_type=pb.ELEMENT_TYPE_FLOAT32,
+            elements_per_packet=1024,
+            slots=16,
+            workers_at={"leaf1": 2, "leaf2": 2},
+        )
+        job = stub.CreateJob(pb.CreateJobRequest(spec=s), timeout=10)
+        assert sorted(p.switch_id for p in job.placements) == ["leaf1", "leaf2", "spine"]
+        ranks = run_workers(wk.controller_job, 4, controller.address, job.job_id, TOKEN, CASES, timeout=180)
+        assert all(r["ok"] for rank in ranks for r in rank["results"]), ranks
+        assert {rank["switch"] for rank in ranks} == {tuple_addr(leaf.address) for leaf in leaves}
+    root = spine.stop()
+    leaf_stats = [leaf.stop() for leaf in leaves]
+    assert root is not None and all(s is not None for s in leaf_stats)
+    assert root["counters"]["contributions"] == sum(s["counters"]["completions"] for s in leaf_stats) > 0
+
+
+def tuple_addr(text: str) -> tuple[str, int]:
+    host, port = text.rsplit(":", 1)
+    return host, int(port)

@@ -381,3 +381,73 @@ def test_worker_arguments_and_controller_errors(plane: Plane) -> None:
         Worker(controller=plane.address, job=job.job_id, rank=0, token="a-token-nobody-knows")
     with pytest.raises(NetAggError, match="has 2 workers, but world_size=3"):
         Worker(controller=plane.address, job=job.job_id, rank=0, world_size=3, token=ALICE)
+
+
+def test_tree_placement(tmp_path: Path) -> None:
+    """Three in-process switch agents registered as a spine and two leaves: a job with workers at both
+    leaves is installed as a tree, ranks map to leaves, and each switch's workers are pinned."""
+    planes, servers = {}, []
+    server, port, service = _start(tmp_path / "tree.db")
+    address = f"127.0.0.1:{port}"
+    try:
+        with channel(address, ADMIN) as ch:
+            stub = pb_grpc.ControllerStub(ch)
+            for i, (name, parent) in enumerate((("spine", ""), ("leaf1", "spine"), ("leaf2", "spine"))):
+                dp = Dataplane()
+                agent, agent_port = serve_agent(
+                    dp, threading.Lock(), "127.0.0.1:0", Tokens.single(ADMIN), total_slots=64
+                )
+                servers.append(agent)
+                planes[name] = dp
+                stub.RegisterSwitch(
+                    pb.RegisterSwitchRequest(
+                        switch_id=name,
+                        data_address=f"127.0.0.1:{47000 + i}",
+                        agent_address=f"127.0.0.1:{agent_port}",
+                        parent_switch_id=parent,
+                    )
+                )
+            tree_spec = spec(workers=4, slots=8, workers_at={"leaf1": 1, "leaf2": 3})
+            job = stub.CreateJob(pb.CreateJobRequest(spec=tree_spec))
+            assert {(p.switch_id, p.parent_switch_id) for p in job.placements} == {
+                ("spine", ""),
+                ("leaf1", "spine"),
+                ("leaf2", "spine"),
+            }
+            [root] = planes["spine"].jobs
+            [l1] = planes["leaf1"].jobs
+            [l2] = planes["leaf2"].jobs
+            assert (root.workers, root.total_workers, root.parent) == (2, 4, None)
+            assert root.addresses == (("127.0.0.1", 47001), ("127.0.0.1", 47002))  # pinned at once
+            assert (l1.workers, l1.parent, l1.parent_worker) == (1, ("127.0.0.1", 47000), 0)
+            assert (l2.workers, l2.parent, l2.parent_worker, l2.total_workers) == (
+                3,
+                ("127.0.0.1", 47000),
+                1,
+                4,
+            )
+            assert len({(c.slot_base, c.slots) for c in (root, l1, l2)}) == 1
+            joins = [
+                stub.JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=r, address=f"127.0.0.1:{6000 + r}"))
+                for r in range(4)
+            ]
+            assert [(j.switch_address, j.worker_id) for j in joins] == [
+                ("127.0.0.1:47001", 0),
+                ("127.0.0.1:47002", 0),
+                ("127.0.0.1:47002", 1),
+                ("127.0.0.1:47002", 2),
+            ]
+            assert planes["leaf2"].jobs[0].addresses == tuple(("127.0.0.1", 6001 + r) for r in range(3))
+            bad = spec(workers=4, workers_at={"leaf1": 1, "leaf2": 2})
+            code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "adds up to 3" in message
+            bad = spec(workers=2, workers_at={"leaf1": 1, "nowhere": 1})
+            code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "nowhere" in message
+            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id))
+            assert all(dp.jobs == [] for dp in planes.values())
+    finally:
+        server.stop(grace=None)
+        service.close()  # type: ignore[attr-defined]
+        for agent in servers:
+            agent.stop(grace=None)

@@ -28,18 +28,27 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_FAILED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "workers", "element_type", "elements_per_packet", "slots")
+    __slots__ = ("name", "workers", "element_type", "elements_per_packet", "slots", "workers_at")
+    class WorkersAtEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     ELEMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_PER_PACKET_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     workers: int
     element_type: ElementType
     elements_per_packet: int
     slots: int
-    def __init__(self, name: _Optional[str] = ..., workers: _Optional[int] = ..., element_type: _Optional[_Union[ElementType, str]] = ..., elements_per_packet: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
+    workers_at: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., workers: _Optional[int] = ..., element_type: _Optional[_Union[ElementType, str]] = ..., elements_per_packet: _Optional[int] = ..., slots: _Optional[int] = ..., workers_at: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("switch_id", "slot_base", "slots", "parent_switch_id")
@@ -74,18 +83,20 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wire_job_id: _Optional[int] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., joined_ranks: _Optional[_Iterable[int]] = ..., create_time: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Switch(_message.Message):
-    __slots__ = ("switch_id", "data_address", "agent_address", "info", "free_slots")
+    __slots__ = ("switch_id", "data_address", "agent_address", "info", "free_slots", "parent_switch_id")
     SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AGENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     switch_id: str
     data_address: str
     agent_address: str
     info: SwitchInfo
     free_slots: int
-    def __init__(self, switch_id: _Optional[str] = ..., data_address: _Optional[str] = ..., agent_address: _Optional[str] = ..., info: _Optional[_Union[SwitchInfo, _Mapping]] = ..., free_slots: _Optional[int] = ...) -> None: ...
+    parent_switch_id: str
+    def __init__(self, switch_id: _Optional[str] = ..., data_address: _Optional[str] = ..., agent_address: _Optional[str] = ..., info: _Optional[_Union[SwitchInfo, _Mapping]] = ..., free_slots: _Optional[int] = ..., parent_switch_id: _Optional[str] = ...) -> None: ...
 
 class SwitchInfo(_message.Message):
     __slots__ = ("kind", "total_slots", "min_elements_per_packet", "max_elements_per_packet", "max_workers", "version")
@@ -190,16 +201,18 @@ class JoinJobResponse(_message.Message):
     def __init__(self, switch_address: _Optional[str] = ..., wire_job_id: _Optional[int] = ..., worker_id: _Optional[int] = ..., slot_base: _Optional[int] = ..., slots: _Optional[int] = ..., elements_per_packet: _Optional[int] = ..., total_workers: _Optional[int] = ..., multicast_group: _Optional[str] = ...) -> None: ...
 
 class RegisterSwitchRequest(_message.Message):
-    __slots__ = ("switch_id", "data_address", "agent_address", "info")
+    __slots__ = ("switch_id", "data_address", "agent_address", "info", "parent_switch_id")
     SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AGENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     switch_id: str
     data_address: str
     agent_address: str
     info: SwitchInfo
-    def __init__(self, switch_id: _Optional[str] = ..., data_address: _Optional[str] = ..., agent_address: _Optional[str] = ..., info: _Optional[_Union[SwitchInfo, _Mapping]] = ...) -> None: ...
+    parent_switch_id: str
+    def __init__(self, switch_id: _Optional[str] = ..., data_address: _Optional[str] = ..., agent_address: _Optional[str] = ..., info: _Optional[_Union[SwitchInfo, _Mapping]] = ..., parent_switch_id: _Optional[str] = ...) -> None: ...
 
 class ListSwitchesRequest(_message.Message):
     __slots__ = ()
