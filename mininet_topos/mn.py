@@ -1,0 +1,206 @@
+"""The topologies in Mininet: ``Topo`` subclasses built from the topology data, and switch node classes
+for the Python switch and BMv2 (Mininet ``Switch`` subclasses that start the switch on the node's
+interfaces, wait until it is ready, and stop it by PID).
+
+    from mininet.net import Mininet
+    from mininet.link import TCLink
+    from mininet_topos.mn import TOPOS, PythonSwitch, start_network
+
+    net = start_network(TOPOS["leafspine"](leaves=2, hosts_per_leaf=2), switch=PythonSwitch, out_dir=...)
+
+Needs Mininet (``apt-get install mininet`` for ``mnexec``; the Python package is Debian's or PyPI's)
+and root. Every switch runs one static job (job 1) of all hosts, aggregated along the topology's tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mininet.node import Switch
+from mininet.topo import Topo
+
+from mininet_topos.topology import TOPOS as DATA_TOPOS
+from mininet_topos.topology import Topology
+
+__all__ = ["BMV2_WORKER_PORT", "TOPOS", "Bmv2Switch", "NetaggTopo", "PythonSwitch", "start_network"]
+
+
+class NetaggTopo(Topo):
+    """A Mininet topology from a :class:`Topology`: hosts with their addresses, switches with their
+    aggregation parameters as node options, links with their bandwidth/delay/loss (for TCLink).
+    ``elements`` per packet defaults to 256: Mininet's links have a 1,500-byte MTU, and a larger
+    datagram would be fragmented (a switch node aggregates whole datagrams only)."""
+
+    def build(self, topology: Topology, elements: int = 256) -> None:
+        self.topology = topology
+        total = len(topology.hosts)
+        for sw in topology.switches:
+            parent = topology.switch(sw.parent) if sw.parent else None
+            self.addSwitch(
+                sw.name,
+                agg_ip=sw.ip,
+                agg_mac=sw.mac,
+                agg_workers=len(topology.children(sw.name)),
+                agg_total=total,
+                agg_parent=f"{parent.ip}:47000" if parent else None,
+                agg_parent_worker=topology.children(parent.name).index(sw.name) if parent else 0,
+                agg_elements=elements,
+                agg_hosts=[(h.ip, h.mac) for h in topology.hosts],
+            )
+        for h in topology.hosts:
+            self.addHost(h.name, ip=f"{h.ip}/24", mac=h.mac)
+        for link in topology.links:
+            opts: dict[str, Any] = {}
+            if link.bandwidth_mbit:
+                opts["bw"] = link.bandwidth_mbit
+            if link.delay_ms:
+                opts["delay"] = f"{link.delay_ms}ms"
+            if link.loss_percent:
+                opts["loss"] = link.loss_percent
+            self.addLink(link.a, link.b, **opts)
+
+
+def _topo(name: str) -> type[NetaggTopo]:
+    builder = DATA_TOPOS[name]
+
+    class Named(NetaggTopo):
+        def build(self, *args: Any, elements: int = 256, **kw: Any) -> None:
+            super().build(builder(*args, **kw), elements=elements)
+
+    Named.__name__ = f"{name.capitalize()}Topo"
+    return Named
+
+
+#: Topology names -> Mininet Topo classes (the same names as mininet_topos.topology.TOPOS).
+TOPOS: dict[str, type[NetaggTopo]] = {name: _topo(name) for name in DATA_TOPOS}
+
+
+class PythonSwitch(Switch):
+    """The Python switch as a Mininet switch node: ``netagg switch --ethernet`` on the node's ports."""
+
+    def __init__(self, name: str, **params: Any) -> None:
+        self.agg = {k: params.pop(k) for k in list(params) if k.startswith("agg_")}
+        super().__init__(name, **params)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, controllers: Any) -> None:
+        ports = [intf.name for intf in self.intfList() if intf.name != "lo"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "netagg.cli",
+            "switch",
+            "--ethernet",
+            ",".join(ports),
+            "--ip",
+            self.agg["agg_ip"],
+            "--mac",
+            self.agg["agg_mac"],
+            "--workers",
+            str(self.agg["agg_workers"]),
+            "--total-workers",
+            str(self.agg["agg_total"]),
+            "--elements",
+            str(self.agg["agg_elements"]),
+        ]
+        if self.agg.get("agg_parent"):
+            cmd += ["--parent", self.agg["agg_parent"], "--parent-worker", str(self.agg["agg_parent_worker"])]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # ready once it prints its banner
+            line = self.proc.stdout.readline()
+            if line.startswith("netagg switch on "):
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        err = self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else ""
+        self.stop()
+        raise RuntimeError(f"{self.name}: the Python switch did not start: {err.strip()}")
+
+    def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        super().stop(deleteIntfs)
+
+
+#: The UDP port workers bind on their host when a BMv2 node serves their static job (a P4 switch needs
+#: its workers' addresses up front: `netagg allreduce --bind HOST_IP:41000`).
+BMV2_WORKER_PORT = 41000
+
+
+class Bmv2Switch(Switch):
+    """BMv2 ``simple_switch`` with netagg's P4 program as a Mininet switch node, for single-switch
+    topologies (the P4 program is no tree node yet). Its SwitchAgent runs in this process; the static
+    job is installed with the hosts' addresses (each worker binds ``BMV2_WORKER_PORT``)."""
+
+    def __init__(self, name: str, json_path: str = "build/p4/netagg.json", **params: Any) -> None:
+        self.agg = {k: params.pop(k) for k in list(params) if k.startswith("agg_")}
+        self.json_path = Path(json_path)
+        super().__init__(name, **params)
+        self.bmv2: Any = None
+
+    def start(self, controllers: Any) -> None:
+        from netagg.v1 import control_pb2 as pb
+        from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
+
+        if self.agg.get("agg_parent") or self.agg["agg_workers"] != self.agg["agg_total"]:
+            raise RuntimeError(f"{self.name}: BMv2 nodes serve single-switch topologies only (star)")
+        ports = {i + 1: intf.name for i, intf in enumerate(i for i in self.intfList() if i.name != "lo")}
+        self.bmv2 = Bmv2Process(self.json_path, ports)
+        # every host is reachable through the port its link leads towards (flooded until learned)
+        hosts = []
+        for port, intf_name in ports.items():
+            intf = self.intf(intf_name)
+            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+            node = peer.node
+            for ip, mac in self.agg["agg_hosts"]:
+                if getattr(node, "IP", lambda: None)() == ip:
+                    hosts.append(HostPort(ip, mac, port))
+        agent = Bmv2Agent(self.bmv2, self.agg["agg_ip"], self.agg["agg_mac"], hosts)
+        children = [f"{ip}:{BMV2_WORKER_PORT}" for ip, _ in self.agg["agg_hosts"]]
+
+        class _Ctx:
+            def abort(self, code: Any, details: str) -> None:
+                raise RuntimeError(details)
+
+        agent.InstallJob(
+            pb.InstallJobRequest(
+                wire_job_id=1,
+                workers=self.agg["agg_workers"],
+                total_workers=self.agg["agg_total"],
+                slots=128,
+                elements_per_packet=min(64, self.agg["agg_elements"]),
+                worker_addresses=children,
+            ),
+            _Ctx(),
+        )
+
+    def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)
+        if self.bmv2 is not None:
+            self.bmv2.stop()
+        super().stop(deleteIntfs)
+
+
+def start_network(
+    topo: NetaggTopo, *, switch: type[Switch] = PythonSwitch, out_dir: Path | None = None
+) -> Any:
+    """Build and start ``topo`` in Mininet with ``switch`` nodes and TC links; writes topology.json
+    into ``out_dir`` (default: the current folder). Returns the started ``Mininet``."""
+    from mininet.link import TCLink
+    from mininet.net import Mininet
+
+    topology: Topology = topo.topology
+    topology.write((out_dir or Path.cwd()) / "topology.json")
+    net = Mininet(topo=topo, switch=switch, link=TCLink, controller=None, autoSetMacs=False)
+    net.start()
+    return net
