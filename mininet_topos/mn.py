@@ -35,13 +35,25 @@ class NetaggTopo(Topo):
     ``elements`` per packet defaults to 256: Mininet's links have a 1,500-byte MTU, and a larger
     datagram would be fragmented (a switch node aggregates whole datagrams only)."""
 
-    def build(self, topology: Topology, elements: int = 256) -> None:
+    def build(
+        self, topology: Topology, elements: int = 256, bmv2: tuple[str, ...] = (), slots: int = 128
+    ) -> None:
+        """``bmv2``: names of switches to run as :class:`Bmv2Switch` (a root or single switch), the
+        others being :class:`PythonSwitch` unless the network says otherwise."""
         self.topology = topology
         total = len(topology.hosts)
+        hosts = {h.name: h for h in topology.hosts}
         for sw in topology.switches:
             parent = topology.switch(sw.parent) if sw.parent else None
+            children = [
+                (hosts[c].ip, BMV2_WORKER_PORT) if c in hosts else (topology.switch(c).ip, 47000)
+                for c in topology.children(sw.name)
+            ]
+            extra: dict[str, Any] = {"cls": Bmv2Switch} if sw.name in bmv2 else {}
             self.addSwitch(
                 sw.name,
+                agg_children=children,
+                **extra,
                 agg_ip=sw.ip,
                 agg_mac=sw.mac,
                 agg_workers=len(topology.children(sw.name)),
@@ -49,6 +61,7 @@ class NetaggTopo(Topo):
                 agg_parent=f"{parent.ip}:47000" if parent else None,
                 agg_parent_worker=topology.children(parent.name).index(sw.name) if parent else 0,
                 agg_elements=elements,
+                agg_slots=slots,
                 agg_hosts=[(h.ip, h.mac) for h in topology.hosts],
             )
         for h in topology.hosts:
@@ -68,8 +81,10 @@ def _topo(name: str) -> type[NetaggTopo]:
     builder = DATA_TOPOS[name]
 
     class Named(NetaggTopo):
-        def build(self, *args: Any, elements: int = 256, **kw: Any) -> None:
-            super().build(builder(*args, **kw), elements=elements)
+        def build(
+            self, *args: Any, elements: int = 256, bmv2: tuple[str, ...] = (), slots: int = 128, **kw: Any
+        ) -> None:
+            super().build(builder(*args, **kw), elements=elements, bmv2=bmv2, slots=slots)
 
     Named.__name__ = f"{name.capitalize()}Topo"
     return Named
@@ -106,6 +121,8 @@ class PythonSwitch(Switch):
             str(self.agg["agg_total"]),
             "--elements",
             str(self.agg["agg_elements"]),
+            "--slots",
+            str(self.agg["agg_slots"]),
         ]
         if self.agg.get("agg_parent"):
             cmd += ["--parent", self.agg["agg_parent"], "--parent-worker", str(self.agg["agg_parent_worker"])]
@@ -139,9 +156,10 @@ BMV2_WORKER_PORT = 41000
 
 
 class Bmv2Switch(Switch):
-    """BMv2 ``simple_switch`` with netagg's P4 program as a Mininet switch node, for single-switch
-    topologies (the P4 program is no tree node yet). Its SwitchAgent runs in this process; the static
-    job is installed with the hosts' addresses (each worker binds ``BMV2_WORKER_PORT``)."""
+    """BMv2 ``simple_switch`` with netagg's P4 program as a Mininet switch node: a single switch, or
+    the root of a tree whose other switches are :class:`PythonSwitch` nodes (the P4 program does not
+    forward to a parent). Its SwitchAgent runs in this process; the static job is installed with its
+    children's addresses: hosts' workers bind ``BMV2_WORKER_PORT``, Python switches send from 47000."""
 
     def __init__(self, name: str, json_path: str = "build/p4/netagg.json", **params: Any) -> None:
         self.agg = {k: params.pop(k) for k in list(params) if k.startswith("agg_")}
@@ -153,21 +171,26 @@ class Bmv2Switch(Switch):
         from netagg.v1 import control_pb2 as pb
         from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
 
-        if self.agg.get("agg_parent") or self.agg["agg_workers"] != self.agg["agg_total"]:
-            raise RuntimeError(f"{self.name}: BMv2 nodes serve single-switch topologies only (star)")
+        if self.agg.get("agg_parent"):
+            raise RuntimeError(
+                f"{self.name}: the P4 program cannot forward to a parent: use BMv2 as the root"
+            )
         ports = {i + 1: intf.name for i, intf in enumerate(i for i in self.intfList() if i.name != "lo")}
         self.bmv2 = Bmv2Process(self.json_path, ports)
-        # every host is reachable through the port its link leads towards (flooded until learned)
+        # its neighbours: hosts, and Python switch nodes (their aggregator addresses) for a tree
         hosts = []
         for port, intf_name in ports.items():
             intf = self.intf(intf_name)
-            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-            node = peer.node
-            for ip, mac in self.agg["agg_hosts"]:
-                if getattr(node, "IP", lambda: None)() == ip:
-                    hosts.append(HostPort(ip, mac, port))
+            peer = (intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1).node
+            agg = getattr(peer, "agg", None)
+            if agg is not None:
+                hosts.append(HostPort(agg["agg_ip"], agg["agg_mac"], port))
+            else:
+                for ip, mac in self.agg["agg_hosts"]:
+                    if peer.IP() == ip:
+                        hosts.append(HostPort(ip, mac, port))
         agent = Bmv2Agent(self.bmv2, self.agg["agg_ip"], self.agg["agg_mac"], hosts)
-        children = [f"{ip}:{BMV2_WORKER_PORT}" for ip, _ in self.agg["agg_hosts"]]
+        children = [f"{ip}:{port}" for ip, port in self.agg["agg_children"]]
 
         class _Ctx:
             def abort(self, code: Any, details: str) -> None:
@@ -178,8 +201,8 @@ class Bmv2Switch(Switch):
                 wire_job_id=1,
                 workers=self.agg["agg_workers"],
                 total_workers=self.agg["agg_total"],
-                slots=128,
-                elements_per_packet=min(64, self.agg["agg_elements"]),
+                slots=self.agg["agg_slots"],
+                elements_per_packet=self.agg["agg_elements"],
                 worker_addresses=children,
             ),
             _Ctx(),
