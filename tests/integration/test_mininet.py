@@ -1,7 +1,7 @@
 """The topologies in Mininet with the Python switch (and BMv2, where present) as switch nodes.
 
 Needs root, Mininet's Python package and its `mnexec` (apt-get install mininet); skips saying which is
-missing otherwise. Mininet is cleaned up before and after (`mn -c` semantics via mininet.clean)."""
+missing otherwise. Mininet's cleanup runs before each test (`mn -c` semantics via mininet.clean)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ pytestmark = [pytest.mark.mininet, pytest.mark.skipif(_why() is not None, reason
 
 @pytest.fixture(autouse=True)
 def clean() -> Iterator[None]:
+    """Mininet's cleanup first (leftovers of an earlier run; note that it also removes /tmp/*.log, as
+    `mn -c` does); each test stops its own network by PID in a finally."""
     from mininet.clean import cleanup
 
     cleanup()
     yield
-    cleanup()
 
 
 def _allreduce(net, size: int, extra: Callable[[Any], list[str]] | None = None) -> list[dict]:
