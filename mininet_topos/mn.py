@@ -14,6 +14,7 @@ and root. Every switch runs one static job (job 1) of all hosts, aggregated alon
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -156,10 +157,12 @@ BMV2_WORKER_PORT = 41000
 
 
 class Bmv2Switch(Switch):
-    """BMv2 ``simple_switch`` with netagg's P4 program as a Mininet switch node: a single switch, or
-    the root of a tree whose other switches are :class:`PythonSwitch` nodes (the P4 program does not
-    forward to a parent). Its SwitchAgent runs in this process; the static job is installed with its
-    children's addresses: hosts' workers bind ``BMV2_WORKER_PORT``, Python switches send from 47000."""
+    """BMv2 ``simple_switch`` with netagg's P4 program as a Mininet switch node: any node of a tree
+    (root, inner, leaf), next to other BMv2 or :class:`PythonSwitch` nodes. Its SwitchAgent runs in
+    this process; the static job is installed with its children's addresses (hosts' workers bind
+    ``BMV2_WORKER_PORT``; switches send from 47000) and its parent's."""
+
+    _devices = 0
 
     def __init__(self, name: str, json_path: str = "build/p4/netagg.json", **params: Any) -> None:
         self.agg = {k: params.pop(k) for k in list(params) if k.startswith("agg_")}
@@ -171,12 +174,11 @@ class Bmv2Switch(Switch):
         from netagg.v1 import control_pb2 as pb
         from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
 
-        if self.agg.get("agg_parent"):
-            raise RuntimeError(
-                f"{self.name}: the P4 program cannot forward to a parent: use BMv2 as the root"
-            )
         ports = {i + 1: intf.name for i, intf in enumerate(i for i in self.intfList() if i.name != "lo")}
-        self.bmv2 = Bmv2Process(self.json_path, ports)
+        Bmv2Switch._devices += 1  # each simple_switch needs its own device id (and notification socket)
+        self.bmv2 = Bmv2Process(
+            self.json_path, ports, device_id=os.getpid() % 1000 * 100 + Bmv2Switch._devices
+        )
         # its neighbours: hosts, and Python switch nodes (their aggregator addresses) for a tree
         hosts = []
         for port, intf_name in ports.items():
@@ -204,6 +206,8 @@ class Bmv2Switch(Switch):
                 slots=self.agg["agg_slots"],
                 elements_per_packet=self.agg["agg_elements"],
                 worker_addresses=children,
+                parent_address=self.agg.get("agg_parent") or "",
+                parent_worker_id=self.agg["agg_parent_worker"],
             ),
             _Ctx(),
         )

@@ -38,21 +38,29 @@ HOSTS = {
     "w0": ("10.99.0.1", 40000, "02:00:0a:63:00:01"),
     "w1": ("10.99.0.2", 40001, "02:00:0a:63:00:02"),
     "x": ("10.99.0.3", 40002, "02:00:0a:63:00:03"),
+    "p": ("10.99.0.4", 47000, "02:00:0a:63:00:04"),  # the parent switch, in the tree cases
 }
+PARENT_WORKER = 1
 
 
 @dataclass(frozen=True)
 class Send:
-    """One datagram (the UDP payload) from a host."""
+    """One datagram (the UDP payload) from a host; or a function of the incarnation this switch last
+    sent its parent in a JOIN (for the parent's JOIN_ACK in the tree cases)."""
 
     host: str
-    payload: bytes
+    payload: bytes | Callable[[int], bytes]
+
+    def data(self, incarnation: int) -> bytes:
+        return self.payload(incarnation) if callable(self.payload) else self.payload
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     sends: tuple[Send, ...]
+    tree: bool = False
+    """The switch is a leaf of a tree: its parent is host "p" (docs/protocol.md, "Aggregation trees")."""
 
 
 #: Per datagram: sorted (destination "IP:PORT", netagg bytes as hex); then the drop counters.
@@ -170,6 +178,50 @@ def _cases() -> list[Case]:
             ),
         ),
     ]
+    p = "p"
+
+    def parent_ack(epoch: int = 4) -> Callable[[int], bytes]:
+        return lambda inc: _n(type="JOIN_ACK", worker=PARENT_WORKER, epoch=epoch, seq=inc, bitmap=3)
+
+    def parent_result(slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050) -> bytes:
+        return _n(
+            type="RESULT",
+            worker=0xFFFF,
+            slot=slot,
+            set=seq & 1,
+            seq=seq,
+            epoch=epoch,
+            exp=exp,
+            values=values,
+            bitmap=3,
+        )
+
+    total = [(x + y + 1000 + 2**31) % 2**32 - 2**31 for x, y in zip(a, b, strict=True)]  # int32
+    cases += [
+        Case(
+            "tree: partial up, result down, repeats",
+            (
+                *_joined(),  # the round completes: JOIN_ACKs down and this switch's JOIN up
+                Send("w0", _contrib(0, 8, 0, a, exp=1030)),
+                Send(
+                    "w1", _contrib(1, 8, 0, b, exp=1040)
+                ),  # complete before the parent's ack: the JOIN again
+                Send(p, parent_ack()),
+                Send("w1", _contrib(1, 8, 0, b, exp=1040, flags="RETX")),  # now the partial goes up (RETX)
+                Send(p, parent_result(8, 0, total)),  # down to both workers with this switch's epoch
+                Send(p, parent_result(8, 0, total)),  # a duplicate: nothing
+                Send("w0", _contrib(0, 8, 0, a, exp=1030)),  # a repeat: the stored result, unicast
+                Send("w0", _contrib(0, 9, 0, a)),
+                Send("w1", _contrib(1, 9, 0, b)),  # complete: the partial goes up
+                Send(p, parent_result(9, 1, total)),  # wrong use: stale
+                Send(p, parent_result(9, 0, total, epoch=5)),  # wrong epoch: stale
+                Send(p, _n(type="PENDING", worker=PARENT_WORKER, slot=9, epoch=4, bitmap=1)),  # counted only
+                Send("x", parent_result(9, 0, total)),  # a RESULT from anyone else: bad_type
+                Send(p, parent_result(9, 0, total, exp=0xFFFF)),
+            ),
+            tree=True,
+        ),
+    ]
     return cases
 
 
@@ -177,7 +229,20 @@ CASES: list[Case] = _cases()
 
 
 def _outputs_key(outs: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
-    return sorted((dest, data.hex()) for dest, data in outs)
+    """Sorted (destination, hex); the random incarnation of a JOIN to the parent reads as 0."""
+    key = []
+    for dest, data in outs:
+        shown = data[:12] + b"\0\0\0\0" + data[16:] if len(data) >= 16 and data[1] == MsgType.JOIN else data
+        key.append((dest, shown.hex()))
+    return sorted(key)
+
+
+def _incarnation(outs: list[tuple[str, bytes]], last: int) -> int:
+    """The incarnation of this switch's latest JOIN to its parent among ``outs`` (else ``last``)."""
+    for _, data in outs:
+        if len(data) >= 16 and data[1] == MsgType.JOIN:
+            last = int.from_bytes(data[12:16], "big")
+    return last
 
 
 class PythonTarget:
@@ -193,15 +258,20 @@ class PythonTarget:
             elements=ELEMENTS,
             slot_base=SLOT_BASE,
             addresses=tuple((HOSTS[h][0], HOSTS[h][1]) for h in ("w0", "w1")),
+            total_workers=4 if case.tree else None,
+            parent=(HOSTS["p"][0], HOSTS["p"][1]) if case.tree else None,
+            parent_worker=PARENT_WORKER,
         )
         dp = Dataplane([cfg])
         per_send = []
+        incarnation = 0
         for send in case.sends:
             ip, port, _ = HOSTS[send.host]
             outs = []
-            for data, dests in dp.handle(send.payload, (ip, port)):
+            for data, dests in dp.handle(send.data(incarnation), (ip, port)):
                 payload = bytes(data.data if hasattr(data, "size") else data)  # type: ignore[union-attr]
                 outs += [(f"{d[0]}:{d[1]}", payload) for d in dests]
+            incarnation = _incarnation(outs, incarnation)
             per_send.append(_outputs_key(outs))
         drops = {k: int(v) for k, v in dp.drops.items() if v}
         return per_send, drops
@@ -294,14 +364,20 @@ class Bmv2Target:
                     elements_per_packet=ELEMENTS,
                     slot_base=SLOT_BASE,
                     worker_addresses=addresses,
+                    total_workers=4 if case.tree else 0,
+                    parent_address=f"{HOSTS['p'][0]}:{HOSTS['p'][1]}" if case.tree else "",
+                    parent_worker_id=PARENT_WORKER,
                 ),
                 ctx,
             )
             self._drain()
             per_send = []
+            incarnation = 0
             for send in case.sends:
-                self.socks[send.host].send(_frame(send.host, send.payload))
-                per_send.append(_outputs_key(self._collect(quiet, first_wait)))
+                self.socks[send.host].send(_frame(send.host, send.data(incarnation)))
+                outs = self._collect(quiet, first_wait)
+                incarnation = _incarnation(outs, incarnation)
+                per_send.append(_outputs_key(outs))
             counters = agent.GetCounters(pb.GetCountersRequest(), ctx)
             drops = {k: int(v) for k, v in counters.drops.items() if v}
             return per_send, drops

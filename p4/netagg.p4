@@ -7,6 +7,7 @@
  *   include/parser.p4   parser, deparser, checksum controls/aggregate.p4  slots, sets, accumulators
  *   include/state.p4    registers, counters        controls/reply.p4      reply building
  *   include/elements.p4 per-element unrolling      controls/forward.p4    L2 forwarding, ARP
+ *                                                  controls/parent.p4     aggregation trees
  *                                                  controls/egress.p4     per-replica rewrite
  * Build: make p4 (p4c-bm2-ss; output in build/p4/). */
 #include <core.p4>
@@ -19,6 +20,7 @@
 #include "controls/forward.p4"
 #include "controls/validate.p4"
 #include "controls/join.p4"
+#include "controls/parent.p4"
 #include "controls/aggregate.p4"
 #include "controls/egress.p4"
 
@@ -27,6 +29,7 @@ control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard
     Validate() validate;
     JoinBarrier() join;
     Aggregate() aggregate;
+    FromParent() from_parent;
 
     action set_switch_addr(mac_t mac, ip4_t ip) {
         meta.switch_mac = mac;
@@ -48,7 +51,9 @@ control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard
             events.count(EV_PACKETS_IN);
             validate.apply(hdr, meta, sm);
             if (meta.drop == 0) {
-                if (hdr.netagg.type == TYPE_JOIN) {
+                if (meta.upstream == 1) {
+                    from_parent.apply(hdr, meta, sm);
+                } else if (hdr.netagg.type == TYPE_JOIN) {
                     join.apply(hdr, meta, sm);
                 } else {
                     aggregate.apply(hdr, meta, sm);

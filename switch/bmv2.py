@@ -237,6 +237,8 @@ class _Job:
     workers: list[int] = field(default_factory=list)  # handles in the workers table
     replicas: list[int] = field(default_factory=list)  # handles in the replicas table
     nodes: list[int] = field(default_factory=list)  # multicast node handles
+    parent_entries: list[tuple[str, int]] = field(default_factory=list)  # (table, handle)
+    parent_node: int | None = None
 
 
 _HANDLE = re.compile(r"handle (\d+)")
@@ -370,10 +372,13 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
             )
         if cfg.multicast is not None:
             raise ValueError("multicast_group must be empty: the P4 switch replicates results itself")
+        parent_host = None
         if cfg.parent is not None:
-            raise ValueError(
-                "parent_address: this P4 program cannot forward to a parent (a root or single switch only)"
-            )
+            parent_host = self.hosts.get(cfg.parent[0])
+            if parent_host is None:
+                raise ValueError(
+                    f"parent_address: no host or switch with IP {cfg.parent[0]} is attached here"
+                )
         lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
         for other in self._jobs.values():
             olo, ohi = other.cfg.slot_base, other.cfg.slot_base + other.cfg.slots
@@ -400,6 +405,24 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         )
         job = _Job(cfg, index, _handle(outs[4]))
         self._jobs[cfg.job_id] = job
+        if cfg.parent is not None and parent_host is not None:
+            ip, udp_port = cfg.parent
+            rid = self.constants["PARENT_RID"]
+            outs = self.switch.cli(
+                [
+                    f"table_add {self._n('parents')} {self._n('set_parent')} {index} => "
+                    f"{parent_host.mac} {ip} {udp_port} {parent_host.port} {cfg.parent_worker}",
+                    f"table_add {self._n('parent_replicas')} {self._n('to_parent')} {group} => "
+                    f"{parent_host.mac} {ip} {udp_port} {cfg.parent_worker}",
+                    f"mc_node_create {rid} {parent_host.port}",
+                ]
+            )
+            job.parent_entries = [
+                (self._n("parents"), _handle(outs[0])),
+                (self._n("parent_replicas"), _handle(outs[1])),
+            ]
+            job.parent_node = _handle(outs[2])
+            self.switch.cli([f"mc_node_associate {group} {job.parent_node}"])
         if cfg.addresses is not None:
             self._set_workers(job, cfg.addresses)
 
@@ -454,6 +477,7 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
                 raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
             addresses = tuple(_address(a) for a in r.worker_addresses) or None
             group = _address(r.multicast_group) if r.multicast_group else None
+            parent = _address(r.parent_address) if r.parent_address else None
             cfg = JobConfig(
                 job_id=r.wire_job_id,
                 workers=r.workers,
@@ -463,6 +487,8 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
                 total_workers=r.total_workers or None,
                 addresses=addresses,
                 multicast=group,
+                parent=parent,
+                parent_worker=r.parent_worker_id,
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -7,6 +7,7 @@
 #include "../include/elements.p4"
 #include "../include/state.p4"
 #include "reply.p4"
+#include "parent.p4"
 
 /* Per element k: the first contribution of a use is stored as it is; later ones are added (int32,
  * wrapping), and the one that completes the use also carries the sum out as the RESULT's payload.
@@ -33,6 +34,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
     ToSender() to_sender;
     ToJob() to_job;
     NoPayload() no_payload;
+    ToParent() to_parent;
 
     action store_first() {
         FOR_EACH_ELEMENT(STORE_FIRST)
@@ -63,6 +65,8 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         bit<32> bitmap;
         bit<16> nelem;
         bit<16> expmax;
+        bit<8> ready;
+        reg_ready.read(ready, cell);
         reg_seq.read(cur, cell);
         reg_seq_tag.read(tag, cell);
         reg_bitmap.read(bitmap, cell);
@@ -77,9 +81,11 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
             bitmap = 0;
             nelem = hdr.netagg.count;
             expmax = 0;
+            ready = 0;
             reg_seq.write(cell, cur);
             reg_seq_tag.write(cell, tag);
             reg_nelem.write(cell, nelem);
+            reg_ready.write(cell, 0);
         } else if (diff != 0) {
             meta.drop = 1;
             meta.drop_reason = DROP_STALE_SEQ;
@@ -90,12 +96,20 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         if (meta.drop == 0) {
             if ((bitmap & meta.wbit) != 0) {
                 events.count(EV_REPEATS);
-                to_sender.apply(hdr, sm);
-                if (bitmap == meta.full) {
+                if (bitmap == meta.full && ready == 0) {
+                    /* A tree: the partial went up and the parent's RESULT has not come back (one of
+                     * the two was lost): the worker's retransmission makes this switch send it again. */
+                    stored_result();
+                    to_parent.apply(hdr, sm, FLAG_RETX, expmax, meta.job_index, meta.parent_joined, meta.parent_epoch,
+                                    meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                    meta.parent_port, meta.switch_mac, meta.switch_ip);
+                } else if (bitmap == meta.full) {
+                    to_sender.apply(hdr, sm);
                     events.count(EV_RESULTS_RESENT);
                     stored_result();
                     reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap);
                 } else {
+                    to_sender.apply(hdr, sm);
                     events.count(EV_PENDING_SENT);
                     no_payload.apply(hdr);
                     reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap);
@@ -121,8 +135,14 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 events.count(EV_CONTRIBUTIONS);
                 if (bitmap != meta.full) {
                     mark_to_drop(sm);  /* absorbed: nothing to send yet */
+                } else if (meta.has_parent == 1) {
+                    events.count(EV_COMPLETIONS);
+                    to_parent.apply(hdr, sm, 0, expmax, meta.job_index, meta.parent_joined, meta.parent_epoch,
+                                    meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                    meta.parent_port, meta.switch_mac, meta.switch_ip);
                 } else {
                     events.count(EV_COMPLETIONS);
+                    reg_ready.write(cell, 1);
                     hdr.netagg.worker = 0xFFFF;
                     reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, bitmap);
                     to_job.apply(meta.job_index, sm);

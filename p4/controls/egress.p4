@@ -5,12 +5,30 @@
 
 #include "../include/headers.p4"
 #include "../include/state.p4"
+#include "../include/elements.p4"
+#include "reply.p4"
 
 control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
     action to_worker(mac_t mac, ip4_t ip, bit<16> port) {
         hdr.ethernet.dst = mac;
         hdr.ipv4.dst = ip;
         hdr.udp.dst_port = port;
+    }
+
+    action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker) {
+        hdr.ethernet.dst = mac;
+        hdr.ipv4.dst = ip;
+        hdr.udp.dst_port = port;
+        meta.to_parent = 1;
+        meta.parent_worker = parent_worker;
+    }
+
+    /* (job group, PARENT_RID) -> the parent's addresses and this switch's worker id there. */
+    table parent_replicas {
+        key = { sm.mcast_grp: exact; }
+        actions = { to_parent; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_MAX_JOBS;
     }
 
     /* (job group, replica id = worker + 1) -> the worker's addresses. */
@@ -24,6 +42,25 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
     apply {
         if (sm.mcast_grp == FLOOD_GROUP && sm.egress_port == sm.ingress_port) {
             mark_to_drop(sm);
+        } else if (sm.mcast_grp >= JOB_GROUP_BASE && sm.egress_rid == PARENT_RID) {
+            parent_replicas.apply();
+            if (meta.to_parent == 1 && hdr.netagg.type == TYPE_JOIN_ACK) {
+                /* the round just completed here: this switch's JOIN at its parent */
+                bit<32> incarnation;
+                reg_parent_inc.read(incarnation, (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE));
+                FOR_EACH_ELEMENT(CLEAR_ELEMENT)
+                hdr.netagg.type = TYPE_JOIN;
+                hdr.netagg.epoch = 0;
+                hdr.netagg.worker = meta.parent_worker;
+                hdr.netagg.count = 0;
+                hdr.netagg.seq = incarnation;
+                hdr.netagg.bitmap = 0;
+                hdr.udp.length = 8 + NETAGG_HEADER_BYTES;
+                hdr.ipv4.total_len = 20 + hdr.udp.length;
+                events.count(EV_PARENT_JOINS_SENT);
+            } else {
+                mark_to_drop(sm);  /* results are not sent up this way */
+            }
         } else if (sm.mcast_grp >= JOB_GROUP_BASE) {
             replicas.apply();
             if (hdr.netagg.type == TYPE_JOIN_ACK) {

@@ -91,6 +91,12 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 reg_epoch_tag.write(job, clock);
                 meta.epoch = meta.epoch + 1;
                 reg_epoch.write(job, meta.epoch);
+                /* a new round here is a new round of this switch at its parent (if it has one): the
+                 * JOIN_ACKs' replica for the parent becomes that JOIN in the egress */
+                bit<32> parent_incarnation;
+                random(parent_incarnation, 1, 0xFFFFFFFF);
+                reg_parent_inc.write(job, parent_incarnation);
+                reg_parent_joined.write(job, 0);
                 joined = 1;
                 events.count(EV_EPOCHS);
                 ack_payload();

@@ -37,6 +37,23 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         meta.worker_port = port;
     }
 
+    action set_parent(mac_t mac, ip4_t ip, bit<16> udp_port, bit<9> port, bit<16> parent_worker) {
+        meta.has_parent = 1;
+        meta.parent_mac = mac;
+        meta.parent_ip = ip;
+        meta.parent_udp_port = udp_port;
+        meta.parent_port = port;
+        meta.parent_worker = parent_worker;
+    }
+
+    /* job index -> its parent switch in an aggregation tree (no entry: a root or single switch). */
+    table parents {
+        key = { meta.job_index: exact; }
+        actions = { set_parent; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_MAX_JOBS;
+    }
+
     /* (job, worker id) -> the only address the worker's packets are accepted from. */
     table workers {
         key = { meta.job_index: exact; hdr.netagg.worker: exact; }
@@ -49,24 +66,39 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         /* Fast path first: one condition for a well-formed header and one for an acceptable
          * contribution (BMv2 pays per condition node); only on failure does a chain name the first
          * check that failed, in the order of docs/protocol.md. */
-        bool header_ok = hdr.netagg.isValid() && hdr.netagg.version == NETAGG_VERSION
-            && hdr.netagg.reserved == 0 && meta.length_diff == 0
-            && (hdr.netagg.type == TYPE_CONTRIB || hdr.netagg.type == TYPE_JOIN);
-        if (!header_ok) {
+        bool basic_ok = hdr.netagg.isValid() && hdr.netagg.version == NETAGG_VERSION
+            && hdr.netagg.reserved == 0 && meta.length_diff == 0;
+        bool to_switch = hdr.netagg.type == TYPE_CONTRIB || hdr.netagg.type == TYPE_JOIN;
+        if (!basic_ok) {
             if (!hdr.netagg.isValid()) {
                 reject(DROP_TRUNCATED);
             } else if (hdr.netagg.version != NETAGG_VERSION) {
                 reject(DROP_BAD_VERSION);
             } else if (hdr.netagg.reserved != 0) {
                 reject(DROP_BAD_RESERVED);
-            } else if (meta.length_diff != 0) {
-                reject(DROP_BAD_LENGTH);
             } else {
-                reject(DROP_BAD_TYPE);
+                reject(DROP_BAD_LENGTH);
             }
         } else {
+            /* (each table is applied once: BMv2 wants one successor per table) */
             jobs.apply();
-            if (meta.job_found == 0) {
+            if (meta.job_found == 1) {
+                parents.apply();
+                reg_epoch.read(meta.epoch, (bit<32>)meta.job_index);
+                reg_epoch_tag.read(meta.epoch_tag, (bit<32>)meta.job_index);
+                reg_parent_epoch.read(meta.parent_epoch, (bit<32>)meta.job_index);
+                reg_parent_joined.read(meta.parent_joined, (bit<32>)meta.job_index);
+            }
+            if (!to_switch) {
+                /* Only a job's parent sends this switch anything else (docs/protocol.md,
+                 * "Aggregation trees"): its JOIN_ACK, PENDING and RESULTs. */
+                if (meta.has_parent == 1 && hdr.ipv4.src == meta.parent_ip
+                        && hdr.udp.src_port == meta.parent_udp_port) {
+                    meta.upstream = 1;
+                } else {
+                    reject(DROP_BAD_TYPE);
+                }
+            } else if (meta.job_found == 0) {
                 reject(DROP_UNKNOWN_JOB);
             } else if (hdr.netagg.worker >= meta.workers) {
                 reject(DROP_BAD_WORKER);
@@ -74,8 +106,6 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 workers.apply();
                 meta.wbit = 32w1 << (bit<8>)hdr.netagg.worker;
                 bit<8> joined;
-                reg_epoch.read(meta.epoch, (bit<32>)meta.job_index);
-                reg_epoch_tag.read(meta.epoch_tag, (bit<32>)meta.job_index);
                 reg_joined.read(joined, (bit<32>)meta.job_index);
                 bool from_worker = meta.worker_found == 1 && hdr.ipv4.src == meta.worker_ip
                     && hdr.udp.src_port == meta.worker_port;

@@ -44,7 +44,10 @@
  * 2 s in microseconds (ingress_global_timestamp's unit on BMv2). */
 #define JOIN_REFRESH_US 2000000
 
-/* Multicast groups: 1 floods ordinary broadcast traffic; job j's results go to group JOB_GROUP_BASE + j. */
+/* Multicast groups: 1 floods ordinary broadcast traffic; job j's results go to group JOB_GROUP_BASE + j.
+ * In a tree, that group also has a node for the parent (replica id PARENT_RID): a JOIN_ACK round's
+ * replica there becomes this switch's JOIN at its parent; results are not sent up that way. */
+#define PARENT_RID 65535
 #define FLOOD_GROUP 1
 #define JOB_GROUP_BASE 256
 
@@ -78,6 +81,11 @@
 #define EV_EPOCHS 8
 #define EV_JOIN_EXPIRED 9
 #define EV_PACKETS_OUT 10
-#define NUM_EVENTS 11
+#define EV_FROM_PARENT 11
+#define EV_PARTIALS_SENT 12
+#define EV_PARTIALS_RESENT 13
+#define EV_PARENT_STALE 14
+#define EV_PARENT_JOINS_SENT 15
+#define NUM_EVENTS 16
 
 #endif

@@ -95,6 +95,17 @@ struct metadata_t {
     bit<16> elements;      /* the job's elements per packet (<= NETAGG_ELEMENTS) */
     bit<8> epoch;
     bit<32> epoch_tag;
+    /* a tree: the job's parent switch (from the parents table) and this switch's state there */
+    bit<1> has_parent;
+    mac_t parent_mac;
+    ip4_t parent_ip;
+    bit<16> parent_udp_port;
+    bit<9> parent_port;
+    bit<16> parent_worker;
+    bit<8> parent_epoch;
+    bit<8> parent_joined;
+    bit<1> upstream;       /* a JOIN_ACK, PENDING or RESULT from the parent */
+    bit<1> to_parent;      /* egress: this replica goes to the parent */
     /* the sender's configured address, from the worker table */
     bit<1> worker_found;
     ip4_t worker_ip;

@@ -15,6 +15,10 @@ register<bit<8>>(NETAGG_MAX_JOBS) reg_epoch;        /* the job's epoch on the wi
  * of the job is reset" at a new epoch without touching every slot. */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_epoch_tag;
 register<bit<32>>(1) reg_round_clock;
+/* A tree: this switch's incarnation, epoch and JOIN state at the job's parent. */
+register<bit<32>>(NETAGG_MAX_JOBS) reg_parent_inc;
+register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_epoch;
+register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_joined;
 
 /* Per job and worker (index = job_index * 32 + worker). */
 register<bit<32>>(NETAGG_JOB_WORKERS) reg_incarnation;
@@ -26,6 +30,7 @@ register<bit<32>>(NETAGG_SLOT_SETS) reg_seq_tag;    /* reg_epoch_tag of the job 
 register<bit<32>>(NETAGG_SLOT_SETS) reg_bitmap;     /* contributors so far */
 register<bit<16>>(NETAGG_SLOT_SETS) reg_nelem;      /* the use's count */
 register<bit<16>>(NETAGG_SLOT_SETS) reg_expmax;     /* maximum exponent proposal */
+register<bit<8>>(NETAGG_SLOT_SETS) reg_ready;       /* the use's RESULT is known (here or from the parent) */
 /* Accumulators: one register array per element k of a packet, indexed by slot set (2 * slot + set).
  * Holds the sum once the use is complete, which is also the stored result sent again to a worker that
  * repeats. (One array per element rather than one big one: no index arithmetic per element, which

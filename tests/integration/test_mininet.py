@@ -115,20 +115,25 @@ def test_bmv2_switch_in_mininet(tmp_path: Path) -> None:
         net.stop()
 
 
-def test_mixed_tree_bmv2_spine_python_leaves(tmp_path: Path) -> None:
-    """A leaf-spine whose spine is BMv2 (the root) and whose leaves are Python switches: the leaves'
-    partial sums are added by the P4 program."""
+@pytest.mark.parametrize(
+    "bmv2",
+    [("spine1",), ("leaf1", "leaf2"), ("spine1", "leaf1", "leaf2")],
+    ids=["bmv2-spine", "bmv2-leaves", "all-bmv2"],
+)
+def test_leafspine_with_bmv2(bmv2: tuple[str, ...], tmp_path: Path) -> None:
+    """Leaf-spine 2 x 2 with BMv2 switches, alone or mixed with Python ones: exact."""
     from switch.bmv2 import compile_p4, find_binary
 
     if find_binary("simple_switch") is None or find_binary("p4c-bm2-ss") is None:
         pytest.skip("p4c-bm2-ss and simple_switch not found (on PATH or in $NETAGG_P4_PREFIX/bin)")
     root = Path(__file__).resolve().parents[2]
     compile_p4(root / "p4" / "netagg.p4", root / "build" / "p4")
-    topo = TOPOS["leafspine"](leaves=2, hosts_per_leaf=2, elements=64, bmv2=("spine1",))
+    topo = TOPOS["leafspine"](leaves=2, hosts_per_leaf=2, elements=64, bmv2=bmv2)
     net = start_network(topo, switch=PythonSwitch, out_dir=tmp_path)
+    bind = (lambda h: ["--bind", f"{h.ip}:41000"]) if "leaf1" in bmv2 else None
     try:
         assert net.pingAll(timeout=3) == 0.0
-        for res in _allreduce(net, 30_000):
+        for res in _allreduce(net, 30_000, extra=bind):
             assert res["check"]["ok"], res
     finally:
         net.stop()

@@ -1,0 +1,122 @@
+/* Aggregation trees (docs/protocol.md, "Aggregation trees"): a complete use's partial sum goes up to
+ * the parent as this switch's contribution (or, before the parent has acknowledged this switch's JOIN,
+ * the JOIN again); the parent's JOIN_ACK, PENDING and RESULTs come down here. */
+#ifndef NETAGG_PARENT_P4
+#define NETAGG_PARENT_P4
+
+#include "../include/headers.p4"
+#include "../include/elements.p4"
+#include "../include/state.p4"
+#include "reply.p4"
+
+#define STORE_RESULT(k) reg_acc_##k.write(meta.cell, hdr.elems[k].v);
+
+/* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
+ * valid elements), or a JOIN. */
+control ToParent(inout headers_t hdr, inout standard_metadata_t sm, in bit<8> flags, in bit<16> expmax,
+                 in bit<8> job_index, in bit<8> parent_joined, in bit<8> parent_epoch,
+                 in bit<16> parent_worker, in mac_t parent_mac, in ip4_t parent_ip,
+                 in bit<16> parent_udp_port, in bit<9> parent_port, in mac_t switch_mac,
+                 in ip4_t switch_ip) {
+    NoPayload() no_payload;
+
+    apply {
+        if (parent_joined == 1) {
+            hdr.netagg.type = TYPE_CONTRIB;
+            hdr.netagg.flags = flags;
+            hdr.netagg.epoch = parent_epoch;
+            hdr.netagg.exp = expmax;
+            hdr.netagg.bitmap = 0;
+            if (flags == 0) {
+                events.count(EV_PARTIALS_SENT);
+            } else {
+                events.count(EV_PARTIALS_RESENT);
+            }
+        } else {
+            bit<32> incarnation;
+            reg_parent_inc.read(incarnation, (bit<32>)job_index);
+            no_payload.apply(hdr);
+            hdr.netagg.type = TYPE_JOIN;
+            hdr.netagg.flags = 0;
+            hdr.netagg.epoch = 0;
+            hdr.netagg.slot = 0;
+            hdr.netagg.set = 0;
+            hdr.netagg.count = 0;
+            hdr.netagg.seq = incarnation;
+            hdr.netagg.exp = 0;
+            hdr.netagg.bitmap = 0;
+            events.count(EV_PARENT_JOINS_SENT);
+        }
+        hdr.netagg.worker = parent_worker;
+        hdr.netagg.reserved = 0;
+        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (hdr.netagg.count << 2);
+        hdr.udp.checksum = 0;
+        hdr.ipv4.total_len = 20 + hdr.udp.length;
+        hdr.ipv4.ttl = 64;
+        hdr.ipv4.src = switch_ip;
+        hdr.ipv4.dst = parent_ip;
+        hdr.udp.src_port = NETAGG_PORT;
+        hdr.udp.dst_port = parent_udp_port;
+        hdr.ethernet.src = switch_mac;
+        hdr.ethernet.dst = parent_mac;
+        sm.egress_spec = parent_port;
+    }
+}
+
+/* A JOIN_ACK, PENDING or RESULT from the parent. */
+control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
+    ReplyHeader() reply_header;
+    ToJob() to_job;
+
+    action store_result() {
+        FOR_EACH_ELEMENT(STORE_RESULT)
+    }
+
+    apply {
+        bit<32> job = (bit<32>)meta.job_index;
+        events.count(EV_FROM_PARENT);
+        bool down = false;
+        if (hdr.netagg.type == TYPE_JOIN_ACK) {
+            bit<32> incarnation;
+            reg_parent_inc.read(incarnation, job);
+            if (hdr.netagg.seq == incarnation) {
+                reg_parent_epoch.write(job, hdr.netagg.epoch);
+                reg_parent_joined.write(job, 1);
+            }
+        } else if (hdr.netagg.type == TYPE_RESULT) {
+            bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
+            meta.cell = cell;
+            bit<32> cur;
+            bit<32> tag;
+            bit<32> bitmap;
+            bit<16> nelem;
+            bit<8> ready;
+            reg_seq.read(cur, cell);
+            reg_seq_tag.read(tag, cell);
+            reg_bitmap.read(bitmap, cell);
+            reg_nelem.read(nelem, cell);
+            reg_ready.read(ready, cell);
+            bool slot_ok = hdr.netagg.slot >= meta.slot_base
+                && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
+            if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok
+                    && tag == meta.epoch_tag && cur == hdr.netagg.seq && nelem == hdr.netagg.count
+                    && bitmap == meta.full && ready == 0) {
+                down = true;
+                reg_ready.write(cell, 1);
+                reg_expmax.write(cell, hdr.netagg.exp);  /* the tree's maximum, for repeats */
+                store_result();
+                hdr.netagg.worker = 0xFFFF;
+                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
+                                   hdr.netagg.count, hdr.netagg.exp, meta.full);
+                to_job.apply(meta.job_index, sm);
+            } else {
+                events.count(EV_PARENT_STALE);
+            }
+        }
+        if (!down) {
+            mark_to_drop(sm);  /* only a RESULT goes on (down to the workers) */
+        }
+    }
+}
+
+#endif
