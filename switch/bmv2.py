@@ -391,37 +391,36 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         total = cfg.total_workers if cfg.total_workers is not None else cfg.workers
         full = (1 << cfg.workers) - 1
         group = self.constants["JOB_GROUP_BASE"] + index
+        parent = "0 00:00:00:00:00:00 0.0.0.0 0 0 0"  # no parent
+        if cfg.parent is not None and parent_host is not None:
+            parent = (
+                f"1 {parent_host.mac} {cfg.parent[0]} {cfg.parent[1]} {parent_host.port} {cfg.parent_worker}"
+            )
         outs = self.switch.cli(
             [
                 f"register_write reg_joined {index} 0",
                 f"register_write reg_members {index} 0",
                 f"register_write reg_epoch {index} 0",
                 f"register_write reg_epoch_tag {index} 0",
+                f"register_write reg_parent_joined {index} 0",
                 f"table_add {self._n('jobs')} {self._n('set_job')} {cfg.job_id} => {index} {cfg.slot_base} "
-                f"{cfg.slots} {cfg.workers} "
-                f"{full} {total} {cfg.elements}",
+                f"{cfg.slots} {cfg.workers} {full} {total} {cfg.elements} {parent}",
                 f"mc_mgrp_create {group}",
             ]
         )
-        job = _Job(cfg, index, _handle(outs[4]))
+        job = _Job(cfg, index, _handle(outs[5]))
         self._jobs[cfg.job_id] = job
         if cfg.parent is not None and parent_host is not None:
             ip, udp_port = cfg.parent
-            rid = self.constants["PARENT_RID"]
             outs = self.switch.cli(
                 [
-                    f"table_add {self._n('parents')} {self._n('set_parent')} {index} => "
-                    f"{parent_host.mac} {ip} {udp_port} {parent_host.port} {cfg.parent_worker}",
                     f"table_add {self._n('parent_replicas')} {self._n('to_parent')} {group} => "
                     f"{parent_host.mac} {ip} {udp_port} {cfg.parent_worker}",
-                    f"mc_node_create {rid} {parent_host.port}",
+                    f"mc_node_create {self.constants['PARENT_RID']} {parent_host.port}",
                 ]
             )
-            job.parent_entries = [
-                (self._n("parents"), _handle(outs[0])),
-                (self._n("parent_replicas"), _handle(outs[1])),
-            ]
-            job.parent_node = _handle(outs[2])
+            job.parent_entries = [(self._n("parent_replicas"), _handle(outs[0]))]
+            job.parent_node = _handle(outs[1])
             self.switch.cli([f"mc_node_associate {group} {job.parent_node}"])
         if cfg.addresses is not None:
             self._set_workers(job, cfg.addresses)
@@ -431,9 +430,14 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         if job is None:
             raise KeyError(f"job {job_id} is not installed")
         self._clear_workers(job)
-        self.switch.cli(
-            [f"table_delete {self._n('jobs')} {job.job_handle}", f"mc_mgrp_destroy {self._group(job)}"]
-        )
+        cmds = [f"table_delete {table} {handle}" for table, handle in job.parent_entries]
+        if job.parent_node is not None:
+            cmds += [
+                f"mc_node_dissociate {self._group(job)} {job.parent_node}",
+                f"mc_node_destroy {job.parent_node}",
+            ]
+        cmds += [f"table_delete {self._n('jobs')} {job.job_handle}", f"mc_mgrp_destroy {self._group(job)}"]
+        self.switch.cli(cmds)
 
     def _counters(self, reset: bool) -> pb.Counters:
         reads = [f"counter_read drops {i}" for i in sorted(self.drop_names)]

@@ -65,8 +65,6 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         bit<32> bitmap;
         bit<16> nelem;
         bit<16> expmax;
-        bit<8> ready;
-        reg_ready.read(ready, cell);
         reg_seq.read(cur, cell);
         reg_seq_tag.read(tag, cell);
         reg_bitmap.read(bitmap, cell);
@@ -81,7 +79,6 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
             bitmap = 0;
             nelem = hdr.netagg.count;
             expmax = 0;
-            ready = 0;
             reg_seq.write(cell, cur);
             reg_seq_tag.write(cell, tag);
             reg_nelem.write(cell, nelem);
@@ -96,12 +93,13 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         if (meta.drop == 0) {
             if ((bitmap & meta.wbit) != 0) {
                 events.count(EV_REPEATS);
+                bit<8> ready;
+                reg_ready.read(ready, cell);
                 if (bitmap == meta.full && ready == 0) {
                     /* A tree: the partial went up and the parent's RESULT has not come back (one of
                      * the two was lost): the worker's retransmission makes this switch send it again. */
                     stored_result();
-                    to_parent.apply(hdr, sm, FLAG_RETX, expmax, meta.job_index, meta.parent_joined, meta.parent_epoch,
-                                    meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                    to_parent.apply(hdr, sm, FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                     meta.parent_port, meta.switch_mac, meta.switch_ip);
                 } else if (bitmap == meta.full) {
                     to_sender.apply(hdr, sm);
@@ -137,8 +135,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     mark_to_drop(sm);  /* absorbed: nothing to send yet */
                 } else if (meta.has_parent == 1) {
                     events.count(EV_COMPLETIONS);
-                    to_parent.apply(hdr, sm, 0, expmax, meta.job_index, meta.parent_joined, meta.parent_epoch,
-                                    meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                    to_parent.apply(hdr, sm, 0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                     meta.parent_port, meta.switch_mac, meta.switch_ip);
                 } else {
                     events.count(EV_COMPLETIONS);

@@ -14,13 +14,16 @@
 /* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
  * valid elements), or a JOIN. */
 control ToParent(inout headers_t hdr, inout standard_metadata_t sm, in bit<8> flags, in bit<16> expmax,
-                 in bit<8> job_index, in bit<8> parent_joined, in bit<8> parent_epoch,
-                 in bit<16> parent_worker, in mac_t parent_mac, in ip4_t parent_ip,
+                 in bit<8> job_index, in bit<16> parent_worker, in mac_t parent_mac, in ip4_t parent_ip,
                  in bit<16> parent_udp_port, in bit<9> parent_port, in mac_t switch_mac,
                  in ip4_t switch_ip) {
     NoPayload() no_payload;
 
     apply {
+        bit<8> parent_joined;
+        bit<8> parent_epoch;
+        reg_parent_joined.read(parent_joined, (bit<32>)job_index);
+        reg_parent_epoch.read(parent_epoch, (bit<32>)job_index);
         if (parent_joined == 1) {
             hdr.netagg.type = TYPE_CONTRIB;
             hdr.netagg.flags = flags;
@@ -74,6 +77,8 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
 
     apply {
         bit<32> job = (bit<32>)meta.job_index;
+        reg_parent_epoch.read(meta.parent_epoch, job);
+        reg_parent_joined.read(meta.parent_joined, job);
         events.count(EV_FROM_PARENT);
         bool down = false;
         if (hdr.netagg.type == TYPE_JOIN_ACK) {

@@ -11,9 +11,18 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         meta.drop_reason = reason;
     }
 
+    /* A job; in a tree also its parent (has_parent 1: the parent's MAC, IP, UDP port, the port it is
+     * behind, and this switch's worker id there). One table, so a packet pays one lookup. */
     action set_job(bit<8> job_index, bit<15> slot_base, bit<16> slots, bit<16> workers, bit<32> full,
-                   bit<32> total_workers, bit<16> elements) {
+                   bit<32> total_workers, bit<16> elements, bit<1> has_parent, mac_t parent_mac,
+                   ip4_t parent_ip, bit<16> parent_udp_port, bit<9> parent_port, bit<16> parent_worker) {
         meta.job_found = 1;
+        meta.has_parent = has_parent;
+        meta.parent_mac = parent_mac;
+        meta.parent_ip = parent_ip;
+        meta.parent_udp_port = parent_udp_port;
+        meta.parent_port = parent_port;
+        meta.parent_worker = parent_worker;
         meta.job_index = job_index;
         meta.slot_base = slot_base;
         meta.slots = slots;
@@ -35,23 +44,6 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         meta.worker_found = 1;
         meta.worker_ip = ip;
         meta.worker_port = port;
-    }
-
-    action set_parent(mac_t mac, ip4_t ip, bit<16> udp_port, bit<9> port, bit<16> parent_worker) {
-        meta.has_parent = 1;
-        meta.parent_mac = mac;
-        meta.parent_ip = ip;
-        meta.parent_udp_port = udp_port;
-        meta.parent_port = port;
-        meta.parent_worker = parent_worker;
-    }
-
-    /* job index -> its parent switch in an aggregation tree (no entry: a root or single switch). */
-    table parents {
-        key = { meta.job_index: exact; }
-        actions = { set_parent; NoAction; }
-        default_action = NoAction();
-        size = NETAGG_MAX_JOBS;
     }
 
     /* (job, worker id) -> the only address the worker's packets are accepted from. */
@@ -83,11 +75,8 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             /* (each table is applied once: BMv2 wants one successor per table) */
             jobs.apply();
             if (meta.job_found == 1) {
-                parents.apply();
                 reg_epoch.read(meta.epoch, (bit<32>)meta.job_index);
                 reg_epoch_tag.read(meta.epoch_tag, (bit<32>)meta.job_index);
-                reg_parent_epoch.read(meta.parent_epoch, (bit<32>)meta.job_index);
-                reg_parent_joined.read(meta.parent_joined, (bit<32>)meta.job_index);
             }
             if (!to_switch) {
                 /* Only a job's parent sends this switch anything else (docs/protocol.md,
