@@ -30,7 +30,7 @@ JOB = 5
 WORKERS = 2
 SLOT_BASE = 8
 SLOTS = 4
-ELEMENTS = 8
+ELEMENTS = 64  # the P4 program's compiled N: full packets take its one-field path
 SWITCH_IP = "10.99.0.254"
 SWITCH_MAC = "02:00:0a:63:00:fe"
 #: name -> (IP, UDP port, MAC): the job's two workers and a host outside the job.
@@ -89,6 +89,11 @@ def _joined() -> list[Send]:
 def _cases() -> list[Case]:
     a = [1, -2, 3, 2**31 - 1, -(2**31), 0, 7, 8]
     b = [10, 20, -30, 1, -1, 5, 6, 7]
+    # every lane's carry cases: overflow both ways, -1 + 1, sign flips
+    big_a = [(i * 2654435761) % 2**32 - 2**31 for i in range(ELEMENTS)]
+    big_a[:4] = [2**31 - 1, -(2**31), -1, 0x40000000]
+    big_b = [(i * 40503 + 7) % 2**32 - 2**31 for i in range(ELEMENTS)]
+    big_b[:4] = [1, -1, 1, 0x40000000]
     cases = [
         Case(
             "join round, repeats, new incarnation",
@@ -161,7 +166,7 @@ def _cases() -> list[Case]:
                 Send("w0", _contrib(0, 8, 0, a)[:20]),  # truncated
                 Send("w0", _n(type="RESULT", worker=0, slot=8, epoch=1, values=a)),  # bad_type
                 Send("w0", _n(type=9, worker=0)),  # bad_type
-                Send("w0", _contrib(0, 8, 0, [*a, 9])),  # count > the job's elements: bad_length
+                Send("w0", _contrib(0, 8, 0, [0] * (ELEMENTS + 1))),  # count > the job's elements: bad_length
                 Send("w0", _n(type="CONTRIB", worker=0, slot=8, set=1, seq=0, epoch=1, values=a)),  # bad_set
                 Send("w0", _contrib(0, 8, 0, a, epoch=3)),  # stale_epoch
                 Send("w0", _join(0, 0)),  # bad_incarnation

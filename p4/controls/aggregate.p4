@@ -54,6 +54,27 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         FOR_EACH_ELEMENT(STORED_RESULT)
     }
 
+    action store_first_wide() {
+        reg_acc_wide.write(meta.cell, hdr.wide.v);
+    }
+
+    action add_wide() {
+        bit<NETAGG_PAYLOAD_BITS> acc;
+        reg_acc_wide.read(acc, meta.cell);
+        reg_acc_wide.write(meta.cell, SWAR_ADD(acc, hdr.wide.v));
+    }
+
+    action add_and_carry_wide() {
+        bit<NETAGG_PAYLOAD_BITS> acc;
+        reg_acc_wide.read(acc, meta.cell);
+        hdr.wide.v = SWAR_ADD(acc, hdr.wide.v);
+        reg_acc_wide.write(meta.cell, hdr.wide.v);
+    }
+
+    action stored_result_wide() {
+        reg_acc_wide.read(hdr.wide.v, meta.cell);
+    }
+
     apply {
         bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
         meta.cell = cell;
@@ -98,13 +119,21 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 if (bitmap == meta.full && ready == 0) {
                     /* A tree: the partial went up and the parent's RESULT has not come back (one of
                      * the two was lost): the worker's retransmission makes this switch send it again. */
-                    stored_result();
+                    if (hdr.wide.isValid()) {
+                        stored_result_wide();
+                    } else {
+                        stored_result();
+                    }
                     to_parent.apply(hdr, sm, FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                     meta.parent_port, meta.switch_mac, meta.switch_ip);
                 } else if (bitmap == meta.full) {
                     to_sender.apply(hdr, sm);
                     events.count(EV_RESULTS_RESENT);
-                    stored_result();
+                    if (hdr.wide.isValid()) {
+                        stored_result_wide();
+                    } else {
+                        stored_result();
+                    }
                     reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap);
                 } else {
                     to_sender.apply(hdr, sm);
@@ -114,7 +143,15 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 }
             } else {
                 bit<32> after = bitmap | meta.wbit;
-                if (after == meta.full) {
+                if (hdr.wide.isValid()) {
+                    if (bitmap == 0) {
+                        store_first_wide();
+                    } else if (after == meta.full) {
+                        add_and_carry_wide();
+                    } else {
+                        add_wide();
+                    }
+                } else if (after == meta.full) {
                     if (bitmap == 0) {
                         store_first();  /* a job of one worker: its values are the sum */
                     } else {
@@ -126,10 +163,10 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     add();
                 }
                 bitmap = after;
-                if (hdr.netagg.exp > expmax) {
-                    expmax = hdr.netagg.exp;
-                }
+                /* a value, not a branch: BMv2 runs straight-line code as one action */
+                expmax = hdr.netagg.exp > expmax ? hdr.netagg.exp : expmax;
                 reg_expmax.write(cell, expmax);
+                reg_bitmap.write(cell, bitmap);
                 events.count(EV_CONTRIBUTIONS);
                 if (bitmap != meta.full) {
                     mark_to_drop(sm);  /* absorbed: nothing to send yet */
@@ -145,7 +182,6 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     to_job.apply(meta.job_index, sm);
                 }
             }
-            reg_bitmap.write(cell, bitmap);
         }
     }
 }

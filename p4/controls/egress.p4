@@ -49,6 +49,7 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 bit<32> incarnation;
                 reg_parent_inc.read(incarnation, (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE));
                 FOR_EACH_ELEMENT(CLEAR_ELEMENT)
+                hdr.wide.setInvalid();
                 hdr.netagg.type = TYPE_JOIN;
                 hdr.netagg.epoch = 0;
                 hdr.netagg.worker = meta.parent_worker;

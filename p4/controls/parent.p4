@@ -75,6 +75,10 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
         FOR_EACH_ELEMENT(STORE_RESULT)
     }
 
+    action store_result_wide() {
+        reg_acc_wide.write(meta.cell, hdr.wide.v);
+    }
+
     apply {
         bit<32> job = (bit<32>)meta.job_index;
         reg_parent_epoch.read(meta.parent_epoch, job);
@@ -109,7 +113,11 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
                 down = true;
                 reg_ready.write(cell, 1);
                 reg_expmax.write(cell, hdr.netagg.exp);  /* the tree's maximum, for repeats */
-                store_result();
+                if (hdr.wide.isValid()) {
+                    store_result_wide();
+                } else {
+                    store_result();
+                }
                 hdr.netagg.worker = 0xFFFF;
                 reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
                                    hdr.netagg.count, hdr.netagg.exp, meta.full);

@@ -52,6 +52,7 @@ control ToJob(in bit<8> job_index, inout standard_metadata_t sm) {
 control NoPayload(inout headers_t hdr) {
     apply {
         FOR_EACH_ELEMENT(CLEAR_ELEMENT)
+        hdr.wide.setInvalid();
     }
 }
 

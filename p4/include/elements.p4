@@ -51,6 +51,16 @@
 #endif
 #define FOR_EACH_ELEMENT(M) ELEMENTS_0(M) ELEMENTS_1(M) ELEMENTS_2(M) ELEMENTS_3(M) ELEMENTS_4(M) ELEMENTS_5(M) ELEMENTS_6(M) ELEMENTS_7(M)
 
+/* Lane masks of a wide payload: the low 31 bits and the top bit of every 32-bit lane. */
+#define LANE_LOW_PART(k) | ((bit<NETAGG_PAYLOAD_BITS>)0x7FFFFFFF << (32 * (k)))
+#define LANE_HIGH_PART(k) | ((bit<NETAGG_PAYLOAD_BITS>)0x80000000 << (32 * (k)))
+const bit<NETAGG_PAYLOAD_BITS> LANES_LOW = 0 FOR_EACH_ELEMENT(LANE_LOW_PART);
+const bit<NETAGG_PAYLOAD_BITS> LANES_HIGH = 0 FOR_EACH_ELEMENT(LANE_HIGH_PART);
+/* Lane-wise int32 addition (mod 2^32 in every lane, no carry between lanes): add the low 31 bits of
+ * each lane (their carry lands in the lane's top bit, never beyond), then set each top bit to that
+ * carry xor the two top bits. */
+#define SWAR_ADD(a, b) ((((a) & LANES_LOW) + ((b) & LANES_LOW)) ^ (((a) ^ (b)) & LANES_HIGH))
+
 /* FOR_EACH_WORKER(M) expands M(0) ... M(31): the JOIN barrier looks at every member. */
 #define FOR_EACH_WORKER(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15) M(16) M(17) M(18) M(19) M(20) M(21) M(22) M(23) M(24) M(25) M(26) M(27) M(28) M(29) M(30) M(31)
 

@@ -69,6 +69,11 @@ header element_h {
     bit<32> v;
 }
 
+/* A payload of exactly N elements, as one field (see NETAGG_PAYLOAD_BITS). */
+header wide_h {
+    bit<NETAGG_PAYLOAD_BITS> v;
+}
+
 struct headers_t {
     ethernet_h ethernet;
     arp_h arp;
@@ -76,6 +81,7 @@ struct headers_t {
     udp_h udp;
     netagg_h netagg;
     element_h[NETAGG_ELEMENTS] elems;
+    wide_h wide;
 }
 
 struct metadata_t {

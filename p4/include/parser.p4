@@ -59,9 +59,15 @@ parser NetaggParser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
         meta.to_parse = hdr.netagg.count;
         transition select(meta.length_diff, hdr.netagg.count) {
             (0, 0): accept;
+            (0, NETAGG_ELEMENTS): parse_wide;
             (0, _): check_count;
             default: accept;
         }
+    }
+
+    state parse_wide {
+        pkt.extract(hdr.wide);
+        transition accept;
     }
 
     state check_count {
@@ -89,6 +95,7 @@ control NetaggDeparser(packet_out pkt, in headers_t hdr) {
         pkt.emit(hdr.udp);
         pkt.emit(hdr.netagg);
         pkt.emit(hdr.elems);
+        pkt.emit(hdr.wide);
     }
 }
 

@@ -37,6 +37,8 @@ register<bit<8>>(NETAGG_SLOT_SETS) reg_ready;       /* the use's RESULT is known
  * p4c turns into a temporary field each and BMv2 then copies with every packet.) */
 #define DECLARE_ACCUMULATOR(k) register<bit<32>>(NETAGG_SLOT_SETS) reg_acc_##k;
 FOR_EACH_ELEMENT(DECLARE_ACCUMULATOR)
+/* ... and for uses of full packets (count = N), all elements in one wide value per slot set. */
+register<bit<NETAGG_PAYLOAD_BITS>>(NETAGG_SLOT_SETS) reg_acc_wide;
 
 counter(NUM_DROP_REASONS, CounterType.packets) drops;
 counter(NUM_EVENTS, CounterType.packets_and_bytes) events;
