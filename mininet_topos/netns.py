@@ -25,11 +25,36 @@ from mininet_topos.topology import Topology
 if TYPE_CHECKING:
     from netagg.launch import SwitchProcess
 
-__all__ = ["NetnsNetwork"]
+__all__ = ["NetnsNetwork", "nft_loss"]
 
 log = logging.getLogger(__name__)
 
 MTU = 9000  # jumbo frames: a datagram of up to 2,000 elements per packet is one frame
+
+
+def nft_loss(namespace: str, percent: float) -> None:
+    """Drop ``percent`` % of the UDP datagrams in and out of ``namespace`` with nftables (loss where the
+    kernel has no sch_netem; a sender sees a local drop as EPERM, which the host agent takes as a lost
+    datagram). The table is named "loss"; it goes with the namespace."""
+    rule = [
+        "meta",
+        "l4proto",
+        "udp",
+        "numgen",
+        "random",
+        "mod",
+        "1000",
+        "<",
+        str(int(percent * 10)),
+        "counter",
+        "drop",
+    ]
+    cmds = [["add", "table", "inet", "loss"]]
+    for hook in ("input", "output"):
+        cmds.append(["add", "chain", "inet", "loss", hook, f"{{ type filter hook {hook} priority 0; }}"])
+        cmds.append(["add", "rule", "inet", "loss", hook, *rule])
+    for cmd in cmds:
+        subprocess.run(["ip", "netns", "exec", namespace, "nft", *cmd], check=True, capture_output=True)
 
 
 class NetnsNetwork:
@@ -113,7 +138,7 @@ class NetnsNetwork:
             self.loss_mode = "nftables+ingress"
             for host in self.topo.hosts:
                 percent = max(lk.loss_percent for lk in lossy if host.name in (lk.a, lk.b))
-                self._nft_loss(host.name, percent)
+                nft_loss(self.ns(host.name), percent)
 
     def _netem(self, node: str, iface: str, link: object) -> None:
         kw: dict[str, object] = {}
@@ -125,35 +150,6 @@ class NetnsNetwork:
             kw["rate"] = f"{link.bandwidth_mbit}mbit"  # type: ignore[attr-defined]
         with NetNS(self.ns(node)) as ns:
             ns.tc("add", "netem", index=ns.link_lookup(ifname=iface)[0], handle="1:", **kw)
-
-    def _nft_loss(self, node: str, percent: float) -> None:
-        cmds = [["add", "table", "inet", "loss"]]
-        for hook in ("input", "output"):
-            cmds.append(["add", "chain", "inet", "loss", hook, f"{{ type filter hook {hook} priority 0; }}"])
-            cmds.append(
-                [
-                    "add",
-                    "rule",
-                    "inet",
-                    "loss",
-                    hook,
-                    "meta",
-                    "l4proto",
-                    "udp",
-                    "numgen",
-                    "random",
-                    "mod",
-                    "1000",
-                    "<",
-                    str(int(percent * 10)),
-                    "counter",
-                    "drop",
-                ]
-            )
-        for cmd in cmds:
-            subprocess.run(
-                ["ip", "netns", "exec", self.ns(node), "nft", *cmd], check=True, capture_output=True
-            )
 
     def _port_to(self, node: str, other: str) -> str:
         return next(i for i in self.ports[node] if self.peer[(node, i)] == other)

@@ -20,7 +20,7 @@ from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.core import Dataplane, JobConfig
 
-__all__ = ["SwitchAgentService", "serve_agent", "serve_switch_agent"]
+__all__ = ["SwitchAgentService", "job_config", "serve_agent", "serve_switch_agent"]
 
 T = TypeVar("T")
 
@@ -70,28 +70,12 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
     ) -> pb.InstallJobResponse:
         r = request
         try:
-            if r.wire_job_id > 0xFFFF:
-                raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
-            addresses = tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None
-            group = _address(r.multicast_group, "multicast_group") if r.multicast_group else None
-            parent = _address(r.parent_address, "parent_address") if r.parent_address else None
             if r.slot_base + r.slots > self.total_slots:
                 raise ValueError(
                     f"slots [{r.slot_base}, {r.slot_base + r.slots}) lie outside this switch's "
                     f"{self.total_slots} slots"
                 )
-            cfg = JobConfig(
-                job_id=r.wire_job_id,
-                workers=r.workers,
-                slots=r.slots,
-                elements=r.elements_per_packet,
-                slot_base=r.slot_base,
-                total_workers=r.total_workers or None,
-                addresses=addresses,
-                multicast=group,
-                parent=parent,
-                parent_worker=r.parent_worker_id,
-            )
+            cfg = job_config(r)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         with self.lock:
@@ -119,6 +103,25 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
 
     def ResetCounters(self, request: pb.ResetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
         return _counters(self._locked(context, self.dataplane.reset_counters))
+
+
+def job_config(r: pb.InstallJobRequest) -> JobConfig:
+    """An InstallJob request as a :class:`JobConfig` (ValueError naming the field that is wrong); every
+    SwitchAgent implementation validates requests with it."""
+    if r.wire_job_id > 0xFFFF:
+        raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
+    return JobConfig(
+        job_id=r.wire_job_id,
+        workers=r.workers,
+        slots=r.slots,
+        elements=r.elements_per_packet,
+        slot_base=r.slot_base,
+        total_workers=r.total_workers or None,
+        addresses=tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None,
+        multicast=_address(r.multicast_group, "multicast_group") if r.multicast_group else None,
+        parent=_address(r.parent_address, "parent_address") if r.parent_address else None,
+        parent_worker=r.parent_worker_id,
+    )
 
 
 def _counters(stats: dict[str, Any]) -> pb.Counters:

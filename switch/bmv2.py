@@ -33,6 +33,7 @@ from netagg import __version__
 from netagg.protocol import MAX_WORKERS, parse_address
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
+from switch.agent import job_config
 from switch.core import JobConfig
 
 __all__ = [
@@ -477,23 +478,7 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
     ) -> pb.InstallJobResponse:
         r = request
         try:
-            if r.wire_job_id > 0xFFFF:
-                raise ValueError(f"wire_job_id must be 0-65535, got {r.wire_job_id}")
-            addresses = tuple(_address(a) for a in r.worker_addresses) or None
-            group = _address(r.multicast_group) if r.multicast_group else None
-            parent = _address(r.parent_address) if r.parent_address else None
-            cfg = JobConfig(
-                job_id=r.wire_job_id,
-                workers=r.workers,
-                slots=r.slots,
-                elements=r.elements_per_packet,
-                slot_base=r.slot_base,
-                total_workers=r.total_workers or None,
-                addresses=addresses,
-                multicast=group,
-                parent=parent,
-                parent_worker=r.parent_worker_id,
-            )
+            cfg = job_config(r)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         with self._lock:

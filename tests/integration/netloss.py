@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from mininet_topos.netns import nft_loss
+
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
@@ -40,44 +42,7 @@ def add_loss(ns: str, percent: int, dev: str = "eth0") -> str:
         pytest.skip(
             f"no tc netem ({r.stderr.strip()}) and no nft (apt-get install nftables) to lose packets with"
         )
-    _run("ip", "netns", "exec", ns, "nft", "add", "table", "inet", "loss")
-    for hook in ("input", "output"):
-        _run(
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "loss",
-            hook,
-            f"{{ type filter hook {hook} priority 0; }}",
-        )
-        _run(
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "add",
-            "rule",
-            "inet",
-            "loss",
-            hook,
-            "meta",
-            "l4proto",
-            "udp",
-            "numgen",
-            "random",
-            "mod",
-            "100",
-            "<",
-            str(percent),
-            "counter",
-            "drop",
-        )
+    nft_loss(ns, percent)
     return "nftables"
 
 
