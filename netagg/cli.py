@@ -215,9 +215,13 @@ def _build() -> argparse.ArgumentParser:
         "experiment", help="build a topology in namespaces, run its switches and an allreduce sweep (root)"
     )
     e.add_argument("--topo", choices=("star", "leafspine", "tree"), default="leafspine")
-    e.add_argument("--hosts", type=_int_range(1, 32), default=4, help="star: hosts")
+    e.add_argument("--hosts", default="4", help="star: hosts (comma-separated: a sweep over workers)")
     e.add_argument("--leaves", type=_int_range(1, 16), default=2, help="leafspine: leaf switches")
-    e.add_argument("--hosts-per-leaf", type=_int_range(1, 32), default=2, help="leafspine: hosts per leaf")
+    e.add_argument(
+        "--hosts-per-leaf",
+        default="2",
+        help="leafspine: hosts per leaf (comma-separated: a sweep over workers)",
+    )
     e.add_argument("--depth", type=_int_range(1, 4), default=2, help="tree: levels of switches")
     e.add_argument("--fanout", type=_int_range(1, 8), default=2, help="tree: children per switch")
     e.add_argument("--sizes", default="1,4,16,64", help="MiB of float32 per host, comma-separated")
@@ -519,10 +523,20 @@ def _experiment(args: argparse.Namespace) -> int:
     sizes, losses = numbers(args.sizes, "sizes"), numbers(args.loss, "loss")
     if any(x >= 100 for x in losses):
         raise ValueError("--loss is in percent, below 100")
-    topo_args = {
-        "star": {"hosts": args.hosts},
-        "leafspine": {"leaves": args.leaves, "hosts_per_leaf": args.hosts_per_leaf},
-        "tree": {"depth": args.depth, "fanout": args.fanout},
+
+    def counts(text: str, what: str) -> list[int]:
+        values = [int(v) for v in numbers(text, what)]
+        if any(not 1 <= v <= 32 for v in values):
+            raise ValueError(f"--{what}: expected counts from 1 to 32, got {text!r}")
+        return values
+
+    topo_args: list[dict[str, int]] = {
+        "star": [{"hosts": n} for n in counts(args.hosts, "hosts")],
+        "leafspine": [
+            {"leaves": args.leaves, "hosts_per_leaf": n}
+            for n in counts(args.hosts_per_leaf, "hosts-per-leaf")
+        ],
+        "tree": [{"depth": args.depth, "fanout": args.fanout}],
     }[args.topo]
     return run_experiment(
         args.topo, topo_args, sizes, losses, args.out, repeat=args.repeat, elements=args.elements
