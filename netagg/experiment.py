@@ -130,7 +130,8 @@ def _sweep(
                 done += 1
                 print(
                     f"[{done}/{total}] {len(topo.hosts)} workers, {loss:g}% loss, {mib:g} MiB: "
-                    f"{seconds * 1000:.1f} ms, {retx} retransmissions, {'ok' if ok else 'WRONG'} ({time.monotonic() - t_start:.0f} s)",
+                    f"{seconds * 1000:.1f} ms, {retx} retransmissions, {'ok' if ok else 'WRONG'} "
+                    f"({time.monotonic() - t_start:.0f} s)",
                     flush=True,
                 )
                 if not ok:
