@@ -83,9 +83,18 @@ def _topo(name: str) -> type[NetaggTopo]:
 
     class Named(NetaggTopo):
         def build(
-            self, *args: Any, elements: int = 256, bmv2: tuple[str, ...] = (), slots: int = 128, **kw: Any
+            self,
+            *args: Any,
+            elements: int = 256,
+            bmv2: tuple[str, ...] = (),
+            slots: int = 128,
+            loss: float = 0.0,
+            **kw: Any,
         ) -> None:
-            super().build(builder(*args, **kw), elements=elements, bmv2=bmv2, slots=slots)
+            topology = builder(*args, **kw)
+            if loss:
+                topology = topology.with_links(bandwidth_mbit=None, delay_ms=None, loss_percent=loss)
+            super().build(topology, elements=elements, bmv2=bmv2, slots=slots)
 
     Named.__name__ = f"{name.capitalize()}Topo"
     return Named

@@ -4,6 +4,7 @@ like a lost datagram: it retransmits)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -50,3 +51,33 @@ def nft_dropped(ns: str) -> int:
     """Datagrams the nftables loss rules of ``ns`` dropped so far."""
     listing = _run("ip", "netns", "exec", ns, "nft", "list", "table", "inet", "loss").stdout
     return sum(int(n) for n in re.findall(r"packets (\d+)", listing))
+
+
+def netem_missing() -> str | None:
+    """Why tc netem cannot be used here (None if it can): probed in a namespace of our own."""
+    ns = f"nlprobe{os.getpid() % 100000}"
+    _run("ip", "netns", "add", ns)
+    try:
+        r = _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "netem",
+            "loss",
+            "1%",
+            check=False,
+        )
+        return (
+            None
+            if r.returncode == 0
+            else f"tc netem unavailable ({r.stderr.strip()}): the kernel lacks sch_netem"
+        )
+    finally:
+        _run("ip", "netns", "del", ns, check=False)

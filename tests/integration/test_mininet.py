@@ -137,3 +137,39 @@ def test_leafspine_with_bmv2(bmv2: tuple[str, ...], tmp_path: Path) -> None:
             assert res["check"]["ok"], res
     finally:
         net.stop()
+
+
+@pytest.mark.parametrize(
+    "bmv2", [(), ("spine1",), ("spine1", "leaf1", "leaf2")], ids=["python", "mix", "all-bmv2"]
+)
+def test_leafspine_with_2_percent_loss(bmv2: tuple[str, ...], tmp_path: Path) -> None:
+    """2% loss on every link (TCLink, tc netem), still exact with Python, mixed and BMv2 switches. Where
+    the kernel has no sch_netem, the loss is made with nftables on the hosts instead (host links only)."""
+    from switch.bmv2 import compile_p4, find_binary
+    from tests.integration.netloss import netem_missing
+
+    if bmv2 and (find_binary("simple_switch") is None or find_binary("p4c-bm2-ss") is None):
+        pytest.skip("p4c-bm2-ss and simple_switch not found (on PATH or in $NETAGG_P4_PREFIX/bin)")
+    if bmv2:
+        root = Path(__file__).resolve().parents[2]
+        compile_p4(root / "p4" / "netagg.p4", root / "build" / "p4")
+    netem = netem_missing() is None
+    if not netem and shutil.which("nft") is None:
+        pytest.skip("no tc netem and no nft to make loss with")
+    topo = TOPOS["leafspine"](leaves=2, hosts_per_leaf=2, elements=64, bmv2=bmv2, loss=2 if netem else 0)
+    net = start_network(topo, switch=PythonSwitch, out_dir=tmp_path)
+    bind = (lambda h: ["--bind", f"{h.ip}:41000"]) if "leaf1" in bmv2 else None
+    try:
+        if not netem:
+            rule = "meta l4proto udp numgen random mod 1000 < 20 counter drop"
+            for host in net.topo.topology.hosts:
+                node = net.get(host.name)
+                node.cmd("nft add table inet loss")
+                for hook in ("input", "output"):
+                    node.cmd(f"nft 'add chain inet loss {hook} {{ type filter hook {hook} priority 0; }}'")
+                    node.cmd(f"nft add rule inet loss {hook} {rule}")
+        for res in _allreduce(net, 30_000, extra=bind):
+            assert res["check"]["ok"], res
+            assert res["worker"]["retransmissions"] > 0
+    finally:
+        net.stop()
