@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -167,9 +168,15 @@ def test_leafspine_with_2_percent_loss(bmv2: tuple[str, ...], tmp_path: Path) ->
                 node.cmd("nft add table inet loss")
                 for hook in ("input", "output"):
                     node.cmd(f"nft 'add chain inet loss {hook} {{ type filter hook {hook} priority 0; }}'")
-                    node.cmd(f"nft add rule inet loss {hook} {rule}")
-        for res in _allreduce(net, 30_000, extra=bind):
+                    node.cmd(f"nft 'add rule inet loss {hook} {rule}'")  # quoted: '<' is no redirection
+        results = _allreduce(net, 30_000, extra=bind)
+        for res in results:
             assert res["check"]["ok"], res
-            assert res["worker"]["retransmissions"] > 0
+        if not netem:  # the rules did drop packets
+            listing = "".join(
+                net.get(h.name).cmd("nft list table inet loss") for h in net.topo.topology.hosts
+            )
+            assert sum(int(n) for n in re.findall(r"packets (\d+)", listing)) > 0, listing
+        assert sum(res["worker"]["retransmissions"] for res in results) > 0
     finally:
         net.stop()
