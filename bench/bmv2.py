@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from netagg.scapy_layer import NetAgg  # noqa: E402
 from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
+from switch.ethernet import mac_bytes, udp_frame  # noqa: E402
 
 W = 4
 N = 64
@@ -43,28 +44,8 @@ def sh(*cmd: str, check: bool = True) -> None:
     subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
-def checksum(data: bytes) -> int:
-    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def frame(src: HostPort, dst_mac: str, dst_ip: str, payload: bytes) -> bytes:
-    udp = UDP_PORT.to_bytes(2, "big") + (47000).to_bytes(2, "big") + (8 + len(payload)).to_bytes(2, "big")
-    udp += b"\0\0" + payload
-    ip = bytearray(20)
-    ip[0], ip[8], ip[9] = 0x45, 64, 17
-    ip[2:4] = (20 + len(udp)).to_bytes(2, "big")
-    ip[12:16], ip[16:20] = socket.inet_aton(src.ip), socket.inet_aton(dst_ip)
-    ip[10:12] = checksum(bytes(ip)).to_bytes(2, "big")
-    return (
-        bytes.fromhex(dst_mac.replace(":", ""))
-        + bytes.fromhex(src.mac.replace(":", ""))
-        + b"\x08\x00"
-        + ip
-        + udp
-    )
+    return udp_frame(mac_bytes(src.mac), src.ip, UDP_PORT, mac_bytes(dst_mac), dst_ip, 47000, payload)
 
 
 class Rig:

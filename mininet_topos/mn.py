@@ -15,9 +15,6 @@ and root. Every switch runs one static job (job 1) of all hosts, aggregated alon
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from mininet.topo import Topo
 
 from mininet_topos.topology import TOPOS as DATA_TOPOS
 from mininet_topos.topology import Topology
+from netagg.launch import SwitchProcess
 
 __all__ = ["BMV2_WORKER_PORT", "TOPOS", "Bmv2Switch", "NetaggTopo", "PythonSwitch", "start_network"]
 
@@ -110,53 +108,31 @@ class PythonSwitch(Switch):
     def __init__(self, name: str, **params: Any) -> None:
         self.agg = {k: params.pop(k) for k in list(params) if k.startswith("agg_")}
         super().__init__(name, **params)
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: SwitchProcess | None = None
 
     def start(self, controllers: Any) -> None:
         ports = [intf.name for intf in self.intfList() if intf.name != "lo"]
-        cmd = [
-            sys.executable,
-            "-m",
-            "netagg.cli",
-            "switch",
-            "--ethernet",
-            ",".join(ports),
-            "--ip",
-            self.agg["agg_ip"],
-            "--mac",
-            self.agg["agg_mac"],
-            "--workers",
-            str(self.agg["agg_workers"]),
-            "--total-workers",
-            str(self.agg["agg_total"]),
-            "--elements",
-            str(self.agg["agg_elements"]),
-            "--slots",
-            str(self.agg["agg_slots"]),
-        ]
+        extra = ["--ethernet", ",".join(ports), "--ip", self.agg["agg_ip"], "--mac", self.agg["agg_mac"],
+                 "--total-workers", str(self.agg["agg_total"])]  # fmt: skip
         if self.agg.get("agg_parent"):
-            cmd += ["--parent", self.agg["agg_parent"], "--parent-worker", str(self.agg["agg_parent_worker"])]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # ready once it prints its banner
-            line = self.proc.stdout.readline()
-            if line.startswith("netagg switch on "):
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        err = self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else ""
-        self.stop()
-        raise RuntimeError(f"{self.name}: the Python switch did not start: {err.strip()}")
+            extra += [
+                "--parent",
+                self.agg["agg_parent"],
+                "--parent-worker",
+                str(self.agg["agg_parent_worker"]),
+            ]
+        # starts it and waits until it serves (RuntimeError with its stderr if it does not)
+        self.proc = SwitchProcess(
+            self.agg["agg_workers"],
+            elements=self.agg["agg_elements"],
+            slots=self.agg["agg_slots"],
+            extra=extra,
+        )
 
     def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
         super().stop(deleteIntfs)
 
 

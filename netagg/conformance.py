@@ -282,37 +282,11 @@ class PythonTarget:
         return per_send, drops
 
 
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _frame(host: str, payload: bytes) -> bytes:
+    from switch.ethernet import mac_bytes, udp_frame
+
     ip, port, mac = HOSTS[host]
-    udp = struct.pack("!HHHH", port, DEFAULT_PORT, 8 + len(payload), 0) + payload
-    hdr = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(udp),
-        0,
-        0,
-        64,
-        17,
-        0,
-        socket.inet_aton(ip),
-        socket.inet_aton(SWITCH_IP),
-    )
-    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
-    return _mac(SWITCH_MAC) + _mac(mac) + b"\x08\x00" + hdr + udp
+    return udp_frame(mac_bytes(mac), ip, port, mac_bytes(SWITCH_MAC), SWITCH_IP, DEFAULT_PORT, payload)
 
 
 def _sh(*cmd: str) -> None:

@@ -361,8 +361,9 @@ class ControllerService(pb_grpc.ControllerServicer):
                         f"{exc.code().name}: {exc.details()}",
                     )
             self.store.add_job(job)
+            shape = _shape(job)
             for sw, _ in nodes:  # switches with only switches below can be pinned right away
-                if _shape(job)[sw.switch_id].hosts == 0:
+                if shape[sw.switch_id].hosts == 0:
                     try:
                         self._pin_workers(sw, job.job_id)
                     except grpc.RpcError as exc:

@@ -20,12 +20,13 @@ from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.core import Dataplane, JobConfig
 
-__all__ = ["SwitchAgentService", "job_config", "serve_agent", "serve_switch_agent"]
+__all__ = ["SwitchAgentService", "job_config", "send_address", "serve_agent", "serve_switch_agent"]
 
 T = TypeVar("T")
 
 
-def _address(text: str, what: str) -> tuple[str, int]:
+def send_address(text: str, what: str) -> tuple[str, int]:
+    """A ``HOST:PORT`` datagrams can be sent to (not port 0); ValueError naming ``what`` otherwise."""
     try:
         host, port = parse_address(text)
     except ValueError as exc:
@@ -92,7 +93,7 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
         self, request: pb.SetWorkersRequest, context: grpc.ServicerContext
     ) -> pb.SetWorkersResponse:
         try:
-            addresses = tuple(_address(a, "worker_addresses[]") for a in request.worker_addresses)
+            addresses = tuple(send_address(a, "worker_addresses[]") for a in request.worker_addresses)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._locked(context, lambda: self.dataplane.set_addresses(request.wire_job_id, addresses))
@@ -117,9 +118,9 @@ def job_config(r: pb.InstallJobRequest) -> JobConfig:
         elements=r.elements_per_packet,
         slot_base=r.slot_base,
         total_workers=r.total_workers or None,
-        addresses=tuple(_address(a, "worker_addresses[]") for a in r.worker_addresses) or None,
-        multicast=_address(r.multicast_group, "multicast_group") if r.multicast_group else None,
-        parent=_address(r.parent_address, "parent_address") if r.parent_address else None,
+        addresses=tuple(send_address(a, "worker_addresses[]") for a in r.worker_addresses) or None,
+        multicast=send_address(r.multicast_group, "multicast_group") if r.multicast_group else None,
+        parent=send_address(r.parent_address, "parent_address") if r.parent_address else None,
         parent_worker=r.parent_worker_id,
     )
 

@@ -30,11 +30,11 @@ from typing import TypeVar
 import grpc
 
 from netagg import __version__
-from netagg.protocol import MAX_WORKERS, parse_address
+from netagg.protocol import MAX_WORKERS
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
-from switch.agent import job_config
-from switch.core import JobConfig
+from switch.agent import job_config, send_address
+from switch.core import JobConfig, check_disjoint
 
 __all__ = [
     "P4_DIR",
@@ -380,11 +380,7 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
                 raise ValueError(
                     f"parent_address: no host or switch with IP {cfg.parent[0]} is attached here"
                 )
-        lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
-        for other in self._jobs.values():
-            olo, ohi = other.cfg.slot_base, other.cfg.slot_base + other.cfg.slots
-            if lo < ohi and olo < hi:
-                raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.cfg.job_id}'s")
+        check_disjoint(cfg, [j.cfg for j in self._jobs.values()])
         used = {j.index for j in self._jobs.values()}
         index = next((i for i in range(self.max_jobs) if i not in used), None)
         if index is None:
@@ -495,7 +491,7 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         self, request: pb.SetWorkersRequest, context: grpc.ServicerContext
     ) -> pb.SetWorkersResponse:
         try:
-            addresses = [_address(a) for a in request.worker_addresses]
+            addresses = [send_address(a, "worker_addresses[]") for a in request.worker_addresses]
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -516,13 +512,6 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
 
     def ResetCounters(self, request: pb.ResetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
         return self._run(context, lambda: self._counters(reset=True))
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, port = parse_address(text)
-    if port == 0:
-        raise ValueError(f"port 0 is not an address to send to ({text!r})")
-    return host, port
 
 
 def compile_p4(source: Path, out_dir: Path, *, elements: int | None = None) -> Path:

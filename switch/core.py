@@ -34,7 +34,7 @@ from netagg.protocol import (
     record_dtype,
 )
 
-__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments"]
+__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments", "check_disjoint"]
 
 #: Where a datagram came from or goes: anything hashable that the backend understands ((host, port) for UDP).
 Address = Any
@@ -148,6 +148,15 @@ class JobConfig:
                 )
 
 
+def check_disjoint(cfg: JobConfig, others: Iterable[JobConfig]) -> None:
+    """ValueError if ``cfg``'s slot range overlaps one of ``others``' (every switch keeps jobs disjoint)."""
+    lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
+    for other in others:
+        olo, ohi = other.slot_base, other.slot_base + other.slots
+        if lo < ohi and olo < hi:
+            raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.job_id}'s")
+
+
 @dataclass
 class _Job:
     """Per-job state: membership plus the slot arrays (index = slot - slot_base, set)."""
@@ -223,11 +232,7 @@ class Dataplane:
         """Add a job. Raises ValueError if its id is taken or its slots overlap another job's."""
         if cfg.job_id in self._jobs:
             raise ValueError(f"job {cfg.job_id} is already installed")
-        lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
-        for other in self._jobs.values():
-            olo, ohi = other.cfg.slot_base, other.cfg.slot_base + other.cfg.slots
-            if lo < ohi and olo < hi:
-                raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.cfg.job_id}'s")
+        check_disjoint(cfg, [j.cfg for j in self._jobs.values()])
         addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
         self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
 

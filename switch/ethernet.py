@@ -27,7 +27,7 @@ from netagg.protocol import DEFAULT_PORT
 from netagg.service import BackgroundService
 from switch.core import Dataplane, Segments
 
-__all__ = ["EthernetSwitch"]
+__all__ = ["EthernetSwitch", "mac_bytes", "udp_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ _BROADCAST = b"\xff" * 6
 _SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC = 263, 1, 1
 
 
-def _mac_bytes(text: str) -> bytes:
+def mac_bytes(text: str) -> bytes:
+    """``02:00:00:00:00:01`` as 6 bytes."""
     return bytes.fromhex(text.replace(":", ""))
 
 
@@ -46,6 +47,23 @@ def _ip_checksum(header: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
+
+
+def udp_frame(
+    src_mac: bytes, src_ip: str, src_port: int, dst_mac: bytes, dst_ip: str, dst_port: int, payload: bytes
+) -> bytes:
+    """An Ethernet frame carrying one IPv4/UDP datagram (DF set, UDP checksum 0 as IPv4 allows); for
+    this switch's answers and for tests and benchmarks that send raw frames."""
+    udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(payload), 0)
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0,
+            socket.inet_aton(src_ip), socket.inet_aton(dst_ip),
+        )
+    )  # fmt: skip
+    ip[10:12] = _ip_checksum(bytes(ip)).to_bytes(2, "big")
+    return dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp + payload
 
 
 class EthernetSwitch(BackgroundService):
@@ -104,7 +122,7 @@ class EthernetSwitch(BackgroundService):
         except BaseException:
             self.close()
             raise
-        self.mac = _mac_bytes(mac) if mac else self.socks[0].getsockname()[4][:6]
+        self.mac = mac_bytes(mac) if mac else self.socks[0].getsockname()[4][:6]
         self.mac_port: dict[bytes, int] = {}  # learned: MAC -> port index
         self.arp: dict[bytes, bytes] = {}  # learned: IPv4 -> MAC
         self.counters = {
@@ -141,14 +159,6 @@ class EthernetSwitch(BackgroundService):
             if p != in_port:
                 self._out(p, frame)
 
-    def _udp_frame(self, dst_mac: bytes, dst_ip: bytes, dst_port: int, payload: bytes) -> bytes:
-        udp = struct.pack("!HHHH", self.port, dst_port, 8 + len(payload), 0)
-        ip = bytearray(
-            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0, self._ip, dst_ip)
-        )
-        ip[10:12] = _ip_checksum(bytes(ip)).to_bytes(2, "big")
-        return dst_mac + self.mac + b"\x08\x00" + bytes(ip) + udp + payload
-
     def _arp(self, op: int, dst_mac: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
         body = struct.pack("!HHBBH6s4s6s4s", 1, _ETH_IP, 6, 4, op, self.mac, self._ip, target_mac, target_ip)
         return dst_mac + self.mac + b"\x08\x06" + body
@@ -161,7 +171,7 @@ class EthernetSwitch(BackgroundService):
             for p in range(len(self.socks)):
                 self._out(p, request)
             return
-        frame = self._udp_frame(mac, ip, dest[1], data)
+        frame = udp_frame(self.mac, self.ip, self.port, mac, dest[0], dest[1], data)
         port = self.mac_port.get(mac)
         if port is not None:
             self._out(port, frame)
