@@ -1,9 +1,10 @@
 """netagg allreduce against torch.distributed's gloo allreduce, in the same run, on loopback.
 
-For each W and size, both run as W real processes on this machine: netagg's through a switch process,
-gloo's as a ring over TCP. Each rank times each call after a barrier; a call's time is the slowest
-rank's, and the figure reported is the median over repetitions. Prints one JSON line per case with
-``ratio`` = netagg / gloo (below 1 means netagg is faster), and writes results.json and a PNG.
+For each W and size, W real processes on this machine run both, alternating call by call: netagg's
+through a switch process, gloo's as a ring over TCP. Each rank times each call after a barrier; a call's
+time is the slowest rank's, and the figures reported are medians over repetitions. Prints one JSON line
+per case with ``ratio`` = netagg / gloo of the medians (below 1 means netagg is faster) and
+``paired_ratio``, the median of the ratios of neighbouring calls, and writes results.json and a PNG.
 
     python bench/allreduce.py                 # W=2,4,8; 1-256 MiB; 16 KiB and 256 B packets
     python bench/allreduce.py --quick         # W=4; 1, 16, 64 MiB
@@ -30,67 +31,78 @@ from netagg.protocol import MAX_ELEMENTS
 MIB = 1 << 20
 
 
-def netagg_rank(rank: int, address: str, world: int, nbytes: int, reps: int, warmup: int) -> list[float]:
-    from host_agent.worker import Worker
-
-    x = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
-    tick = np.ones(1, np.float32)
-    times = []
-    with Worker(address, rank, world, timeout=60) as w:
-        for i in range(warmup + reps):
-            w.allreduce(tick)  # barrier
-            t0 = time.perf_counter()
-            w.allreduce(x, out=x)  # in place, as dist.all_reduce is
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return times
-
-
-def gloo_rank(rank: int, port: int, world: int, nbytes: int, reps: int, warmup: int) -> list[float]:
+def paired_rank(
+    rank: int, address: str, port: int, world: int, nbytes: int, reps: int, warmup: int, sched_batch: bool
+) -> dict[str, list[float]]:
+    """netagg's allreduce and gloo's on the same tensor size in the same process, alternating call by
+    call, so both see the same machine: its load drifts by tens of percent within a minute, which
+    made separate runs disagree by more than the difference being measured."""
     import torch
     import torch.distributed as dist
 
+    from host_agent.worker import Worker
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    x = torch.from_numpy(np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32))
-    times = []
+    x = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
+    t = torch.from_numpy(x.copy())
+    calls = {"netagg": lambda: w.allreduce(x, out=x), "gloo": lambda: dist.all_reduce(t)}  # both in place
+    times: dict[str, list[float]] = {"netagg": [], "gloo": []}
     try:
-        for i in range(warmup + reps):
-            dist.barrier()
-            t0 = time.perf_counter()
-            dist.all_reduce(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        with Worker(address, rank, world, timeout=60, sched_batch=sched_batch) as w:
+            for i in range(warmup + reps):
+                for name in ("netagg", "gloo") if i % 2 == 0 else ("gloo", "netagg"):
+                    dist.barrier()
+                    t0 = time.perf_counter()
+                    calls[name]()
+                    if i >= warmup:
+                        times[name].append(time.perf_counter() - t0)
     finally:
         dist.destroy_process_group()
     return times
-
-
-def collective_median(per_rank: list[list[float]]) -> float:
-    return statistics.median(max(ts) for ts in zip(*per_rank, strict=True))
 
 
 def reps_for(nbytes: int) -> int:
     return 20 if nbytes <= 4 * MIB else 10 if nbytes <= 64 * MIB else 5
 
 
-def run_case(world: int, nbytes: int, elements: int, warmup: int, multicast: bool) -> dict[str, Any]:
+def run_case(
+    world: int, nbytes: int, elements: int, warmup: int, multicast: bool, sched_batch: bool = True
+) -> dict[str, Any]:
     reps = reps_for(nbytes) if elements >= 1024 else 3
     group = f"239.255.0.2:{free_port(udp=True)}" if multicast else None
     with SwitchProcess(world, elements=elements, multicast=group) as sw:
-        na = run_workers(netagg_rank, world, sw.address, world, nbytes, reps, warmup, timeout=1800)
+        per_rank = run_workers(
+            paired_rank,
+            world,
+            sw.address,
+            free_port(),
+            world,
+            nbytes,
+            reps,
+            warmup,
+            sched_batch,
+            timeout=1800,
+        )
         stats = sw.stop()
-    gl = run_workers(gloo_rank, world, free_port(), world, nbytes, reps, warmup, timeout=1800)
-    t_na, t_gl = collective_median(na), collective_median(gl)
+    # A call's time is its slowest rank's.
+    slowest = {
+        name: [max(ts) for ts in zip(*(r[name] for r in per_rank), strict=True)]
+        for name in ("netagg", "gloo")
+    }
+    t_na, t_gl = statistics.median(slowest["netagg"]), statistics.median(slowest["gloo"])
+    paired = statistics.median(a / b for a, b in zip(slowest["netagg"], slowest["gloo"], strict=True))
     counters = (stats or {}).get("counters", {})
     return {
         "workers": world,
         "mib": nbytes / MIB,
         "elements": elements,
+        "sched_batch": sched_batch,
         "reps": reps,
         "netagg_ms": round(t_na * 1e3, 3),
         "gloo_ms": round(t_gl * 1e3, 3),
         "ratio": round(t_na / t_gl, 3),
+        "paired_ratio": round(paired, 3),
         "netagg_gbps": round(nbytes / t_na / 1e9, 3),
         "gloo_gbps": round(nbytes / t_gl / 1e9, 3),
         "switch_repeats": counters.get("repeats", 0),
@@ -156,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send results once per worker instead of once to a multicast group on loopback",
     )
+    p.add_argument(
+        "--no-sched-batch",
+        action="store_true",
+        help="workers' I/O threads under the normal policy (Worker(sched_batch=False)), to compare",
+    )
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/results.json")
     args = p.parse_args(argv)
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        row = run_case(world, mib * MIB, elements, args.warmup, not args.unicast)
+        row = run_case(world, mib * MIB, elements, args.warmup, not args.unicast, not args.no_sched_batch)
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {

@@ -1,11 +1,13 @@
 """Time per DDP training step: netagg's communication hook against DDP's default gloo allreduce.
 
-Both in the same run, W real processes on loopback, a 25 M-parameter MLP (1024-4096-4096-1024), batch 32
-per rank, SGD. A step is forward + backward (with the gradient allreduce) + optimizer step; its time is
-the slowest rank's; the figure is the median over steps after warm-up. Prints one JSON line per case
-with ratio = netagg / gloo, and writes ddp.json and ddp.png.
+Both in the same W real processes on loopback: each rank trains two replicas of a 25 M-parameter MLP
+(1024-4096-4096-1024), batch 32 per rank, SGD, one with netagg's hook and one with DDP's default gloo
+allreduce, in alternating steps, so both see the same load. A step is forward + backward (with the
+gradient allreduce) + optimizer step; its time is the slowest rank's; the figures are medians over the
+steps after warm-up. Prints one JSON line per case with ratio = netagg / gloo (of the medians) and
+paired_ratio (the median of each step pair's ratio), and writes ddp.json and ddp.png.
 
-    python bench/ddp.py [--workers 2 4] [--steps 8] [--out out/bench]
+    python bench/ddp.py [--workers 2 4] [--steps 16] [--out out/bench]
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ def make_model() -> Any:
     return torch.nn.Sequential(*layers, torch.nn.Linear(4096, 1024))
 
 
-def step_rank(rank: int, world: int, port: int, switch: str | None, steps: int, warmup: int) -> list[float]:
+def step_rank(
+    rank: int, world: int, port: int, switch: str, steps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Two DDP replicas of the same model in this process, one with netagg's hook and one with DDP's
+    default gloo allreduce, trained in alternating steps: each netagg step has a gloo step beside it
+    under the same conditions (the machine's load drifts by tens of percent within a minute)."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -40,27 +47,28 @@ def step_rank(rank: int, world: int, port: int, switch: str | None, steps: int, 
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = DDP(make_model())
-    state = None
-    if switch is not None:
-        state = NetAggState(switch=switch, timeout=60)
-        model.register_comm_hook(state, netagg_hook)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    models = {}
+    for name in ("netagg", "gloo"):
+        torch.manual_seed(0)
+        models[name] = DDP(make_model())
+    state = NetAggState(switch=switch, timeout=60)
+    models["netagg"].register_comm_hook(state, netagg_hook)
+    opts = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(32, 1024, generator=g), torch.randn(32, 1024, generator=g)
-    times = []
+    times: dict[str, list[float]] = {"netagg": [], "gloo": []}
     for i in range(warmup + steps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    if state is not None:
-        assert state.stats.fallbacks == 0, "the switch did not serve every bucket"
-        state.close()
+        order = ("netagg", "gloo") if i % 2 == 0 else ("gloo", "netagg")
+        for name in order:
+            dist.barrier()
+            t0 = time.perf_counter()
+            opts[name].zero_grad()
+            torch.nn.functional.mse_loss(models[name](x), y).backward()
+            opts[name].step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    assert state.stats.fallbacks == 0, "the switch did not serve every bucket"
+    state.close()
     dist.destroy_process_group()
     return times
 
@@ -71,10 +79,13 @@ def median_step(per_rank: list[list[float]]) -> float:
 
 def run(world: int, steps: int, warmup: int) -> dict[str, Any]:
     with SwitchProcess(world, multicast=f"239.255.0.4:{free_port(udp=True)}") as sw:
-        ours = median_step(
-            run_workers(step_rank, world, world, free_port(), sw.address, steps, warmup, timeout=1800)
-        )
-    theirs = median_step(run_workers(step_rank, world, world, free_port(), None, steps, warmup, timeout=1800))
+        per_rank = run_workers(step_rank, world, world, free_port(), sw.address, steps, warmup, timeout=1800)
+    slowest = {
+        name: [max(ts) for ts in zip(*(r[name] for r in per_rank), strict=True)]
+        for name in ("netagg", "gloo")
+    }
+    ours, theirs = statistics.median(slowest["netagg"]), statistics.median(slowest["gloo"])
+    paired = statistics.median(a / b for a, b in zip(slowest["netagg"], slowest["gloo"], strict=True))
     return {
         "workers": world,
         "parameters": sum(p.numel() for p in make_model().parameters()),
@@ -82,6 +93,7 @@ def run(world: int, steps: int, warmup: int) -> dict[str, Any]:
         "netagg_step_ms": round(ours * 1e3, 1),
         "gloo_step_ms": round(theirs * 1e3, 1),
         "ratio": round(ours / theirs, 3),
+        "paired_ratio": round(paired, 3),
     }
 
 
@@ -107,14 +119,18 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="*", default=[2, 4])
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=16)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, world in enumerate(args.workers, 1):
-        print(f"[{i}/{len(args.workers)}] W={world}: netagg hook, then gloo ...", file=sys.stderr, flush=True)
+        print(
+            f"[{i}/{len(args.workers)}] W={world}: netagg hook and gloo, alternating steps ...",
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(run(world, args.steps, args.warmup))
         print(json.dumps(rows[-1]), flush=True)
     (args.out / "ddp.json").write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=1))

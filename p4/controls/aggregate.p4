@@ -30,12 +30,6 @@
 #define STORED_RESULT(k) reg_acc_##k.read(hdr.elems[k].v, meta.cell);
 
 control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
-    ReplyHeader() reply_header;
-    ToSender() to_sender;
-    ToJob() to_job;
-    NoPayload() no_payload;
-    ToParent() to_parent;
-
     action store_first() {
         FOR_EACH_ELEMENT(STORE_FIRST)
     }
@@ -56,12 +50,6 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
 
     action store_first_wide() {
         reg_acc_wide.write(meta.cell, hdr.wide.v);
-    }
-
-    action add_wide() {
-        bit<NETAGG_PAYLOAD_BITS> acc;
-        reg_acc_wide.read(acc, meta.cell);
-        reg_acc_wide.write(meta.cell, SWAR_ADD(acc, hdr.wide.v));
     }
 
     action add_and_carry_wide() {
@@ -124,32 +112,33 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     } else {
                         stored_result();
                     }
-                    to_parent.apply(hdr, sm, FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip);
+                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
                 } else if (bitmap == meta.full) {
-                    to_sender.apply(hdr, sm);
+                    TO_SENDER
                     events.count(EV_RESULTS_RESENT);
                     if (hdr.wide.isValid()) {
                         stored_result_wide();
                     } else {
                         stored_result();
                     }
-                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap);
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
                 } else {
-                    to_sender.apply(hdr, sm);
+                    TO_SENDER
                     events.count(EV_PENDING_SENT);
-                    no_payload.apply(hdr);
-                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap);
+                    NO_PAYLOAD
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap)
                 }
             } else {
                 bit<32> after = bitmap | meta.wbit;
                 if (hdr.wide.isValid()) {
+                    /* the running sum also goes into the packet: the RESULT's payload if this
+                     * contribution completes the use, dropped with the packet otherwise (one action
+                     * and one condition fewer than telling the two apart) */
                     if (bitmap == 0) {
                         store_first_wide();
-                    } else if (after == meta.full) {
-                        add_and_carry_wide();
                     } else {
-                        add_wide();
+                        add_and_carry_wide();
                     }
                 } else if (after == meta.full) {
                     if (bitmap == 0) {
@@ -172,14 +161,14 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                     mark_to_drop(sm);  /* absorbed: nothing to send yet */
                 } else if (meta.has_parent == 1) {
                     events.count(EV_COMPLETIONS);
-                    to_parent.apply(hdr, sm, 0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip);
+                    TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
                 } else {
                     events.count(EV_COMPLETIONS);
                     reg_ready.write(cell, 1);
                     hdr.netagg.worker = 0xFFFF;
-                    reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, bitmap);
-                    to_job.apply(meta.job_index, sm);
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, bitmap)
+                    TO_JOB(meta.job_index)
                 }
             }
         }

@@ -19,11 +19,6 @@
     }
 
 control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
-    ReplyHeader() reply_header;
-    ToSender() to_sender;
-    ToJob() to_job;
-    NoPayload() no_payload;
-
     /* The JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port. */
     action ack_payload() {
         hdr.elems[0].setValid();
@@ -55,18 +50,18 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
         reg_members.read(members, job);
         reg_joined.read(joined, job);
         events.count(EV_JOINS);
-        no_payload.apply(hdr);  /* a JOIN may carry elements; no reply to it does */
+        NO_PAYLOAD  /* a JOIN may carry elements; no reply to it does */
         hdr.netagg.slot = 0;
         hdr.netagg.set = 0;
         if ((members & meta.wbit) != 0 && incarnation == hdr.netagg.seq) {
             /* Rule 1: a repeat of a JOIN we have refreshes the member. */
             reg_join_time.write(idx, now);
-            to_sender.apply(hdr, sm);
+            TO_SENDER
             if (joined == 1) {
                 ack_payload();
-                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full);
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full)
             } else {
-                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members);
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
             }
         } else {
             if (joined == 1) {
@@ -80,8 +75,8 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             members = members | meta.wbit;
             FOR_EACH_WORKER(EXPIRE_MEMBER)
             if (members != meta.full) {
-                to_sender.apply(hdr, sm);
-                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members);
+                TO_SENDER
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
             } else {
                 /* Rule 5: the round is complete: a new epoch, whose slot state starts empty. */
                 bit<32> clock;
@@ -101,8 +96,8 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 events.count(EV_EPOCHS);
                 ack_payload();
                 /* worker and seq (the incarnation) are set per replica by the egress */
-                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full);
-                to_job.apply(meta.job_index, sm);
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full)
+                TO_JOB(meta.job_index)
             }
             reg_members.write(job, members);
             reg_joined.write(job, joined);

@@ -12,65 +12,57 @@
 #define STORE_RESULT(k) reg_acc_##k.write(meta.cell, hdr.elems[k].v);
 
 /* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
- * valid elements), or a JOIN. */
-control ToParent(inout headers_t hdr, inout standard_metadata_t sm, in bit<8> flags, in bit<16> expmax,
-                 in bit<8> job_index, in bit<16> parent_worker, in mac_t parent_mac, in ip4_t parent_ip,
-                 in bit<16> parent_udp_port, in bit<9> parent_port, in mac_t switch_mac,
-                 in ip4_t switch_ip) {
-    NoPayload() no_payload;
-
-    apply {
-        bit<8> parent_joined;
-        bit<8> parent_epoch;
-        reg_parent_joined.read(parent_joined, (bit<32>)job_index);
-        reg_parent_epoch.read(parent_epoch, (bit<32>)job_index);
-        if (parent_joined == 1) {
-            hdr.netagg.type = TYPE_CONTRIB;
-            hdr.netagg.flags = flags;
-            hdr.netagg.epoch = parent_epoch;
-            hdr.netagg.exp = expmax;
-            hdr.netagg.bitmap = 0;
-            if (flags == 0) {
-                events.count(EV_PARTIALS_SENT);
-            } else {
-                events.count(EV_PARTIALS_RESENT);
-            }
-        } else {
-            bit<32> incarnation;
-            reg_parent_inc.read(incarnation, (bit<32>)job_index);
-            no_payload.apply(hdr);
-            hdr.netagg.type = TYPE_JOIN;
-            hdr.netagg.flags = 0;
-            hdr.netagg.epoch = 0;
-            hdr.netagg.slot = 0;
-            hdr.netagg.set = 0;
-            hdr.netagg.count = 0;
-            hdr.netagg.seq = incarnation;
-            hdr.netagg.exp = 0;
-            hdr.netagg.bitmap = 0;
-            events.count(EV_PARENT_JOINS_SENT);
-        }
-        hdr.netagg.worker = parent_worker;
-        hdr.netagg.reserved = 0;
-        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (hdr.netagg.count << 2);
-        hdr.udp.checksum = 0;
-        hdr.ipv4.total_len = 20 + hdr.udp.length;
-        hdr.ipv4.ttl = 64;
-        hdr.ipv4.src = switch_ip;
-        hdr.ipv4.dst = parent_ip;
-        hdr.udp.src_port = NETAGG_PORT;
-        hdr.udp.dst_port = parent_udp_port;
-        hdr.ethernet.src = switch_mac;
-        hdr.ethernet.dst = parent_mac;
-        sm.egress_spec = parent_port;
+ * valid elements), or a JOIN. A statement macro, as those of reply.p4 are (and for the same reason). */
+#define TO_PARENT(FLAGS, EXPMAX, JOB_INDEX, PARENT_WORKER, PARENT_MAC, PARENT_IP, PARENT_UDP_PORT,    \
+                  PARENT_PORT, SWITCH_MAC, SWITCH_IP)                                                 \
+    {                                                                                                \
+        bit<8> tp_joined;                                                                            \
+        bit<8> tp_epoch;                                                                             \
+        reg_parent_joined.read(tp_joined, (bit<32>)(JOB_INDEX));                                     \
+        reg_parent_epoch.read(tp_epoch, (bit<32>)(JOB_INDEX));                                       \
+        if (tp_joined == 1) {                                                                        \
+            hdr.netagg.type = TYPE_CONTRIB;                                                          \
+            hdr.netagg.flags = FLAGS;                                                                \
+            hdr.netagg.epoch = tp_epoch;                                                             \
+            hdr.netagg.exp = EXPMAX;                                                                 \
+            hdr.netagg.bitmap = 0;                                                                   \
+            if (FLAGS == 0) {                                                                        \
+                events.count(EV_PARTIALS_SENT);                                                      \
+            } else {                                                                                 \
+                events.count(EV_PARTIALS_RESENT);                                                    \
+            }                                                                                        \
+        } else {                                                                                     \
+            bit<32> tp_incarnation;                                                                  \
+            reg_parent_inc.read(tp_incarnation, (bit<32>)(JOB_INDEX));                               \
+            NO_PAYLOAD                                                                               \
+            hdr.netagg.type = TYPE_JOIN;                                                             \
+            hdr.netagg.flags = 0;                                                                    \
+            hdr.netagg.epoch = 0;                                                                    \
+            hdr.netagg.slot = 0;                                                                     \
+            hdr.netagg.set = 0;                                                                      \
+            hdr.netagg.count = 0;                                                                    \
+            hdr.netagg.seq = tp_incarnation;                                                         \
+            hdr.netagg.exp = 0;                                                                      \
+            hdr.netagg.bitmap = 0;                                                                   \
+            events.count(EV_PARENT_JOINS_SENT);                                                      \
+        }                                                                                            \
+        hdr.netagg.worker = PARENT_WORKER;                                                           \
+        hdr.netagg.reserved = 0;                                                                     \
+        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (hdr.netagg.count << 2);                          \
+        hdr.udp.checksum = 0;                                                                        \
+        hdr.ipv4.total_len = 20 + hdr.udp.length;                                                    \
+        hdr.ipv4.ttl = 64;                                                                           \
+        hdr.ipv4.src = SWITCH_IP;                                                                    \
+        hdr.ipv4.dst = PARENT_IP;                                                                    \
+        hdr.udp.src_port = NETAGG_PORT;                                                              \
+        hdr.udp.dst_port = PARENT_UDP_PORT;                                                          \
+        hdr.ethernet.src = SWITCH_MAC;                                                               \
+        hdr.ethernet.dst = PARENT_MAC;                                                               \
+        sm.egress_spec = PARENT_PORT;                                                                \
     }
-}
 
 /* A JOIN_ACK, PENDING or RESULT from the parent. */
 control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
-    ReplyHeader() reply_header;
-    ToJob() to_job;
-
     action store_result() {
         FOR_EACH_ELEMENT(STORE_RESULT)
     }
@@ -119,9 +111,9 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
                     store_result();
                 }
                 hdr.netagg.worker = 0xFFFF;
-                reply_header.apply(hdr, meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
-                                   hdr.netagg.count, hdr.netagg.exp, meta.full);
-                to_job.apply(meta.job_index, sm);
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
+                                   hdr.netagg.count, hdr.netagg.exp, meta.full)
+                TO_JOB(meta.job_index)
             } else {
                 events.count(EV_PARENT_STALE);
             }

@@ -1,6 +1,13 @@
 /* Turning the received datagram into the switch's reply: the header and payload are rewritten in place,
  * the lengths follow `count`, and the addresses are swapped (unicast back to the sender) or left for
- * the egress to set per replica (results and JOIN_ACKs to every worker of a job). */
+ * the egress to set per replica (results and JOIN_ACKs to every worker of a job).
+ *
+ * These are statement macros, not controls. p4c inlines a control that takes the headers struct with a
+ * copy of every header in it: the 64 element headers and the wide payload became 77 more headers in
+ * the packet header vector, copied in and out around each call, and BMv2 resets and (for each replica)
+ * copies every header of the vector for every packet. Arguments are evaluated where they appear in the
+ * body; no call passes a header field that the body writes before reading it (FromParent passes
+ * hdr.netagg.count and hdr.netagg.exp, which the body sets to themselves). */
 #ifndef NETAGG_REPLY_P4
 #define NETAGG_REPLY_P4
 
@@ -9,51 +16,35 @@
 
 #define CLEAR_ELEMENT(k) hdr.elems[k].setInvalid();
 
-/* Header fields of a reply; the payload is the caller's. Lengths from `count`; UDP checksum 0.
- * (Controls nested in Aggregate/JoinBarrier take fields, not the metadata struct: p4c 1.2.4's BMv2
- * backend emits a broken copy of a struct passed two levels down.) */
-control ReplyHeader(inout headers_t hdr, in bit<8> epoch, in mac_t switch_mac, in ip4_t switch_ip,
-                    in bit<8> type, in bit<8> flags, in bit<16> count, in bit<16> exp, in bit<32> bitmap) {
-    apply {
-        hdr.netagg.type = type;
-        hdr.netagg.flags = flags;
-        hdr.netagg.epoch = epoch;
-        hdr.netagg.count = count;
-        hdr.netagg.exp = exp;
-        hdr.netagg.bitmap = bitmap;
-        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (count << 2);
-        hdr.udp.checksum = 0;
-        hdr.ipv4.total_len = 20 + hdr.udp.length;
-        hdr.ipv4.ttl = 64;
-        hdr.ipv4.src = switch_ip;
-        hdr.udp.src_port = NETAGG_PORT;
-        hdr.ethernet.src = switch_mac;
-    }
-}
+/* Header fields of a reply; the payload is the caller's. Lengths from COUNT; UDP checksum 0. */
+#define REPLY_HEADER(EPOCH, SWITCH_MAC, SWITCH_IP, TYPE, FLAGS, COUNT, EXP, BITMAP)           \
+    hdr.netagg.type = TYPE;                                                                  \
+    hdr.netagg.flags = FLAGS;                                                                \
+    hdr.netagg.epoch = EPOCH;                                                                \
+    hdr.netagg.count = COUNT;                                                                \
+    hdr.netagg.exp = EXP;                                                                    \
+    hdr.netagg.bitmap = BITMAP;                                                              \
+    hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (hdr.netagg.count << 2);                      \
+    hdr.udp.checksum = 0;                                                                    \
+    hdr.ipv4.total_len = 20 + hdr.udp.length;                                                \
+    hdr.ipv4.ttl = 64;                                                                       \
+    hdr.ipv4.src = SWITCH_IP;                                                                \
+    hdr.udp.src_port = NETAGG_PORT;                                                          \
+    hdr.ethernet.src = SWITCH_MAC;
 
-/* Back to the sender, out of the port it came in by. */
-control ToSender(inout headers_t hdr, inout standard_metadata_t sm) {
-    apply {
-        hdr.ethernet.dst = hdr.ethernet.src;
-        hdr.ipv4.dst = hdr.ipv4.src;
-        hdr.udp.dst_port = hdr.udp.src_port;
-        sm.egress_spec = sm.ingress_port;
-    }
-}
+/* Back to the sender, out of the port it came in by (before REPLY_HEADER, which sets the source). */
+#define TO_SENDER                                                                            \
+    hdr.ethernet.dst = hdr.ethernet.src;                                                     \
+    hdr.ipv4.dst = hdr.ipv4.src;                                                             \
+    hdr.udp.dst_port = hdr.udp.src_port;                                                     \
+    sm.egress_spec = sm.ingress_port;
 
 /* To every worker of the job: the egress rewrites each replica's destination. */
-control ToJob(in bit<8> job_index, inout standard_metadata_t sm) {
-    apply {
-        sm.mcast_grp = JOB_GROUP_BASE + (bit<16>)job_index;
-    }
-}
+#define TO_JOB(JOB_INDEX) sm.mcast_grp = JOB_GROUP_BASE + (bit<16>)(JOB_INDEX);
 
-/* A header-only reply (PENDING). */
-control NoPayload(inout headers_t hdr) {
-    apply {
-        FOR_EACH_ELEMENT(CLEAR_ELEMENT)
-        hdr.wide.setInvalid();
-    }
-}
+/* A header-only reply (PENDING, JOIN). */
+#define NO_PAYLOAD                                                                           \
+    FOR_EACH_ELEMENT(CLEAR_ELEMENT)                                                          \
+    hdr.wide.setInvalid();
 
 #endif

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 
+from host_agent import Worker
 from netagg.launch import run_workers
 from tests.integration import workers as wk
 
@@ -55,3 +59,15 @@ def test_nonfinite_input_raises_at_every_worker(switch_factory) -> None:
     for msg in out:
         assert msg.startswith("NonFiniteError: inf or NaN") and "[512, 768)" in msg, msg
         assert msg.endswith("then [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]"), msg
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="the OS has no SCHED_BATCH policy")
+def test_io_thread_runs_under_sched_batch_unless_asked_not_to(switch_factory) -> None:
+    sw = switch_factory(1)
+    for wanted, policy in ((True, os.SCHED_BATCH), (False, os.SCHED_OTHER)):
+        with Worker(sw.address, 0, 1, sched_batch=wanted) as w:
+            x = np.arange(100_000, dtype=np.int32)
+            assert np.array_equal(w.allreduce(x), x)  # one worker: the sum is its input
+            # the policy of the thread that runs the allreduces (policies are per thread)
+            assert w._executor.submit(os.sched_getscheduler, 0).result() == policy
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left as it was
