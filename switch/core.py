@@ -529,6 +529,15 @@ class Dataplane:
         ):
             self.counters["parent_stale"] += 1
             return []
+        job.out[k][HEADER_SIZE : HEADER_SIZE + 4 * count] = np.frombuffer(
+            data, np.uint8, 4 * count, HEADER_SIZE
+        )
+        job.acc[k][:count] = job.out_payload[k][:count]
+        return self._result(job, k, slot, count, seq, exp)
+
+    def _result(self, job: _Job, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
+        """The set's RESULT is known: its header goes in front of the payload already in ``job.out[k]``
+        (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
         out = job.out[k]
         HEADER.pack_into(
@@ -538,7 +547,7 @@ class Dataplane:
             _RESULT,
             0,
             job.epoch,
-            c.job_id,
+            job.cfg.job_id,
             _WORKER_ALL,
             slot,
             count,
@@ -547,8 +556,6 @@ class Dataplane:
             0,
             job.full,
         )
-        out[HEADER_SIZE : HEADER_SIZE + 4 * count] = np.frombuffer(data, np.uint8, 4 * count, HEADER_SIZE)
-        job.acc[k][:count] = job.out_payload[k][:count]
         return self._emit([(out.data[: HEADER_SIZE + 4 * count], job.result_dests)])
 
     def _join_ack(self, job: _Job, worker: int) -> bytes:
@@ -658,23 +665,5 @@ class Dataplane:
         self.counters["completions"] += 1
         if cfg.parent is not None:
             return self._emit(self._up(job, k, slot, seq, count, retx=False))
-        job.ready[k] = True
-        out = job.out[k]
-        HEADER.pack_into(
-            out.data,
-            0,
-            VERSION,
-            _RESULT,
-            0,
-            job.epoch,
-            cfg.job_id,
-            _WORKER_ALL,
-            slot,
-            count,
-            seq,
-            job.expmax[k],
-            0,
-            bitmap,
-        )
         job.out_payload[k][:count] = acc
-        return self._emit([(out.data[: HEADER_SIZE + 4 * count], job.result_dests)])
+        return self._result(job, k, slot, count, seq, job.expmax[k])  # bitmap == job.full here
