@@ -9,7 +9,7 @@ once). Both give one frame out per frame in. A window of frames in flight (measu
 out) keeps simple_switch's queues from overflowing. Rate = frames in / seconds until the last frame
 out. Rounds alternate the two programs; the report gives medians and the ratio.
 
-    sudo .venv/bin/python bench/bmv2.py [--frames 20000] [--rounds 3] [--out out/bench-bmv2]
+    sudo .venv/bin/python bench/bmv2.py [--frames 20000] [--rounds 3] [--log-level off] [--out out/bench-bmv2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from netagg.scapy_layer import NetAgg  # noqa: E402
-from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
+from switch.bmv2 import LOG_LEVELS, Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
 from switch.ethernet import mac_bytes, udp_frame  # noqa: E402
 
 W = 4
@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--window", type=int, default=64, help="frames in flight")
     p.add_argument("--out", type=Path, default=Path("out/bench-bmv2"))
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="off",
+        help="simple_switch --log-level for both programs (its own default is trace)",
+    )
     args = p.parse_args(argv)
     missing = [b for b in ("p4c-bm2-ss", "simple_switch", "simple_switch_CLI") if find_binary(b) is None]
     if missing or os.geteuid() != 0:
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in range(args.rounds):
             for name, program in programs.items():
-                sw = Bmv2Process(program, rig.ports())
+                sw = Bmv2Process(program, rig.ports(), log_level=args.log_level)
                 try:
                     agent = Bmv2Agent(sw, SWITCH_IP, SWITCH_MAC, HOSTS)
                     if name == "netagg":
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "window": args.window,
         "elements_per_packet": N,
         "simple_switch": find_binary("simple_switch"),
+        "log_level": args.log_level,
         "rates": rates,
         "median_frames_per_s": med,
         "ratio_netagg_over_forward": med["netagg"] / med["forward"],

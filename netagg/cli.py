@@ -209,6 +209,12 @@ def _build() -> argparse.ArgumentParser:
     b.add_argument("--switch-id", help="id to register under (default: bmv2-SWITCH_IP)")
     b.add_argument("--advertise", metavar="HOST", help="host the controller reaches the agent at")
     b.add_argument("--log-file", type=Path, help="simple_switch's log (slows it down)")
+    b.add_argument(
+        "--log-level",
+        # the values of switch.bmv2.LOG_LEVELS (not imported here: it pulls in grpc)
+        choices=("trace", "debug", "info", "warn", "error", "off"),
+        help="simple_switch --log-level (default: trace with --log-file, else off)",
+    )
     _auth_flags(b, server=True)
 
     e = sub.add_parser(
@@ -473,7 +479,7 @@ def _bmv2(args: argparse.Namespace) -> int:
         if len(parts) != 3 or not parts[2].isdigit():
             raise ValueError(f"--host: expected IP,MAC,PORT, got {text!r}")
         hosts.append(HostPort(parts[0], parts[1], int(parts[2])))
-    sw = Bmv2Process(args.json, ports, log_file=args.log_file)
+    sw = Bmv2Process(args.json, ports, log_file=args.log_file, log_level=args.log_level)
     server = None
     try:
         agent = Bmv2Agent(sw, args.switch_ip, args.switch_mac, hosts)

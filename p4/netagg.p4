@@ -50,14 +50,13 @@ control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard
             meta.is_netagg = 1;
             events.count(EV_PACKETS_IN);
             validate.apply(hdr, meta, sm);
-            if (meta.drop == 0) {
-                if (meta.upstream == 1) {
-                    from_parent.apply(hdr, meta, sm);
-                } else if (hdr.netagg.type == TYPE_JOIN) {
-                    join.apply(hdr, meta, sm);
-                } else {
-                    aggregate.apply(hdr, meta, sm);
-                }
+            /* the contribution first: one condition node on the path most packets take */
+            if (meta.drop == 0 && meta.upstream == 0 && hdr.netagg.type == TYPE_CONTRIB) {
+                aggregate.apply(hdr, meta, sm);
+            } else if (meta.drop == 0 && meta.upstream == 1) {
+                from_parent.apply(hdr, meta, sm);
+            } else if (meta.drop == 0) {
+                join.apply(hdr, meta, sm);
             }
             if (meta.drop == 1) {
                 drops.count((bit<32>)meta.drop_reason);

@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 P4_DIR = Path(__file__).resolve().parent.parent / "p4"
 PREFIX_ENV = "NETAGG_P4_PREFIX"
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "off")  # simple_switch --log-level
 
 
 def find_binary(name: str) -> str | None:
@@ -113,6 +114,10 @@ class Bmv2Process:
         interfaces: BMv2 port number -> Linux interface.
         thrift_port: the runtime's TCP port (default: a free one).
         log_file: where simple_switch logs (default: nowhere; its logging costs throughput).
+        log_level: simple_switch's ``--log-level``. Default: ``"trace"`` with a log file, else
+            ``"off"``. simple_switch's own default is ``"trace"``, and on a BMv2 built with its
+            logging macros (the default configure) it then formats every trace message of every
+            packet even with no log to write: about half of its time (bench/bmv2.py).
         ready_timeout: seconds to wait for the runtime to answer.
     """
 
@@ -123,9 +128,14 @@ class Bmv2Process:
         *,
         thrift_port: int | None = None,
         log_file: Path | None = None,
+        log_level: str | None = None,
         ready_timeout: float = 30.0,
         device_id: int = 0,
     ) -> None:
+        if log_level is None:
+            log_level = "off" if log_file is None else "trace"
+        if log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
         binary = find_binary("simple_switch")
         self._cli = find_binary("simple_switch_CLI")
         if binary is None or self._cli is None:
@@ -143,6 +153,7 @@ class Bmv2Process:
         cmd = [binary, "--device-id", str(device_id), "--thrift-port", str(thrift_port)]
         for port, iface in sorted(interfaces.items()):
             cmd += ["-i", f"{port}@{iface}"]
+        cmd += ["--log-level", log_level]
         if log_file is not None:
             cmd += ["--log-file", str(log_file), "--log-flush"]
         cmd.append(str(json_path))
@@ -245,6 +256,9 @@ class _Job:
 _HANDLE = re.compile(r"handle (\d+)")
 # simple_switch_CLI answers counter_read with "drops[3]= (96 bytes, 2 packets)"
 _COUNTER = re.compile(r"\((\d+) bytes, (\d+) packets\)")
+# ... and register_read with "reg_job[0]= 1099511627776"
+_REGISTER = re.compile(r"\]=\s*(\d+)")
+_JOB_JOINED_MASK = 0xFF  # reg_job's low byte (JOB_JOINED in p4/include/state.p4)
 
 
 def _handle(out: str) -> int:
@@ -304,6 +318,13 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         """The full name of a table or action of the program."""
         return self._names[short]
 
+    def _register_read(self, register: str, index: int) -> int:
+        out = self.switch.cli([f"register_read {register} {index}"])[0]
+        m = _REGISTER.search(out)
+        if m is None:
+            raise Bmv2Error(f"unexpected register answer: {out.strip()}")
+        return int(m[1])
+
     def _run(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         with self._lock:
             try:
@@ -340,8 +361,13 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
                 )
             hosts.append((host, port))
         self._clear_workers(job)
-        # A new set of addresses begins a new JOIN round (docs/protocol.md, "Joining").
-        cmds = [f"register_write reg_joined {job.index} 0", f"register_write reg_members {job.index} 0"]
+        # A new set of addresses begins a new JOIN round (docs/protocol.md, "Joining"): joined := 0,
+        # the epoch and its tag kept (reg_job packs epoch, tag and joined; p4/include/state.p4).
+        state = self._register_read("reg_job", job.index)
+        cmds = [
+            f"register_write reg_job {job.index} {state & ~_JOB_JOINED_MASK}",
+            f"register_write reg_members {job.index} 0",
+        ]
         group = self._group(job)
         for w, (host, port) in enumerate(hosts):
             cmds.append(
@@ -388,36 +414,35 @@ class Bmv2Agent(pb_grpc.SwitchAgentServicer):
         total = cfg.total_workers if cfg.total_workers is not None else cfg.workers
         full = (1 << cfg.workers) - 1
         group = self.constants["JOB_GROUP_BASE"] + index
-        parent = "0 00:00:00:00:00:00 0.0.0.0 0 0 0"  # no parent
-        if cfg.parent is not None and parent_host is not None:
-            parent = (
-                f"1 {parent_host.mac} {cfg.parent[0]} {cfg.parent[1]} {parent_host.port} {cfg.parent_worker}"
-            )
+        has_parent = int(cfg.parent is not None and parent_host is not None)
         outs = self.switch.cli(
             [
-                f"register_write reg_joined {index} 0",
+                f"register_write reg_job {index} 0",
                 f"register_write reg_members {index} 0",
-                f"register_write reg_epoch {index} 0",
-                f"register_write reg_epoch_tag {index} 0",
                 f"register_write reg_parent_joined {index} 0",
                 f"table_add {self._n('jobs')} {self._n('set_job')} {cfg.job_id} => {index} {cfg.slot_base} "
-                f"{cfg.slots} {cfg.workers} {full} {total} {cfg.elements} {parent}",
+                f"{cfg.slots} {cfg.workers} {full} {total} {cfg.elements} {has_parent}",
                 f"mc_mgrp_create {group}",
             ]
         )
-        job = _Job(cfg, index, _handle(outs[5]))
+        job = _Job(cfg, index, _handle(outs[3]))
         self._jobs[cfg.job_id] = job
         if cfg.parent is not None and parent_host is not None:
             ip, udp_port = cfg.parent
             outs = self.switch.cli(
                 [
+                    f"table_add {self._n('parents')} {self._n('set_parent')} {index} => "
+                    f"{parent_host.mac} {ip} {udp_port} {parent_host.port} {cfg.parent_worker}",
                     f"table_add {self._n('parent_replicas')} {self._n('to_parent')} {group} => "
                     f"{parent_host.mac} {ip} {udp_port} {cfg.parent_worker}",
                     f"mc_node_create {self.constants['PARENT_RID']} {parent_host.port}",
                 ]
             )
-            job.parent_entries = [(self._n("parent_replicas"), _handle(outs[0]))]
-            job.parent_node = _handle(outs[1])
+            job.parent_entries = [
+                (self._n("parents"), _handle(outs[0])),
+                (self._n("parent_replicas"), _handle(outs[1])),
+            ]
+            job.parent_node = _handle(outs[2])
             self.switch.cli([f"mc_node_associate {group} {job.parent_node}"])
         if cfg.addresses is not None:
             self._set_workers(job, cfg.addresses)

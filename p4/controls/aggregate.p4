@@ -48,6 +48,9 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         FOR_EACH_ELEMENT(STORED_RESULT)
     }
 
+    /* A full packet: the first contribution of a use is stored; a later one is added, and the sum
+     * also goes into the packet, as the RESULT's payload if this contribution completes the use,
+     * dropped with the packet otherwise (one action fewer than telling the two apart). */
     action store_first_wide() {
         reg_acc_wide.write(meta.cell, hdr.wide.v);
     }
@@ -64,112 +67,101 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
     }
 
     apply {
-        bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
-        meta.cell = cell;
         if ((hdr.netagg.flags & FLAG_RETX) != 0) {
             events.count(EV_RETRANSMISSIONS);
         }
-        bit<32> cur;
-        bit<32> tag;
-        bit<32> bitmap;
-        bit<16> nelem;
-        bit<16> expmax;
-        reg_seq.read(cur, cell);
-        reg_seq_tag.read(tag, cell);
-        reg_bitmap.read(bitmap, cell);
-        reg_nelem.read(nelem, cell);
-        reg_expmax.read(expmax, cell);
+        bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
+        meta.cell = cell;
+        bit<136> state;
+        reg_slot.read(state, cell);
+        bit<32> cur = SLOT_SEQ(state);
+        bit<32> bitmap = SLOT_BITMAP(state);
+        bit<16> nelem = SLOT_NELEM(state);
+        bit<16> expmax = SLOT_EXPMAX(state);
         bit<32> diff = hdr.netagg.seq - cur;
-        if (tag != meta.epoch_tag || (diff != 0 && diff < 0x80000000)) {
+        if (SLOT_TAG(state) != meta.epoch_tag || (diff != 0 && diff < 0x80000000)) {
             /* A newer use of this set (or the set is empty in this epoch): every worker has the
              * result of the use it replaces (docs/protocol.md, "Slot reuse"). */
             cur = hdr.netagg.seq;
-            tag = meta.epoch_tag;
             bitmap = 0;
             nelem = hdr.netagg.count;
             expmax = 0;
-            reg_seq.write(cell, cur);
-            reg_seq_tag.write(cell, tag);
-            reg_nelem.write(cell, nelem);
-            reg_ready.write(cell, 0);
-        } else if (diff != 0) {
-            meta.drop = 1;
-            meta.drop_reason = DROP_STALE_SEQ;
-        } else if (hdr.netagg.count != nelem) {
-            meta.drop = 1;
-            meta.drop_reason = DROP_COUNT_MISMATCH;
         }
-        if (meta.drop == 0) {
-            if ((bitmap & meta.wbit) != 0) {
-                events.count(EV_REPEATS);
-                bit<8> ready;
-                reg_ready.read(ready, cell);
-                if (bitmap == meta.full && ready == 0) {
-                    /* A tree: the partial went up and the parent's RESULT has not come back (one of
-                     * the two was lost): the worker's retransmission makes this switch send it again. */
-                    if (hdr.wide.isValid()) {
-                        stored_result_wide();
-                    } else {
-                        stored_result();
-                    }
-                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
-                } else if (bitmap == meta.full) {
-                    TO_SENDER
-                    events.count(EV_RESULTS_RESENT);
-                    if (hdr.wide.isValid()) {
-                        stored_result_wide();
-                    } else {
-                        stored_result();
-                    }
-                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
-                } else {
-                    TO_SENDER
-                    events.count(EV_PENDING_SENT);
-                    NO_PAYLOAD
-                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap)
-                }
+        if (hdr.netagg.seq != cur || hdr.netagg.count != nelem) {
+            meta.drop = 1;
+            if (hdr.netagg.seq != cur) {
+                meta.drop_reason = DROP_STALE_SEQ;
             } else {
-                bit<32> after = bitmap | meta.wbit;
+                meta.drop_reason = DROP_COUNT_MISMATCH;
+            }
+        } else if ((bitmap & meta.wbit) != 0) {
+            events.count(EV_REPEATS);
+            if (bitmap == meta.full && SLOT_READY(state) == 0) {
+                /* A tree: the partial went up and the parent's RESULT has not come back (one of
+                 * the two was lost): the worker's retransmission makes this switch send it again. */
                 if (hdr.wide.isValid()) {
-                    /* the running sum also goes into the packet: the RESULT's payload if this
-                     * contribution completes the use, dropped with the packet otherwise (one action
-                     * and one condition fewer than telling the two apart) */
-                    if (bitmap == 0) {
-                        store_first_wide();
-                    } else {
-                        add_and_carry_wide();
-                    }
-                } else if (after == meta.full) {
-                    if (bitmap == 0) {
-                        store_first();  /* a job of one worker: its values are the sum */
-                    } else {
-                        add_and_carry();
-                    }
-                } else if (bitmap == 0) {
-                    store_first();
+                    stored_result_wide();
                 } else {
-                    add();
+                    stored_result();
                 }
-                bitmap = after;
-                /* a value, not a branch: BMv2 runs straight-line code as one action */
-                expmax = hdr.netagg.exp > expmax ? hdr.netagg.exp : expmax;
-                reg_expmax.write(cell, expmax);
-                reg_bitmap.write(cell, bitmap);
-                events.count(EV_CONTRIBUTIONS);
-                if (bitmap != meta.full) {
-                    mark_to_drop(sm);  /* absorbed: nothing to send yet */
-                } else if (meta.has_parent == 1) {
-                    events.count(EV_COMPLETIONS);
-                    TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
+                TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                meta.parent_port, meta.switch_mac, meta.switch_ip)
+            } else if (bitmap == meta.full) {
+                TO_SENDER
+                events.count(EV_RESULTS_RESENT);
+                if (hdr.wide.isValid()) {
+                    stored_result_wide();
                 } else {
-                    events.count(EV_COMPLETIONS);
-                    reg_ready.write(cell, 1);
-                    hdr.netagg.worker = 0xFFFF;
-                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, bitmap)
-                    TO_JOB(meta.job_index)
+                    stored_result();
                 }
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
+            } else {
+                TO_SENDER
+                events.count(EV_PENDING_SENT);
+                NO_PAYLOAD
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, bitmap)
+            }
+        } else {
+            bit<32> after = bitmap | meta.wbit;
+            /* max(exp, expmax) without a branch (p4c makes an `if` of `?:`, and BMv2 a pipeline
+             * step of each arm): d's upper half is all ones exactly when exp < expmax. */
+            bit<32> d = (bit<32>)hdr.netagg.exp - (bit<32>)expmax;
+            expmax = expmax + (d[15:0] & ~d[31:16]);
+            events.count(EV_CONTRIBUTIONS);
+            if (hdr.wide.isValid()) {
+                if (bitmap == 0) {
+                    store_first_wide();
+                } else {
+                    add_and_carry_wide();
+                }
+            } else if (after == meta.full) {
+                if (bitmap == 0) {
+                    store_first();  /* a job of one worker: its values are the sum */
+                } else {
+                    add_and_carry();
+                }
+            } else if (bitmap == 0) {
+                store_first();
+            } else {
+                add();
+            }
+            if (after != meta.full) {
+                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w0);
+                reg_slot.write(cell, state);
+                mark_to_drop(sm);  /* absorbed: nothing to send yet */
+            } else if (meta.has_parent == 1) {
+                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w0);
+                reg_slot.write(cell, state);
+                events.count(EV_COMPLETIONS);
+                TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                meta.parent_port, meta.switch_mac, meta.switch_ip)
+            } else {
+                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w1);
+                reg_slot.write(cell, state);
+                events.count(EV_COMPLETIONS);
+                hdr.netagg.worker = 0xFFFF;
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0, nelem, expmax, after)
+                TO_JOB(meta.job_index)
             }
         }
     }

@@ -13,6 +13,11 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
         hdr.ethernet.dst = mac;
         hdr.ipv4.dst = ip;
         hdr.udp.dst_port = port;
+        events.count(EV_PACKETS_OUT);
+    }
+
+    action unaddressed() {
+        events.count(EV_PACKETS_OUT);
     }
 
     action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker) {
@@ -34,15 +39,24 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
     /* (job group, replica id = worker + 1) -> the worker's addresses. */
     table replicas {
         key = { sm.mcast_grp: exact; sm.egress_rid: exact; }
-        actions = { to_worker; NoAction; }
-        default_action = NoAction();
+        actions = { to_worker; unaddressed; }
+        default_action = unaddressed();
         size = NETAGG_JOB_WORKERS;
     }
 
     apply {
-        if (sm.mcast_grp == FLOOD_GROUP && sm.egress_port == sm.ingress_port) {
-            mark_to_drop(sm);
-        } else if (sm.mcast_grp >= JOB_GROUP_BASE && sm.egress_rid == PARENT_RID) {
+        /* most frequent first: a result's or JOIN_ACK's replica for a worker */
+        if (sm.mcast_grp >= JOB_GROUP_BASE && sm.egress_rid != PARENT_RID) {
+            replicas.apply();  /* both its actions count the packet out */
+            if (hdr.netagg.type == TYPE_JOIN_ACK) {
+                bit<16> worker = sm.egress_rid - 1;
+                bit<32> incarnation;
+                reg_incarnation.read(incarnation,
+                    (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE) * NETAGG_MAX_WORKERS + (bit<32>)worker);
+                hdr.netagg.worker = worker;
+                hdr.netagg.seq = incarnation;
+            }
+        } else if (sm.mcast_grp >= JOB_GROUP_BASE) {
             parent_replicas.apply();
             if (meta.to_parent == 1 && hdr.netagg.type == TYPE_JOIN_ACK) {
                 /* the round just completed here: this switch's JOIN at its parent */
@@ -59,21 +73,13 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 hdr.udp.length = 8 + NETAGG_HEADER_BYTES;
                 hdr.ipv4.total_len = 20 + hdr.udp.length;
                 events.count(EV_PARENT_JOINS_SENT);
+                events.count(EV_PACKETS_OUT);
             } else {
                 mark_to_drop(sm);  /* results are not sent up this way */
             }
-        } else if (sm.mcast_grp >= JOB_GROUP_BASE) {
-            replicas.apply();
-            if (hdr.netagg.type == TYPE_JOIN_ACK) {
-                bit<16> worker = sm.egress_rid - 1;
-                bit<32> incarnation;
-                reg_incarnation.read(incarnation,
-                    (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE) * NETAGG_MAX_WORKERS + (bit<32>)worker);
-                hdr.netagg.worker = worker;
-                hdr.netagg.seq = incarnation;
-            }
-        }
-        if (meta.is_netagg == 1) {
+        } else if (sm.mcast_grp == FLOOD_GROUP && sm.egress_port == sm.ingress_port) {
+            mark_to_drop(sm);
+        } else if (meta.is_netagg == 1) {
             events.count(EV_PACKETS_OUT);
         }
     }

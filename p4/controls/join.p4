@@ -45,10 +45,9 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
         bit<48> t;
         bit<32> incarnation;
         bit<32> members;
-        bit<8> joined;
+        bit<8> joined = meta.joined;
         reg_incarnation.read(incarnation, idx);
         reg_members.read(members, job);
-        reg_joined.read(joined, job);
         events.count(EV_JOINS);
         NO_PAYLOAD  /* a JOIN may carry elements; no reply to it does */
         hdr.netagg.slot = 0;
@@ -83,9 +82,8 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 reg_round_clock.read(clock, 0);
                 clock = clock + 1;
                 reg_round_clock.write(0, clock);
-                reg_epoch_tag.write(job, clock);
+                meta.epoch_tag = clock;
                 meta.epoch = meta.epoch + 1;
-                reg_epoch.write(job, meta.epoch);
                 /* a new round here is a new round of this switch at its parent (if it has one): the
                  * JOIN_ACKs' replica for the parent becomes that JOIN in the egress */
                 bit<32> parent_incarnation;
@@ -100,7 +98,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 TO_JOB(meta.job_index)
             }
             reg_members.write(job, members);
-            reg_joined.write(job, joined);
+            reg_job.write(job, JOB_STATE(meta.epoch, meta.epoch_tag, joined));
         }
     }
 }

@@ -87,24 +87,18 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
         } else if (hdr.netagg.type == TYPE_RESULT) {
             bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
             meta.cell = cell;
-            bit<32> cur;
-            bit<32> tag;
-            bit<32> bitmap;
-            bit<16> nelem;
-            bit<8> ready;
-            reg_seq.read(cur, cell);
-            reg_seq_tag.read(tag, cell);
-            reg_bitmap.read(bitmap, cell);
-            reg_nelem.read(nelem, cell);
-            reg_ready.read(ready, cell);
+            bit<136> state;
+            reg_slot.read(state, cell);
             bool slot_ok = hdr.netagg.slot >= meta.slot_base
                 && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
             if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok
-                    && tag == meta.epoch_tag && cur == hdr.netagg.seq && nelem == hdr.netagg.count
-                    && bitmap == meta.full && ready == 0) {
+                    && SLOT_TAG(state) == meta.epoch_tag && SLOT_SEQ(state) == hdr.netagg.seq
+                    && SLOT_NELEM(state) == hdr.netagg.count && SLOT_BITMAP(state) == meta.full
+                    && SLOT_READY(state) == 0) {
                 down = true;
-                reg_ready.write(cell, 1);
-                reg_expmax.write(cell, hdr.netagg.exp);  /* the tree's maximum, for repeats */
+                /* ready, and the tree's exponent maximum for repeats */
+                reg_slot.write(cell, SLOT_STATE(SLOT_SEQ(state), SLOT_TAG(state), SLOT_BITMAP(state),
+                                                SLOT_NELEM(state), hdr.netagg.exp, 8w1));
                 if (hdr.wide.isValid()) {
                     store_result_wide();
                 } else {

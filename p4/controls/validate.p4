@@ -11,18 +11,11 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         meta.drop_reason = reason;
     }
 
-    /* A job; in a tree also its parent (has_parent 1: the parent's MAC, IP, UDP port, the port it is
-     * behind, and this switch's worker id there). One table, so a packet pays one lookup. */
+    /* A job: the fields every packet of it needs. */
     action set_job(bit<8> job_index, bit<15> slot_base, bit<16> slots, bit<16> workers, bit<32> full,
-                   bit<32> total_workers, bit<16> elements, bit<1> has_parent, mac_t parent_mac,
-                   ip4_t parent_ip, bit<16> parent_udp_port, bit<9> parent_port, bit<16> parent_worker) {
+                   bit<32> total_workers, bit<16> elements, bit<1> has_parent) {
         meta.job_found = 1;
         meta.has_parent = has_parent;
-        meta.parent_mac = parent_mac;
-        meta.parent_ip = parent_ip;
-        meta.parent_udp_port = parent_udp_port;
-        meta.parent_port = parent_port;
-        meta.parent_worker = parent_worker;
         meta.job_index = job_index;
         meta.slot_base = slot_base;
         meta.slots = slots;
@@ -36,6 +29,26 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     table jobs {
         key = { hdr.netagg.job: exact; }
         actions = { set_job; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_MAX_JOBS;
+    }
+
+    /* A job in a tree: its parent's MAC, IP and UDP port, the port it is behind, and this switch's
+     * worker id there. A table of its own, looked up only for such jobs, so that the packets of a
+     * job without a parent do not pay for five more fields. */
+    action set_parent(mac_t parent_mac, ip4_t parent_ip, bit<16> parent_udp_port, bit<9> parent_port,
+                      bit<16> parent_worker) {
+        meta.parent_mac = parent_mac;
+        meta.parent_ip = parent_ip;
+        meta.parent_udp_port = parent_udp_port;
+        meta.parent_port = parent_port;
+        meta.parent_worker = parent_worker;
+    }
+
+    /* job index -> its parent (one entry per job that has one). */
+    table parents {
+        key = { meta.job_index: exact; }
+        actions = { set_parent; NoAction; }
         default_action = NoAction();
         size = NETAGG_MAX_JOBS;
     }
@@ -55,12 +68,14 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     }
 
     apply {
-        /* Fast path first: one condition for a well-formed header and one for an acceptable
-         * contribution (BMv2 pays per condition node); only on failure does a chain name the first
-         * check that failed, in the order of docs/protocol.md. */
+        /* The fast path is one condition for a well-formed header and one for an acceptable
+         * contribution (BMv2 pays per condition node and per action block between them); only when
+         * a check fails does a chain name the first that failed, in the order of docs/protocol.md.
+         * The tables are looked up before the checks that need them (each table is applied once:
+         * BMv2 wants one successor per table); what they return is used only once the checks
+         * before it have passed. */
         bool basic_ok = hdr.netagg.isValid() && hdr.netagg.version == NETAGG_VERSION
             && hdr.netagg.reserved == 0 && meta.length_diff == 0;
-        bool to_switch = hdr.netagg.type == TYPE_CONTRIB || hdr.netagg.type == TYPE_JOIN;
         if (!basic_ok) {
             if (!hdr.netagg.isValid()) {
                 reject(DROP_TRUNCATED);
@@ -72,56 +87,55 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 reject(DROP_BAD_LENGTH);
             }
         } else {
-            /* (each table is applied once: BMv2 wants one successor per table) */
             jobs.apply();
-            if (meta.job_found == 1) {
-                reg_epoch.read(meta.epoch, (bit<32>)meta.job_index);
-                reg_epoch_tag.read(meta.epoch_tag, (bit<32>)meta.job_index);
+            if (meta.has_parent == 1) {
+                parents.apply();
             }
-            if (!to_switch) {
-                /* Only a job's parent sends this switch anything else (docs/protocol.md,
-                 * "Aggregation trees"): its JOIN_ACK, PENDING and RESULTs. */
-                if (meta.has_parent == 1 && hdr.ipv4.src == meta.parent_ip
-                        && hdr.udp.src_port == meta.parent_udp_port) {
-                    meta.upstream = 1;
-                } else {
-                    reject(DROP_BAD_TYPE);
-                }
-            } else if (meta.job_found == 0) {
-                reject(DROP_UNKNOWN_JOB);
-            } else if (hdr.netagg.worker >= meta.workers) {
-                reject(DROP_BAD_WORKER);
-            } else {
-                workers.apply();
-                meta.wbit = 32w1 << (bit<8>)hdr.netagg.worker;
-                bit<8> joined;
-                reg_joined.read(joined, (bit<32>)meta.job_index);
-                bool from_worker = meta.worker_found == 1 && hdr.ipv4.src == meta.worker_ip
-                    && hdr.udp.src_port == meta.worker_port;
-                bool slot_ok = hdr.netagg.slot >= meta.slot_base
-                    && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
-                if (hdr.netagg.type == TYPE_JOIN) {
+            workers.apply();  /* entries only for worker ids below the job's W */
+            bit<48> job_state;
+            reg_job.read(job_state, (bit<32>)meta.job_index);
+            meta.epoch = JOB_EPOCH(job_state);
+            meta.epoch_tag = JOB_TAG(job_state);
+            meta.joined = JOB_JOINED(job_state);
+            meta.wbit = 32w1 << (bit<8>)hdr.netagg.worker;
+            bool from_worker = meta.worker_found == 1 && hdr.ipv4.src == meta.worker_ip
+                && hdr.udp.src_port == meta.worker_port;
+            bool slot_ok = hdr.netagg.slot >= meta.slot_base
+                && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
+            if (!(hdr.netagg.type == TYPE_CONTRIB && meta.job_found == 1 && from_worker && slot_ok
+                  && hdr.netagg.count <= meta.elements && hdr.netagg.set == hdr.netagg.seq[0:0]
+                  && meta.joined != 0 && hdr.netagg.epoch == meta.epoch)) {
+                if (hdr.netagg.type != TYPE_CONTRIB && hdr.netagg.type != TYPE_JOIN) {
+                    /* Only a job's parent sends this switch anything else (docs/protocol.md,
+                     * "Aggregation trees"): its JOIN_ACK, PENDING and RESULTs. */
+                    if (meta.has_parent == 1 && hdr.ipv4.src == meta.parent_ip
+                            && hdr.udp.src_port == meta.parent_udp_port) {
+                        meta.upstream = 1;
+                    } else {
+                        reject(DROP_BAD_TYPE);
+                    }
+                } else if (meta.job_found == 0) {
+                    reject(DROP_UNKNOWN_JOB);
+                } else if (hdr.netagg.worker >= meta.workers) {
+                    reject(DROP_BAD_WORKER);
+                } else if (hdr.netagg.type == TYPE_JOIN) {
                     if (hdr.netagg.seq == 0) {
                         reject(DROP_BAD_INCARNATION);
                     } else if (!from_worker) {
                         reject(DROP_WRONG_SOURCE);
                     }
-                } else if (!(slot_ok && hdr.netagg.count <= meta.elements
-                             && hdr.netagg.set == hdr.netagg.seq[0:0] && joined != 0
-                             && hdr.netagg.epoch == meta.epoch && from_worker)) {
-                    if (!slot_ok) {
-                        reject(DROP_BAD_SLOT);
-                    } else if (hdr.netagg.count > meta.elements) {
-                        reject(DROP_BAD_LENGTH);
-                    } else if (hdr.netagg.set != hdr.netagg.seq[0:0]) {
-                        reject(DROP_BAD_SET);
-                    } else if (joined == 0) {
-                        reject(DROP_NOT_JOINED);
-                    } else if (hdr.netagg.epoch != meta.epoch) {
-                        reject(DROP_STALE_EPOCH);
-                    } else {
-                        reject(DROP_WRONG_SOURCE);
-                    }
+                } else if (!slot_ok) {
+                    reject(DROP_BAD_SLOT);
+                } else if (hdr.netagg.count > meta.elements) {
+                    reject(DROP_BAD_LENGTH);
+                } else if (hdr.netagg.set != hdr.netagg.seq[0:0]) {
+                    reject(DROP_BAD_SET);
+                } else if (meta.joined == 0) {
+                    reject(DROP_NOT_JOINED);
+                } else if (hdr.netagg.epoch != meta.epoch) {
+                    reject(DROP_STALE_EPOCH);
+                } else {
+                    reject(DROP_WRONG_SOURCE);
                 }
             }
         }

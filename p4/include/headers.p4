@@ -99,8 +99,9 @@ struct metadata_t {
     bit<32> full;          /* bitmap of all workers */
     bit<32> total_workers;
     bit<16> elements;      /* the job's elements per packet (<= NETAGG_ELEMENTS) */
-    bit<8> epoch;
+    bit<8> epoch;          /* the job's state (reg_job) */
     bit<32> epoch_tag;
+    bit<8> joined;
     /* a tree: the job's parent switch (from the parents table) and this switch's state there */
     bit<1> has_parent;
     mac_t parent_mac;

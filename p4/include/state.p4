@@ -8,12 +8,19 @@
 
 /* Per job (index = job_index from the job table). */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_members;     /* workers in the current JOIN round */
-register<bit<8>>(NETAGG_MAX_JOBS) reg_joined;       /* 1 once the round is complete */
-register<bit<8>>(NETAGG_MAX_JOBS) reg_epoch;        /* the job's epoch on the wire (mod 256) */
-/* The switch-wide round counter when the job's current epoch began. A slot set tagged with another
- * value belongs to an earlier epoch (or another job) and counts as empty: this is how "all slot state
- * of the job is reset" at a new epoch without touching every slot. */
-register<bit<32>>(NETAGG_MAX_JOBS) reg_epoch_tag;
+/* What every packet of a job needs, in one register so that it costs one read (BMv2 pays per
+ * primitive, and on a build with logging macros each one also formats its log line's arguments):
+ *   epoch    the job's epoch on the wire (mod 256)
+ *   tag      the switch-wide round counter when the job's current epoch began. A slot set tagged
+ *            with another value belongs to an earlier epoch (or another job) and counts as empty:
+ *            this is how "all slot state of the job is reset" at a new epoch without touching
+ *            every slot.
+ *   joined   1 once the JOIN round is complete */
+#define JOB_STATE(epoch, tag, joined) ((epoch) ++ (tag) ++ (joined))
+#define JOB_EPOCH(s) s[47:40]
+#define JOB_TAG(s) s[39:8]
+#define JOB_JOINED(s) s[7:0]
+register<bit<48>>(NETAGG_MAX_JOBS) reg_job;
 register<bit<32>>(1) reg_round_clock;
 /* A tree: this switch's incarnation, epoch and JOIN state at the job's parent. */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_parent_inc;
@@ -24,13 +31,22 @@ register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_joined;
 register<bit<32>>(NETAGG_JOB_WORKERS) reg_incarnation;
 register<bit<48>>(NETAGG_JOB_WORKERS) reg_join_time;
 
-/* Per slot set (index = 2 * slot + set). */
-register<bit<32>>(NETAGG_SLOT_SETS) reg_seq;        /* use number held */
-register<bit<32>>(NETAGG_SLOT_SETS) reg_seq_tag;    /* reg_epoch_tag of the job when written */
-register<bit<32>>(NETAGG_SLOT_SETS) reg_bitmap;     /* contributors so far */
-register<bit<16>>(NETAGG_SLOT_SETS) reg_nelem;      /* the use's count */
-register<bit<16>>(NETAGG_SLOT_SETS) reg_expmax;     /* maximum exponent proposal */
-register<bit<8>>(NETAGG_SLOT_SETS) reg_ready;       /* the use's RESULT is known (here or from the parent) */
+/* Per slot set (index = 2 * slot + set), one register read and one write per contribution:
+ *   seq      use number held
+ *   tag      the job's JOB_TAG when written
+ *   bitmap   contributors so far
+ *   nelem    the use's count
+ *   expmax   maximum exponent proposal
+ *   ready    1: the use's RESULT is known (here or from the parent) */
+#define SLOT_STATE(seq, tag, bitmap, nelem, expmax, ready) \
+    ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (ready))
+#define SLOT_SEQ(s) s[135:104]
+#define SLOT_TAG(s) s[103:72]
+#define SLOT_BITMAP(s) s[71:40]
+#define SLOT_NELEM(s) s[39:24]
+#define SLOT_EXPMAX(s) s[23:8]
+#define SLOT_READY(s) s[7:0]
+register<bit<136>>(NETAGG_SLOT_SETS) reg_slot;
 /* Accumulators: one register array per element k of a packet, indexed by slot set (2 * slot + set).
  * Holds the sum once the use is complete, which is also the stored result sent again to a worker that
  * repeats. (One array per element rather than one big one: no index arithmetic per element, which

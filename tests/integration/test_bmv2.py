@@ -100,6 +100,8 @@ class _Ctx:
 
 def _switch(hosts: Hosts, program: Path) -> tuple[Bmv2Process, Bmv2Agent]:
     sw = Bmv2Process(program, hosts.ports)
+    args = list(sw.proc.args)  # type: ignore[arg-type]
+    assert args[args.index("--log-level") + 1] == "off"  # simple_switch's default, trace, halves its rate
     return sw, Bmv2Agent(sw, SWITCH_IP, SWITCH_MAC, hosts.hosts)
 
 

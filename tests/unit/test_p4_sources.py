@@ -4,8 +4,13 @@ they say on the Python switch (the BMv2 comparison is tests/integration/test_bmv
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
+
 from netagg import conformance
-from switch.bmv2 import P4_DIR, _counter_names, p4_constants
+from switch.bmv2 import _JOB_JOINED_MASK, LOG_LEVELS, P4_DIR, Bmv2Process, _counter_names, p4_constants
 from switch.core import DROP_REASONS
 
 
@@ -28,6 +33,20 @@ def test_every_control_is_wired_into_the_top_file() -> None:
     top = (P4_DIR / "netagg.p4").read_text()
     for control in sorted((P4_DIR / "controls").glob("*.p4")):
         assert f'"controls/{control.name}"' in top or control.name == "reply.p4", control.name
+
+
+def test_the_driver_clears_the_joined_field_where_the_program_keeps_it() -> None:
+    state = (P4_DIR / "include" / "state.p4").read_text()
+    m = re.search(r"#define JOB_JOINED\(s\) s\[(\d+):(\d+)\]", state)
+    assert m is not None, "JOB_JOINED not found in state.p4"
+    hi, lo = int(m[1]), int(m[2])
+    assert ((1 << (hi - lo + 1)) - 1) << lo == _JOB_JOINED_MASK
+
+
+def test_a_bad_log_level_is_refused_before_simple_switch_is_looked_for() -> None:
+    assert "off" in LOG_LEVELS and "trace" in LOG_LEVELS
+    with pytest.raises(ValueError, match="log_level must be one of trace, debug"):
+        Bmv2Process(Path("nowhere.json"), {}, log_level="loud")
 
 
 def test_conformance_cases_on_the_python_switch() -> None:
