@@ -7,17 +7,16 @@ inside namespaces this test creates and deletes by name.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from netagg.launch import SwitchProcess
 from tests.integration.netloss import add_loss, nft_dropped
+from tests.integration.nsworkers import allreduce_in
 
 W = 4
 SUBNET = "10.77.0"
@@ -101,48 +100,6 @@ def topo() -> Iterator[Topo]:
         t.down()
 
 
-def run_workers_in(topo: Topo, switch: str, size: int, dtype: str) -> list[dict]:
-    procs = [
-        subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "netagg.cli",
-                "allreduce",
-                "--switch",
-                switch,
-                "--rank",
-                str(rank),
-                "--world-size",
-                str(W),
-                "--size",
-                str(size),
-                "--dtype",
-                dtype,
-                "--repeat",
-                "2",
-                "--check",
-                "--timeout",
-                "30",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank, ns in enumerate(topo.hosts[1:])
-    ]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 @pytest.mark.parametrize("multicast", [None, "239.255.77.1:47001"], ids=["unicast", "multicast"])
 def test_allreduce_across_namespaces(topo: Topo, multicast: str | None) -> None:
     prefix = ["ip", "netns", "exec", topo.hosts[0]]
@@ -150,7 +107,7 @@ def test_allreduce_across_namespaces(topo: Topo, multicast: str | None) -> None:
         W, elements=2048, listen=f"{SWITCH_IP}:47000", prefix=prefix, multicast=multicast
     ) as sw:
         for dtype in ("int32", "float32"):
-            for r in run_workers_in(topo, f"{SWITCH_IP}:47000", 1_000_003, dtype):
+            for r in allreduce_in(topo.hosts[1:], f"{SWITCH_IP}:47000", 1_000_003, dtype):
                 assert r["check"]["ok"], r
         stats = sw.stop()
     assert stats is not None and stats["counters"]["completions"] > 0
@@ -162,7 +119,7 @@ def test_allreduce_with_5_percent_loss(topo: Topo) -> None:
     prefix = ["ip", "netns", "exec", topo.hosts[0]]
     with SwitchProcess(W, elements=256, listen=f"{SWITCH_IP}:47000", prefix=prefix) as sw:
         for dtype in ("int32", "float32"):
-            for res in run_workers_in(topo, f"{SWITCH_IP}:47000", 200_000, dtype):
+            for res in allreduce_in(topo.hosts[1:], f"{SWITCH_IP}:47000", 200_000, dtype):
                 assert res["check"]["ok"], res
                 assert res["worker"]["retransmissions"] > 0
         sw.stop()
