@@ -144,9 +144,10 @@ class NetAggState:
         self.stats.buckets += 1
         if self._failed is None:
             try:
-                self._worker_or_connect().allreduce(tensor, out=tensor)
+                # the mean, with the division folded into dequantization (no pass of its own)
+                self._worker_or_connect().allreduce(tensor, out=tensor, average=tensor.is_floating_point())
                 self.stats.elements += tensor.numel()
-                return tensor.div_(self.world_size)  # type: ignore[arg-type]
+                return tensor if tensor.is_floating_point() else tensor.div_(self.world_size)  # type: ignore[arg-type]
             except (NetAggError, OSError) as exc:
                 if self.fallback == "error":
                     raise

@@ -99,8 +99,12 @@ def quantize(blocks: np.ndarray, exps: np.ndarray, bits: int, out: np.ndarray | 
     return out
 
 
-def dequantize(sums: np.ndarray, exps: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 rows from integer sums (2-D, any int32 byte order) and their agreed exponents.
+def dequantize(
+    sums: np.ndarray, exps: np.ndarray, bits: int, out: np.ndarray | None = None, factor: float = 1.0
+) -> np.ndarray:
+    """float32 rows from integer sums (2-D, any int32 byte order) and their agreed exponents, times
+    ``factor`` (e.g. 1/W for a mean: folded into the power-of-two scale, so exact when W is a power
+    of two; otherwise the product is rounded once, not twice).
 
     A NONE row is zero; a NONFINITE row is NaN (some worker had inf or NaN in that block).
     """
@@ -109,15 +113,16 @@ def dequantize(sums: np.ndarray, exps: np.ndarray, bits: int, out: np.ndarray | 
     none = exps == EXP_NONE
     nonfinite = exps == EXP_NONFINITE
     shift = np.where(none | nonfinite, 0, -_scale_exps(exps, bits))
+    scale64 = np.ldexp(1.0, shift) * factor
     # Below 2**-126 a float32 product would be denormal and lose bits: those rows go through float64.
-    tiny = shift < -126
-    scale = np.ldexp(np.float32(1), np.maximum(shift, -126)).astype(np.float32)
+    tiny = (scale64 < 2.0**-126) & ~none & ~nonfinite
+    scale = np.where(tiny, 0.0, scale64).astype(np.float32)
     scale[none] = 0
     scale[nonfinite] = np.nan
     with np.errstate(over="ignore", invalid="ignore"):  # a sum beyond float32 saturates to inf
         np.multiply(sums, scale[:, None], out=out, dtype=np.float32)
     for i in np.flatnonzero(tiny):
-        out[i] = np.ldexp(sums[i].astype(np.float64), int(shift[i])).astype(np.float32)
+        out[i] = (np.ldexp(sums[i].astype(np.float64), int(shift[i])) * factor).astype(np.float32)
     return out
 
 

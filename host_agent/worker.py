@@ -213,7 +213,7 @@ class Worker:
             raise
 
     # -- public API ----------------------------------------------------------------------------
-    def allreduce(self, x: Any, out: Any = None) -> Any:
+    def allreduce(self, x: Any, out: Any = None, *, average: bool = False) -> Any:
         """Elementwise sum of ``x`` over every worker of the job; same type, dtype and shape as ``x``.
 
         ``x`` is a numpy array or torch tensor of float32 (quantized, error within the bound of
@@ -223,16 +223,25 @@ class Worker:
 
         ``out`` (same shape and kind as ``x``; ``out=x`` is allowed) receives the result and is
         returned, as torch.distributed's in-place all_reduce does; without it a new array is made.
-        """
-        return self.allreduce_async(x, out).result()
 
-    def allreduce_async(self, x: Any, out: Any = None) -> concurrent.futures.Future[Any]:
+        ``average=True`` returns the mean instead (float tensors only): the division by the world size
+        is folded into dequantization, no extra pass over the result (exact when the world size is a
+        power of two, one rounding otherwise).
+        """
+        return self.allreduce_async(x, out, average=average).result()
+
+    def allreduce_async(
+        self, x: Any, out: Any = None, *, average: bool = False
+    ) -> concurrent.futures.Future[Any]:
         """Start an allreduce; calls run one after another, in the order they were made."""
         if self._broken:
             raise NetAggError(self._broken)
         arr, restore = _as_numpy(x)
+        if average and arr.dtype != np.float32:
+            raise ValueError(f"average=True needs a floating-point tensor, not {arr.dtype}")
         target, finish = _output(out, x, arr)
-        return self._executor.submit(lambda: finish(restore, self._allreduce(arr, target)))
+        factor = 1.0 / self.world_size if average else 1.0
+        return self._executor.submit(lambda: finish(restore, self._allreduce(arr, target, factor)))
 
     def close(self) -> None:
         """Finish queued allreduces and release the sockets."""
@@ -351,19 +360,19 @@ class Worker:
         )
 
     # -- the allreduce engine ------------------------------------------------------------------
-    def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None, factor: float = 1.0) -> np.ndarray:
         target = np.empty_like(flat) if out is None else out
         try:
             if flat.size == 0:
                 return target
             if self.batched:
-                return self._run_batched(flat, target)
-            return self._run(flat, target)
+                return self._run_batched(flat, target, factor)
+            return self._run(flat, target, factor)
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
 
-    def _run(self, flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _run(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
         """One allreduce: every slot of the window runs its uses; see docs/protocol.md.
 
         This is the hot loop: per-slot state lives in plain lists and each chunk costs a few numpy
@@ -515,7 +524,7 @@ class Worker:
                 got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
                 dst = out[c * n : c * n + cnt]
                 if is_float:
-                    _dequantize_row(got, int(agreed[c]), bits, dst)
+                    _dequantize_row(got, int(agreed[c]), bits, dst, factor)
                 else:
                     dst[...] = got
             if is_float and k + 1 < nuses[j]:
@@ -538,7 +547,7 @@ class Worker:
             self._check_nonfinite(agreed, n, total)
         return out
 
-    def _run_batched(self, flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _run_batched(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
         """The same allreduce as :meth:`_run`, for small packets: every step works on arrays of slots,
         packets go out as GSO runs and results come in as GRO runs (docs/protocol.md's worker rules,
         unchanged)."""
@@ -654,10 +663,12 @@ class Worker:
             full = (c >= 0) & (c < nfull)
             if full.any():
                 cf = c[full]
-                out2d[cf] = dequantize(got[full], agreed[cf], bits) if is_float else got[full]
+                out2d[cf] = dequantize(got[full], agreed[cf], bits, factor=factor) if is_float else got[full]
             for i in np.flatnonzero(c == nfull):
                 row = got[i : i + 1, :tail]
-                out[nfull * n :] = dequantize(row, agreed[nfull:], bits)[0] if is_float else row[0]
+                out[nfull * n :] = (
+                    dequantize(row, agreed[nfull:], bits, factor=factor)[0] if is_float else row[0]
+                )
             k = pos[js]
             if is_float:
                 has_next = k + 1 < nuses[js]
@@ -909,13 +920,16 @@ def _quantize_row(row: np.ndarray, exp: int, bits: int, tmp: np.ndarray, dst: np
     dst[...] = tmp
 
 
-def _dequantize_row(got: np.ndarray, exp: int, bits: int, dst: np.ndarray) -> None:
+def _dequantize_row(got: np.ndarray, exp: int, bits: int, dst: np.ndarray, factor: float = 1.0) -> None:
     """dequantize() for one block, without its per-call overhead in the common case."""
-    shift = (exp - EXP_BIAS) - bits
-    if exp in (EXP_NONE, EXP_NONFINITE) or shift < -126:
-        dequantize(got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
+    special = exp in (EXP_NONE, EXP_NONFINITE)
+    scale = 0.0 if special else math.ldexp(factor, (exp - EXP_BIAS) - bits)
+    if special or scale < 2.0**-126:
+        dequantize(
+            got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1), factor=factor
+        )
         return
-    np.multiply(got, np.float32(2.0**shift), out=dst, dtype=np.float32)
+    np.multiply(got, np.float32(scale), out=dst, dtype=np.float32)
 
 
 def _output(out: Any, x: Any, flat: np.ndarray) -> tuple[np.ndarray | None, Any]:

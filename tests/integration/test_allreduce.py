@@ -47,6 +47,12 @@ def test_small_packets_switchml_size(switch_factory) -> None:
     assert all(r["ok"] for rank in out for r in rank["results"]), out
 
 
+@pytest.mark.parametrize("elements", [16370, 64])
+def test_average_is_the_sum_divided_by_the_world_size(switch_factory, elements: int) -> None:
+    sw = switch_factory(W, elements=elements, slots=16 if elements > 64 else 128)
+    assert run_workers(wk.average, W, sw.address, W, elements, timeout=120) == [[True] * 3] * W
+
+
 def test_torch_tensors(switch_factory) -> None:
     pytest.importorskip("torch")
     sw = switch_factory(2)

@@ -36,6 +36,23 @@ def sweep(
         return {"results": results, "stats": w.stats.as_dict()}
 
 
+def average(rank: int, address: str, world: int, elements: int) -> list[bool]:
+    """``average=True`` against the sum divided afterwards (both paths: large and small packets), and
+    int32 refused."""
+    x = inputs(rank, (100_003,), "float32", 0)
+    with Worker(address, rank, world, timeout=30) as w:
+        total = w.allreduce(x)
+        mean = w.allreduce(x, average=True)
+        try:
+            w.allreduce(np.ones(3, np.int32), average=True)
+            refused = False
+        except ValueError:
+            refused = True
+        assert w.elements == elements
+    # world is a power of two: dividing inside dequantization is exact
+    return [np.array_equal(mean, total / np.float32(world)), mean.dtype == np.float32, refused]
+
+
 def torch_inputs(rank: int, address: str, world: int) -> list[bool]:
     import torch
 

@@ -110,3 +110,32 @@ def test_quantize_writes_network_order() -> None:
 def test_one_exponent_per_block_required() -> None:
     with pytest.raises(ValueError, match="one exponent per block"):
         quantize(np.zeros((2, 3), np.float32), np.zeros(3, np.uint16), 28)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    exp=st.integers(-160, 130),
+    workers=st.sampled_from([2, 3, 4, 6, 8, 32]),
+    sums=hnp.arrays(np.int32, 16, elements=st.integers(-(2**30), 2**30)),
+)
+def test_dequantize_factor_is_the_mean(exp: int, workers: int, sums: np.ndarray) -> None:
+    """factor=1/W folds the mean into dequantization: the exact mean rounded once to float32 when W is
+    a power of two (also for the tiny blocks that go through float64), within 1.5 ulp otherwise."""
+    bits = scale_bits(workers)
+    exps = np.array([exp + EXP_BIAS], np.uint16)
+    rows = sums.reshape(1, -1)
+    mean = dequantize(rows, exps, bits, factor=1 / workers)
+    exact = rows.astype(np.float64) * np.ldexp(1.0, exp - bits) / workers  # exact in float64 here
+    if workers & (workers - 1) == 0:
+        with np.errstate(over="ignore"):
+            assert np.array_equal(mean, exact.astype(np.float32))  # one rounding, as the sum has
+    else:
+        tiny = np.abs(exact) < 2.0**-126
+        ulp = np.spacing(np.abs(exact).astype(np.float32))
+        assert np.all((np.abs(mean - exact) <= 1.5 * ulp) | tiny)
+
+
+def test_dequantize_factor_keeps_zero_and_nonfinite_blocks() -> None:
+    rows = np.ones((2, 4), np.int32)
+    got = dequantize(rows, np.array([EXP_NONE, EXP_NONFINITE], np.uint16), 28, factor=0.25)
+    assert np.all(got[0] == 0) and np.all(np.isnan(got[1]))
