@@ -144,10 +144,11 @@ class NetAggState:
         self.stats.buckets += 1
         if self._failed is None:
             try:
-                # the mean, with the division folded into dequantization (no pass of its own)
-                self._worker_or_connect().allreduce(tensor, out=tensor, average=tensor.is_floating_point())
+                # the mean, with the division folded into dequantization (no pass of its own);
+                # gradient buckets are floating point
+                self._worker_or_connect().allreduce(tensor, out=tensor, average=True)
                 self.stats.elements += tensor.numel()
-                return tensor if tensor.is_floating_point() else tensor.div_(self.world_size)  # type: ignore[arg-type]
+                return tensor
             except (NetAggError, OSError) as exc:
                 if self.fallback == "error":
                     raise

@@ -127,6 +127,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
              * step of each arm): d's upper half is all ones exactly when exp < expmax. */
             bit<32> d = (bit<32>)hdr.netagg.exp - (bit<32>)expmax;
             expmax = expmax + (d[15:0] & ~d[31:16]);
+            state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w0);
             events.count(EV_CONTRIBUTIONS);
             if (hdr.wide.isValid()) {
                 if (bitmap == 0) {
@@ -146,17 +147,15 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 add();
             }
             if (after != meta.full) {
-                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w0);
                 reg_slot.write(cell, state);
                 mark_to_drop(sm);  /* absorbed: nothing to send yet */
             } else if (meta.has_parent == 1) {
-                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w0);
-                reg_slot.write(cell, state);
+                reg_slot.write(cell, state);  /* ready once the parent's RESULT comes down */
                 events.count(EV_COMPLETIONS);
                 TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                 meta.parent_port, meta.switch_mac, meta.switch_ip)
             } else {
-                state = SLOT_STATE(cur, meta.epoch_tag, after, nelem, expmax, 8w1);
+                SLOT_READY(state) = 8w1;
                 reg_slot.write(cell, state);
                 events.count(EV_COMPLETIONS);
                 hdr.netagg.worker = 0xFFFF;

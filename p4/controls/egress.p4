@@ -62,8 +62,7 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 /* the round just completed here: this switch's JOIN at its parent */
                 bit<32> incarnation;
                 reg_parent_inc.read(incarnation, (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE));
-                FOR_EACH_ELEMENT(CLEAR_ELEMENT)
-                hdr.wide.setInvalid();
+                NO_PAYLOAD
                 hdr.netagg.type = TYPE_JOIN;
                 hdr.netagg.epoch = 0;
                 hdr.netagg.worker = meta.parent_worker;
