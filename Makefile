@@ -22,7 +22,7 @@ sysdeps:
 	    command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	  [ -z "$$missing" ] || { apt-get update -qq && apt-get install -y -qq $$missing; } || true; fi
 
-$(STAMP): pyproject.toml | sysdeps
+$(STAMP): pyproject.toml netagg/_kernels.c | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from netagg import kernels
 from netagg.protocol import EXP_BIAS, EXP_NONE, EXP_NONFINITE
 
 __all__ = [
@@ -39,29 +40,16 @@ def block_exponents(blocks: np.ndarray) -> np.ndarray:
     """
     if blocks.ndim != 2:
         raise ValueError("block_exponents takes a 2-D array of blocks")
-    if blocks.shape[1] == 0:
-        return np.full(blocks.shape[0], EXP_NONE, dtype=np.uint16)
-    with np.errstate(invalid="ignore"):
-        hi = blocks.max(axis=1)  # NaN propagates through max/min
-        lo = blocks.min(axis=1)
-    mag = np.maximum(np.abs(hi), np.abs(lo))
-    finite = np.isfinite(mag)
-    _, e = np.frexp(np.where(finite, mag, 0).astype(np.float32))
-    out = (e.astype(np.int32) + EXP_BIAS).astype(np.uint16)
-    out[mag == 0] = EXP_NONE
-    out[~finite] = EXP_NONFINITE
-    return out
+    return kernels.numpy_block_exponents(blocks, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
 
 
 def chunk_exponents(flat: np.ndarray, elements: int) -> np.ndarray:
     """:func:`block_exponents` of every packet-sized chunk of a flat float32 array (the last chunk
-    may be shorter)."""
-    nfull = flat.size // elements
+    may be shorter), in one pass (:mod:`netagg.kernels`)."""
     exps = np.empty(-(-flat.size // elements), dtype=np.uint16)
-    if nfull:
-        exps[:nfull] = block_exponents(flat[: nfull * elements].reshape(nfull, elements))
-    if nfull < exps.size:
-        exps[nfull] = block_exponents(flat[nfull * elements :].reshape(1, -1))[0]
+    kernels.chunk_exponents(
+        np.ascontiguousarray(flat, dtype=np.float32), elements, exps, EXP_BIAS, EXP_NONE, EXP_NONFINITE
+    )
     return exps
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from host_agent.quantize import chunk_exponents, dequantize, quantize
+from netagg import kernels
 from netagg.protocol import (
     EXP_BIAS,
     EXP_NONE,
@@ -346,7 +347,6 @@ class Worker:
             self.min_rto = min(self.max_rto, 0.1 if self.batched else 0.02)
         self._seq = np.zeros(slots, dtype=np.int64)  # the next use number of each slot, this epoch
         self._payload = np.zeros((slots, elements), dtype=PAYLOAD_DTYPE)  # last payload sent per slot
-        self._tmp = np.empty(elements, dtype=np.float32)
         if group and self._mcast is None:
             self._mcast = self._join_group(socket.inet_ntoa(group.to_bytes(4, "big")), group_port)
         log.debug(
@@ -387,8 +387,10 @@ class Worker:
         window = min(self.slots, nchunks)
         boot = 1 if is_float else 0  # a float allreduce starts each slot with an exponent-only use
         nuses = [(nchunks - j + window - 1) // window + boot for j in range(window)]
-        exps: list[int] = chunk_exponents(flat, n).tolist() if is_float else []
-        agreed = np.zeros(nchunks if is_float else 0, dtype=np.uint16)
+        # Each chunk's exponent is read just before it is proposed, one window ahead of quantizing it:
+        # the chunk is then still in the CPU's cache when quantized (one pass over memory, not two).
+        block_exponent, kquantize, kdequantize = kernels.block_exponent, kernels.quantize, kernels.dequantize
+        agreed = [0] * (nchunks if is_float else 0)
         base_seq = [int(s) for s in self._seq[:window]]
         pos = [0] * window
         deadline = [math.inf] * window
@@ -397,9 +399,10 @@ class Worker:
         pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
         headers: list[bytearray] = [bytearray()] * window
         payload = self._payload
-        tmp = self._tmp
+        rows = list(payload[:window])  # each slot's packet payload, whole
         bits, epoch, job, wid, slot_base = self.bits, self.epoch, self.job, self.worker_id, self.slot_base
         buf = self._buf
+        got_whole = np.frombuffer(buf, PAYLOAD_DTYPE, n, HEADER_SIZE)  # a received RESULT's payload
         stats = self.stats
         sock_sendmsg = self._sock.sendmsg
         recv_into = self._sock.recv_into
@@ -408,20 +411,35 @@ class Worker:
         pack = HEADER.pack
         contrib, result_type, pending_type = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
         rto = self.rto
+        ldexp = math.ldexp
 
         def send(j: int, now: float) -> None:
             k = pos[j]
             c = -1 if k < boot else j + (k - boot) * window
             cnt = 0
+            dst = rows[j]
             if c >= 0:
                 lo = c * n
-                cnt = n if c < nfull else total - lo
-                dst = payload[j, :cnt]
+                if c < nfull:
+                    cnt = n
+                else:
+                    cnt = total - lo
+                    dst = dst[:cnt]
                 if is_float:
-                    _quantize_row(flat[lo : lo + cnt], int(agreed[c]), bits, tmp[:cnt], dst)
+                    e = agreed[c]
+                    shift = bits + EXP_BIAS - e
+                    if e in (EXP_NONE, EXP_NONFINITE) or shift > 127:  # zero, inf/NaN, tiny: rare
+                        _quantize_row(flat[lo : lo + cnt], e, bits, dst)
+                    else:
+                        kquantize(flat[lo : lo + cnt], 2.0**shift, dst)
                 else:
                     dst[...] = flat[lo : lo + cnt]
-            proposal = exps[j + (k + 1 - boot) * window] if is_float and k + 1 < nuses[j] else EXP_NONE
+            else:
+                dst = dst[:0]
+            proposal = EXP_NONE
+            if is_float and k + 1 < nuses[j]:
+                lo = (j + (k + 1 - boot) * window) * n
+                proposal = block_exponent(flat[lo : lo + n], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
             seq = (base_seq[j] + k) & 0xFFFFFFFF
             hdr = bytearray(
                 pack(
@@ -441,7 +459,7 @@ class Worker:
             )
             headers[j] = hdr
             try:
-                stats.bytes_sent += sock_sendmsg((hdr, payload[j, :cnt]))  # type: ignore[arg-type]
+                stats.bytes_sent += sock_sendmsg((hdr, dst))
                 stats.sent += 1
             except _LOST_ON_SEND:
                 pass  # the switch is not there, the buffer is full, a filter dropped it: the timer resends
@@ -521,10 +539,18 @@ class Worker:
                 stats.stale += 1
                 continue
             if cnt:
-                got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
+                got = got_whole if cnt == n else got_whole[:cnt]
                 dst = out[c * n : c * n + cnt]
                 if is_float:
-                    _dequantize_row(got, int(agreed[c]), bits, dst, factor)
+                    e = agreed[c]
+                    if e in (EXP_NONE, EXP_NONFINITE):
+                        _dequantize_row(got, e, bits, dst, factor)
+                    else:
+                        scale = ldexp(factor, e - EXP_BIAS - bits)
+                        if scale < 2.0**-126:  # tiny sums go through float64: rare
+                            _dequantize_row(got, e, bits, dst, factor)
+                        else:
+                            kdequantize(got, scale, dst)
                 else:
                     dst[...] = got
             if is_float and k + 1 < nuses[j]:
@@ -544,7 +570,7 @@ class Worker:
         for j in range(window):
             self._seq[j] += nuses[j]
         if is_float:
-            self._check_nonfinite(agreed, n, total)
+            self._check_nonfinite(np.array(agreed, dtype=np.uint16), n, total)
         return out
 
     def _run_batched(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
@@ -909,27 +935,14 @@ def _io_thread_policy() -> None:
         log.debug("SCHED_BATCH refused: %s", exc)
 
 
-def _quantize_row(row: np.ndarray, exp: int, bits: int, tmp: np.ndarray, dst: np.ndarray) -> None:
-    """quantize() for one block, without its per-call overhead in the common case."""
-    shift = bits - (exp - EXP_BIAS)
-    if exp in (EXP_NONE, EXP_NONFINITE) or shift > 127:
-        quantize(row.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
-        return
-    np.multiply(row, np.float32(2.0**shift), out=tmp)
-    np.rint(tmp, out=tmp)
-    dst[...] = tmp
+def _quantize_row(row: np.ndarray, exp: int, bits: int, dst: np.ndarray) -> None:
+    """quantize() for one block (the worker's loop calls netagg.kernels itself in the common case)."""
+    quantize(row.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
 
 
 def _dequantize_row(got: np.ndarray, exp: int, bits: int, dst: np.ndarray, factor: float = 1.0) -> None:
-    """dequantize() for one block, without its per-call overhead in the common case."""
-    special = exp in (EXP_NONE, EXP_NONFINITE)
-    scale = 0.0 if special else math.ldexp(factor, (exp - EXP_BIAS) - bits)
-    if special or scale < 2.0**-126:
-        dequantize(
-            got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1), factor=factor
-        )
-        return
-    np.multiply(got, np.float32(scale), out=dst, dtype=np.float32)
+    """dequantize() for one block (the worker's loop calls netagg.kernels itself in the common case)."""
+    dequantize(got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1), factor=factor)
 
 
 def _output(out: Any, x: Any, flat: np.ndarray) -> tuple[np.ndarray | None, Any]:

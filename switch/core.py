@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from netagg.kernels import add_net
 from netagg.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -177,10 +178,10 @@ class _Job:
     nelem: list[int] = field(init=False)
     expmax: list[int] = field(init=False)
     ready: list[bool] = field(init=False)  # the set's RESULT is known (complete, or came from the parent)
-    acc_all: np.ndarray = field(init=False)
-    acc: list[np.ndarray] = field(init=False)
     out_all: np.ndarray = field(init=False)
     out: list[np.ndarray] = field(init=False)
+    out_view: list[memoryview] = field(init=False)
+    out_payload_all: np.ndarray = field(init=False)
     out_payload: list[np.ndarray] = field(init=False)
     result_dests: list[Address] = field(init=False)
 
@@ -190,13 +191,14 @@ class _Job:
         pairs = 2 * c.slots
         self.result_dests = []
         self.reset_slots()
-        # Accumulators, and one result datagram per slot and set (header + payload in network order,
-        # kept for repeats): 2-D arrays for the batch path, row views for the one-packet path.
-        self.acc_all = np.zeros((pairs, c.elements), dtype=np.int32)
-        self.acc = list(self.acc_all)
+        # One datagram per slot and set (header + payload in network order): its payload is the
+        # accumulator while a use is open and, once complete, the RESULT sent and kept for repeats.
+        # 2-D arrays for the batch path, row views for the one-packet path.
         self.out_all = np.zeros((pairs, HEADER_SIZE + 4 * c.elements), dtype=np.uint8)
+        self.out_payload_all = self.out_all[:, HEADER_SIZE:].view(PAYLOAD_DTYPE)
         self.out = list(self.out_all)
-        self.out_payload = [row[HEADER_SIZE:].view(PAYLOAD_DTYPE) for row in self.out]
+        self.out_view = [row.data for row in self.out]
+        self.out_payload = list(self.out_payload_all)
 
     def reset_slots(self) -> None:
         pairs = 2 * self.cfg.slots
@@ -382,7 +384,7 @@ class Dataplane:
         expmax[newer] = 0
         payload = rec["p"]
         first = bitmap == 0
-        acc = job.acc_all
+        acc = job.out_payload_all
         if first.any():
             acc[keys[first], :count] = payload[first]
         if not first.all():
@@ -495,7 +497,7 @@ class Dataplane:
             0,
         )
         self.counters["partials_resent" if retx else "partials_sent"] += 1
-        return [(hdr + job.acc[k][:count].astype(PAYLOAD_DTYPE).tobytes(), [c.parent])]
+        return [(hdr + job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count], [c.parent])]
 
     def _from_parent(
         self,
@@ -532,7 +534,6 @@ class Dataplane:
         job.out[k][HEADER_SIZE : HEADER_SIZE + 4 * count] = np.frombuffer(
             data, np.uint8, 4 * count, HEADER_SIZE
         )
-        job.acc[k][:count] = job.out_payload[k][:count]
         return self._result(job, k, slot, count, seq, exp)
 
     def _result(self, job: _Job, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
@@ -650,12 +651,10 @@ class Dataplane:
                 VERSION, _PENDING, 0, job.epoch, cfg.job_id, worker, slot, 0, seq, 0, 0, bitmap
             )
             return self._emit([(pend, [src])])
-        acc = job.acc[k][:count]
-        payload = np.frombuffer(data, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)
         if bitmap:
-            np.add(acc, payload, out=acc)
-        else:
-            acc[...] = payload
+            add_net(job.out_payload[k], np.frombuffer(data, PAYLOAD_DTYPE, count, HEADER_SIZE))
+        else:  # the first contribution of the use
+            job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count] = data[HEADER_SIZE:]
         bitmap |= bit
         job.bitmap[k] = bitmap
         job.expmax[k] = max(job.expmax[k], exp)
@@ -665,5 +664,4 @@ class Dataplane:
         self.counters["completions"] += 1
         if cfg.parent is not None:
             return self._emit(self._up(job, k, slot, seq, count, retx=False))
-        job.out_payload[k][:count] = acc
         return self._result(job, k, slot, count, seq, job.expmax[k])  # bitmap == job.full here

@@ -341,7 +341,6 @@ def state(dp: Dataplane):
         list(job.bitmap),
         list(job.nelem),
         list(job.expmax),
-        job.acc_all.tobytes(),
         job.out_all.tobytes(),
         dict(dp.counters),
         dict(dp.drops),

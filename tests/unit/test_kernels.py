@@ -1,0 +1,166 @@
+"""The hot path's C loops (netagg._kernels) give the same bits as their numpy reference versions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from netagg import kernels
+from netagg.protocol import EXP_BIAS, EXP_NONE, EXP_NONFINITE, HEADER_SIZE
+
+try:
+    from netagg import _kernels as native  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - only where the build had no C compiler
+    native = None
+
+needs_c = pytest.mark.skipif(native is None, reason="netagg._kernels not built (no C compiler at install)")
+F32 = np.finfo(np.float32)
+SPECIAL = [0.0, -0.0, F32.tiny, 1e-45, -1e-40, F32.max, -F32.max, 1.5, -2.5, 0.5, np.inf, -np.inf, np.nan]
+
+
+def unaligned(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` as ``dtype`` at a datagram's payload offset inside a buffer (not 8- or 16-aligned)."""
+    raw = bytearray(HEADER_SIZE + 1 + values.size * 4)
+    arr = np.frombuffer(raw, dtype, values.size, HEADER_SIZE + 1)
+    arr[...] = values
+    return arr
+
+
+def bits(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).view(np.uint8).tobytes()  # NaNs compare by their bits too
+
+
+finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(0, 70), elements=st.one_of(finite, st.sampled_from(SPECIAL[:10]))),
+    headroom=st.integers(25, 30),
+    offset=st.booleans(),
+)
+def test_quantize_matches_numpy(x: np.ndarray, headroom: int, offset: bool) -> None:
+    """rint(x * 2**s) in float32, to big-endian int32, for the scales the worker uses (the block's
+    largest magnitude below 2**headroom), at aligned and unaligned addresses."""
+    top = float(np.max(np.abs(x))) if x.size else 0.0
+    shift = headroom - (int(np.frexp(np.float32(top))[1]) if top else 0)
+    if shift > 127:  # the worker takes such tiny blocks through float64 (quantize.quantize)
+        return
+    scale = 2.0**shift
+    src = unaligned(x, "<f4") if offset else x
+    ref = np.empty(x.size, ">i4")
+    got = unaligned(np.zeros(x.size, np.int32), ">i4") if offset else np.empty(x.size, ">i4")
+    kernels.NUMPY["quantize"](x, scale, ref)
+    native.quantize(src, scale, got)
+    assert bits(got) == bits(ref)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(
+    q=hnp.arrays(np.int32, st.integers(0, 70)),
+    exp=st.integers(-160, 140),
+    factor=st.sampled_from([1.0, 0.5, 0.25, 1 / 3, 1 / 6, 1 / 32]),
+)
+def test_dequantize_matches_numpy(q: np.ndarray, exp: int, factor: float) -> None:
+    """float32(int32) * float32(scale), including results that overflow to inf or go denormal."""
+    scale = float(np.ldexp(factor, exp))
+    if not 0 < scale < float(F32.max):
+        return
+    src = unaligned(q, ">i4")
+    ref = np.empty(q.size, np.float32)
+    got = np.empty(q.size, np.float32)
+    with np.errstate(over="ignore"):
+        kernels.NUMPY["dequantize"](src, scale, ref)
+    native.dequantize(src, scale, got)
+    assert bits(got) == bits(ref)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(
+    acc=hnp.arrays(np.int32, 64, elements=st.integers(-(2**31), 2**31 - 1)),
+    src=hnp.arrays(np.int32, st.integers(0, 64), elements=st.integers(-(2**31), 2**31 - 1)),
+)
+def test_add_net_matches_numpy_and_wraps(acc: np.ndarray, src: np.ndarray) -> None:
+    """acc += src in network byte order, only len(src) elements, wrapping like numpy's int32."""
+    ref = acc.astype(">i4")
+    got = unaligned(acc, ">i4")
+    s = unaligned(src, ">i4")
+    kernels.NUMPY["add_net"](ref, s)
+    native.add_net(got, s)
+    assert bits(got) == bits(ref)
+    expect = acc.astype(np.int64)
+    expect[: src.size] += src
+    assert np.array_equal(got.astype(np.int64), (expect + 2**31) % 2**32 - 2**31)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.integers(1, 200),
+        elements=st.one_of(finite, st.sampled_from(SPECIAL)),
+    ),
+    elements=st.integers(1, 64),
+)
+def test_chunk_exponents_matches_numpy(x: np.ndarray, elements: int) -> None:
+    """Zero, non-finite and denormal chunks, and a shorter last chunk, encode as numpy's frexp says."""
+    n = -(-x.size // elements)
+    ref = np.empty(n, np.uint16)
+    got = np.empty(n, np.uint16)
+    kernels.NUMPY["chunk_exponents"](x, elements, ref, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    native.chunk_exponents(unaligned(x, "<f4"), elements, got, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    assert np.array_equal(got, ref)
+    whole = kernels.NUMPY["block_exponent"](x, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    assert native.block_exponent(unaligned(x, "<f4"), EXP_BIAS, EXP_NONE, EXP_NONFINITE) == whole
+    if elements >= x.size:
+        assert whole == ref[0]
+
+
+@needs_c
+def test_chunk_exponents_of_every_denormal_and_power_of_two() -> None:
+    """Each float32 exponent, denormals included, at both ends of its binade."""
+    lo = np.array([np.ldexp(np.float32(1), e) for e in range(-149, 128)], np.float32)
+    hi = np.nextafter(np.append(lo[1:], np.float32(np.inf)), np.float32(0))
+    x = np.concatenate([lo, hi, -lo])
+    ref = np.empty(x.size, np.uint16)
+    got = np.empty(x.size, np.uint16)
+    kernels.NUMPY["chunk_exponents"](x, 1, ref, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    native.chunk_exponents(x, 1, got, EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    assert np.array_equal(got, ref)
+    assert got[0] == EXP_BIAS - 148  # 2**-149 = 0.5 * 2**-148
+
+
+@needs_c
+def test_short_destinations_are_refused() -> None:
+    x = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="dst holds 16 bytes, need 32"):
+        native.quantize(x, 1.0, np.empty(4, ">i4"))
+    with pytest.raises(ValueError, match="acc holds"):
+        native.add_net(np.empty(2, ">i4"), np.empty(4, ">i4"))
+    with pytest.raises(ValueError, match="out holds"):
+        native.chunk_exponents(x, 2, np.empty(3, np.uint16), EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    with pytest.raises(ValueError, match="elements > 0"):
+        native.chunk_exponents(x, 0, np.empty(3, np.uint16), EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+    with pytest.raises(ValueError, match="contiguous"):  # a strided view is not one buffer
+        native.quantize(np.ones(16, np.float32)[::2], 1.0, np.empty(8, ">i4"))
+
+
+def test_numpy_can_be_forced() -> None:
+    """NETAGG_KERNELS=numpy selects the reference versions (and the default is C where it was built)."""
+    code = "from netagg import kernels; print(kernels.IMPLEMENTATION)"
+    env = {**os.environ, "NETAGG_KERNELS": "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy"
+    expected = "numpy" if native is None or os.environ.get("NETAGG_KERNELS") else "c"
+    assert expected == kernels.IMPLEMENTATION
