@@ -8,6 +8,10 @@ per case with ``ratio`` = netagg / gloo of the medians (below 1 means netagg is 
 
     python bench/allreduce.py                 # W=2,4,8; 1-256 MiB; 16 KiB and 256 B packets
     python bench/allreduce.py --quick         # W=4; 1, 16, 64 MiB
+    NETAGG_KERNELS=numpy python bench/allreduce.py ...   # the numpy versions of the per-element loops
+
+``kernels`` in the JSON says which versions of the per-element loops ran (netagg/kernels.py): "c" where
+the extension was built, "numpy" without it or with NETAGG_KERNELS=numpy (inherited by every process).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from netagg import kernels
 from netagg.launch import SwitchProcess, free_port, run_workers
 from netagg.protocol import MAX_ELEMENTS
 
@@ -98,6 +103,7 @@ def run_case(
         "mib": nbytes / MIB,
         "elements": elements,
         "sched_batch": sched_batch,
+        "kernels": kernels.IMPLEMENTATION,  # "c", or "numpy" (NETAGG_KERNELS=numpy)
         "reps": reps,
         "netagg_ms": round(t_na * 1e3, 3),
         "gloo_ms": round(t_gl * 1e3, 3),

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from netagg import kernels
 from netagg.launch import SwitchProcess, free_port, run_workers
 
 
@@ -88,6 +89,7 @@ def run(world: int, steps: int, warmup: int) -> dict[str, Any]:
     paired = statistics.median(a / b for a, b in zip(slowest["netagg"], slowest["gloo"], strict=True))
     return {
         "workers": world,
+        "kernels": kernels.IMPLEMENTATION,  # "c", or "numpy" (NETAGG_KERNELS=numpy)
         "parameters": sum(p.numel() for p in make_model().parameters()),
         "steps": steps,
         "netagg_step_ms": round(ours * 1e3, 1),

@@ -76,9 +76,9 @@ def send_segments(
     return sent
 
 
-def recv_batch(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, int, object]:
+def recv_batch(sock: socket.socket, buf: bytearray | memoryview, flags: int = 0) -> tuple[int, int, object]:
     """One receive: (bytes, segment size or 0 if not coalesced, source address)."""
-    nbytes, anc, _, addr = sock.recvmsg_into([buf], _CMSG_SPACE)
+    nbytes, anc, _, addr = sock.recvmsg_into([buf], _CMSG_SPACE, flags)
     seg = 0
     for level, kind, payload in anc:
         if level == SOL_UDP and kind == UDP_GRO:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -67,7 +68,10 @@ class UdpSwitch(BackgroundService):
                 self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(host))
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
             self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
-        self.sock.settimeout(0.2)  # how often the loop looks at the stop flag and the stats timer
+        # Blocking, without a timeout: CPython polls before every call on a socket with a timeout (a
+        # second system call per datagram). Receives ask not to wait (MSG_DONTWAIT) and the loop polls
+        # only when nothing is queued; sends may wait for buffer space.
+        self.sock.setblocking(True)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.gro = gro and enable_gro(self.sock)
         self.lock = threading.Lock()  # held per datagram; the SwitchAgent takes it to change jobs
@@ -86,16 +90,20 @@ class UdpSwitch(BackgroundService):
         gro = self.gro
         lock = self.lock
         next_stats = time.monotonic() + self.stats_interval if self.stats_interval > 0 else float("inf")
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        dontwait = socket.MSG_DONTWAIT
         log.info("netagg switch serving on %s:%d", *self.address)
         try:
             while not self._stop.is_set():
                 try:
                     if gro:  # a run of same-size datagrams from one sender may come as one buffer
-                        n, seg, src = recv_batch(sock, buf)
+                        n, seg, src = recv_batch(sock, buf, dontwait)
                     else:
-                        n, src = recv(buf)
+                        n, src = recv(buf, 0, dontwait)
                         seg = 0
-                except TimeoutError:
+                except BlockingIOError:  # nothing queued: wait (how often the stop flag is looked at)
+                    poller.poll(200)
                     n = -1
                 except OSError as exc:  # e.g. ICMP port unreachable surfacing on Linux: not fatal
                     log.debug("recv error %s", exc)
