@@ -397,7 +397,7 @@ class Worker:
         sent_at = [0.0] * window
         tries = [0] * window
         pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
-        headers: list[bytearray] = [bytearray()] * window
+        headers: list[bytes] = [b""] * window
         payload = self._payload
         rows = list(payload[:window])  # each slot's packet payload, whole
         bits, epoch, job, wid, slot_base = self.bits, self.epoch, self.job, self.worker_id, self.slot_base
@@ -413,8 +413,8 @@ class Worker:
         rto = self.rto
         ldexp = math.ldexp
 
-        def send(j: int, now: float) -> None:
-            k = pos[j]
+        def send(j: int, k: int, now: float) -> None:
+            """Use k of slot j: quantize its chunk (none for a bootstrap use) and send it."""
             c = -1 if k < boot else j + (k - boot) * window
             cnt = 0
             dst = rows[j]
@@ -441,21 +441,19 @@ class Worker:
                 lo = (j + (k + 1 - boot) * window) * n
                 proposal = block_exponent(flat[lo : lo + n], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
             seq = (base_seq[j] + k) & 0xFFFFFFFF
-            hdr = bytearray(
-                pack(
-                    VERSION,
-                    contrib,
-                    0,
-                    epoch,
-                    job,
-                    wid,
-                    (slot_base + j) | ((seq & 1) << 15),
-                    cnt,
-                    seq,
-                    proposal,
-                    0,
-                    0,
-                )
+            hdr = pack(
+                VERSION,
+                contrib,
+                0,
+                epoch,
+                job,
+                wid,
+                (slot_base + j) | ((seq & 1) << 15),
+                cnt,
+                seq,
+                proposal,
+                0,
+                0,
             )
             headers[j] = hdr
             try:
@@ -468,7 +466,7 @@ class Worker:
             deadline[j] = now + rto
 
         def retransmit(j: int, now: float) -> None:
-            hdr = headers[j]
+            hdr = bytearray(headers[j])
             hdr[_OFF_FLAGS] = Flag.RETX
             cnt = int.from_bytes(hdr[10:12], "big")
             self._send(hdr, payload[j, :cnt])
@@ -478,7 +476,7 @@ class Worker:
 
         now = time.monotonic()
         for j in range(window):
-            send(j, now)
+            send(j, 0, now)
         remaining = window
         last_progress = now
         since_timer_check = 0
@@ -563,7 +561,7 @@ class Worker:
             pos[j] = k + 1
             last_progress = now
             if k + 1 < nuses[j]:
-                send(j, now)
+                send(j, k + 1, now)
             else:
                 deadline[j] = math.inf
                 remaining -= 1
