@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from netagg.protocol import PAYLOAD_DTYPE
+
 __all__ = [
     "IMPLEMENTATION",
     "NUMPY",
@@ -44,9 +46,12 @@ def numpy_dequantize(src: np.ndarray, scale: float, dst: np.ndarray) -> None:
     np.multiply(src, np.float32(scale), out=dst, dtype=np.float32)
 
 
-def numpy_add_net(acc: np.ndarray, src: np.ndarray) -> None:
-    """``acc`` += ``src``, both >i4 (``acc`` may be longer), wrapping."""
-    np.add(acc[: src.size], src, out=acc[: src.size])
+def numpy_add_net(acc: Any, src: Any) -> None:
+    """``acc`` += ``src``, both int32 in network byte order (any buffers; ``acc`` may be longer),
+    wrapping."""
+    s = np.frombuffer(src, PAYLOAD_DTYPE)
+    a = np.frombuffer(acc, PAYLOAD_DTYPE, s.size)
+    np.add(a, s, out=a)
 
 
 def numpy_block_exponents(blocks: np.ndarray, bias: int, none: int, nonfinite: int) -> np.ndarray:

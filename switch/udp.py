@@ -89,13 +89,15 @@ class UdpSwitch(BackgroundService):
         sock = self.sock
         gro = self.gro
         lock = self.lock
-        next_stats = time.monotonic() + self.stats_interval if self.stats_interval > 0 else float("inf")
+        timed_stats = self.stats_interval > 0
+        next_stats = time.monotonic() + self.stats_interval if timed_stats else float("inf")
+        stopped = self._stop.is_set
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         dontwait = socket.MSG_DONTWAIT
         log.info("netagg switch serving on %s:%d", *self.address)
         try:
-            while not self._stop.is_set():
+            while not stopped():
                 try:
                     if gro:  # a run of same-size datagrams from one sender may come as one buffer
                         n, seg, src = recv_batch(sock, buf, dontwait)
@@ -121,7 +123,7 @@ class UdpSwitch(BackgroundService):
                             except OSError as exc:
                                 self.dataplane.counters["send_errors"] += 1
                                 log.debug("send to %s failed: %s", dest, exc)
-                if time.monotonic() >= next_stats:
+                if timed_stats and time.monotonic() >= next_stats:
                     self.write_stats()
                     next_stats = time.monotonic() + self.stats_interval
         finally:
