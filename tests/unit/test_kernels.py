@@ -37,6 +37,16 @@ def bits(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).view(np.uint8).tobytes()  # NaNs compare by their bits too
 
 
+def same_as_numpy(name: str, src: np.ndarray, scale: float, out_dtype: str, offset: bool = False) -> None:
+    """The C version of a scaled pass (quantize, dequantize) writes the bits its numpy version does."""
+    ref = np.empty(src.size, out_dtype)
+    got = unaligned(np.zeros(src.size, out_dtype), out_dtype) if offset else np.empty(src.size, out_dtype)
+    with np.errstate(over="ignore"):  # a dequantized sum beyond float32 is inf in both
+        kernels.NUMPY[name](src, scale, ref)
+    getattr(native, name)(src, scale, got)
+    assert bits(got) == bits(ref)
+
+
 finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
@@ -54,13 +64,7 @@ def test_quantize_matches_numpy(x: np.ndarray, headroom: int, offset: bool) -> N
     shift = headroom - (int(np.frexp(np.float32(top))[1]) if top else 0)
     if shift > 127:  # the worker takes such tiny blocks through float64 (quantize.quantize)
         return
-    scale = 2.0**shift
-    src = unaligned(x, "<f4") if offset else x
-    ref = np.empty(x.size, ">i4")
-    got = unaligned(np.zeros(x.size, np.int32), ">i4") if offset else np.empty(x.size, ">i4")
-    kernels.NUMPY["quantize"](x, scale, ref)
-    native.quantize(src, scale, got)
-    assert bits(got) == bits(ref)
+    same_as_numpy("quantize", unaligned(x, "<f4") if offset else x, 2.0**shift, ">i4", offset)
 
 
 @needs_c
@@ -75,13 +79,7 @@ def test_dequantize_matches_numpy(q: np.ndarray, exp: int, factor: float) -> Non
     scale = float(np.ldexp(factor, exp))
     if not 0 < scale < float(F32.max):
         return
-    src = unaligned(q, ">i4")
-    ref = np.empty(q.size, np.float32)
-    got = np.empty(q.size, np.float32)
-    with np.errstate(over="ignore"):
-        kernels.NUMPY["dequantize"](src, scale, ref)
-    native.dequantize(src, scale, got)
-    assert bits(got) == bits(ref)
+    same_as_numpy("dequantize", unaligned(q, ">i4"), scale, "<f4")
 
 
 @needs_c
