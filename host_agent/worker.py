@@ -375,8 +375,8 @@ class Worker:
     def _run(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
         """One allreduce: every slot of the window runs its uses; see docs/protocol.md.
 
-        This is the hot loop: per-slot state lives in plain lists and each chunk costs a few numpy
-        calls on one row, a sendmsg and a recv_into.
+        This is the hot loop: per-slot state lives in plain lists and each chunk costs a few
+        :mod:`netagg.kernels` calls on one row, a sendmsg and a recv_into.
         """
         is_float = flat.dtype == np.float32
         total = flat.size

@@ -23,13 +23,23 @@
 #define HOT
 #endif
 
+/* Every buffer is read and written through these, at any alignment (payloads start 24 bytes into a
+ * datagram; callers may pass any buffer); compilers turn them into plain (vector) loads and stores. */
 static inline uint32_t load_u32(const unsigned char *p) {
     uint32_t v;
-    memcpy(&v, p, 4); /* any alignment: payloads start 24 bytes into a datagram */
+    memcpy(&v, p, 4);
     return v;
 }
 
 static inline void store_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+
+static inline float load_f32(const unsigned char *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline void store_f32(unsigned char *p, float v) { memcpy(p, &v, 4); }
 
 static inline uint32_t to_be(uint32_t v) {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -39,17 +49,18 @@ static inline uint32_t to_be(uint32_t v) {
 #endif
 }
 
-HOT static void quantize_loop(const float *restrict src, unsigned char *restrict dst, Py_ssize_t n,
+HOT static void quantize_loop(const unsigned char *restrict src, unsigned char *restrict dst, Py_ssize_t n,
                               float scale) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        float y = rintf(src[i] * scale);
+        float y = rintf(load_f32(src + 4 * i) * scale);
         store_u32(dst + 4 * i, to_be((uint32_t)(int32_t)y));
     }
 }
 
-HOT static void dequantize_loop(const unsigned char *restrict src, float *restrict dst, Py_ssize_t n,
-                                float scale) {
-    for (Py_ssize_t i = 0; i < n; i++) dst[i] = (float)(int32_t)to_be(load_u32(src + 4 * i)) * scale;
+HOT static void dequantize_loop(const unsigned char *restrict src, unsigned char *restrict dst,
+                                Py_ssize_t n, float scale) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        store_f32(dst + 4 * i, (float)(int32_t)to_be(load_u32(src + 4 * i)) * scale);
 }
 
 HOT static void add_loop(unsigned char *restrict acc, const unsigned char *restrict src, Py_ssize_t n) {
@@ -57,21 +68,24 @@ HOT static void add_loop(unsigned char *restrict acc, const unsigned char *restr
         store_u32(acc + 4 * i, to_be(to_be(load_u32(acc + 4 * i)) + to_be(load_u32(src + 4 * i))));
 }
 
-HOT static uint32_t max_magnitude(const uint32_t *restrict bits, Py_ssize_t n) {
+HOT static uint32_t max_magnitude(const unsigned char *restrict src, Py_ssize_t n) {
     /* IEEE 754 magnitudes order like their bit patterns; inf and NaN are the largest. */
     uint32_t m = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t v = bits[i] & 0x7fffffffu;
+        uint32_t v = load_u32(src + 4 * i) & 0x7fffffffu;
         m = v > m ? v : m;
     }
     return m;
 }
 
-/* frexp's exponent e of a finite nonzero float32 magnitude (its bits): 2**(e-1) <= |x| < 2**e. */
-static int frexp_exponent(uint32_t m) {
+/* The encoded exponent of a block whose largest magnitude has the bits m: `none` if it is zero,
+ * `nonfinite` for inf or NaN, else frexp's exponent e (2**(e-1) <= |x| < 2**e) plus `bias`. */
+static int encode_exponent(uint32_t m, int bias, int none, int nonfinite) {
+    if (m == 0) return none;
+    if (m >= 0x7f800000u) return nonfinite;
     int biased = (int)(m >> 23);
-    if (biased) return biased - 126;
-    return -117 - __builtin_clz(m); /* denormal: from the highest set bit of the fraction */
+    if (biased) return biased - 126 + bias;
+    return -117 - __builtin_clz(m) + bias; /* denormal: from the highest set bit of the fraction */
 }
 
 static int check_len(Py_buffer *b, Py_ssize_t need, const char *what) {
@@ -84,7 +98,7 @@ static int check_len(Py_buffer *b, Py_ssize_t need, const char *what) {
 
 /* One element-wise pass of `loop` from src to dst (4-byte elements each), scaled: the two
  * (de)quantizers. Refuses a src of partial elements and a dst shorter than src. */
-typedef void (*scaled_loop)(const void *src, void *dst, Py_ssize_t n, float scale);
+typedef void (*scaled_loop)(const unsigned char *src, unsigned char *dst, Py_ssize_t n, float scale);
 
 static PyObject *scaled_pass(PyObject *args, scaled_loop loop) {
     Py_buffer src, dst;
@@ -96,7 +110,7 @@ static PyObject *scaled_pass(PyObject *args, scaled_loop loop) {
         PyErr_SetString(PyExc_ValueError, "src must hold whole 4-byte values");
     } else if (check_len(&dst, 4 * n, "dst") == 0) {
         Py_BEGIN_ALLOW_THREADS; /* 64 KiB: worth letting other threads (a DDP backward) run */
-        loop(src.buf, dst.buf, n, scale);
+        loop((const unsigned char *)src.buf, (unsigned char *)dst.buf, n, scale);
         Py_END_ALLOW_THREADS;
         ret = Py_NewRef(Py_None);
     }
@@ -105,25 +119,17 @@ static PyObject *scaled_pass(PyObject *args, scaled_loop loop) {
     return ret;
 }
 
-static void quantize_any(const void *src, void *dst, Py_ssize_t n, float scale) {
-    quantize_loop((const float *)src, (unsigned char *)dst, n, scale);
-}
-
-static void dequantize_any(const void *src, void *dst, Py_ssize_t n, float scale) {
-    dequantize_loop((const unsigned char *)src, (float *)dst, n, scale);
-}
-
 PyDoc_STRVAR(quantize_doc,
              "quantize(src, scale, dst)\n--\n\n"
              "dst (big-endian int32) = rint(src (float32) * scale), computed in float32; one pass.");
 
-static PyObject *quantize(PyObject *self, PyObject *args) { return scaled_pass(args, quantize_any); }
+static PyObject *quantize(PyObject *self, PyObject *args) { return scaled_pass(args, quantize_loop); }
 
 PyDoc_STRVAR(dequantize_doc,
              "dequantize(src, scale, dst)\n--\n\n"
              "dst (float32) = float32(src (big-endian int32)) * scale, in float32; one pass.");
 
-static PyObject *dequantize(PyObject *self, PyObject *args) { return scaled_pass(args, dequantize_any); }
+static PyObject *dequantize(PyObject *self, PyObject *args) { return scaled_pass(args, dequantize_loop); }
 
 PyDoc_STRVAR(add_net_doc,
              "add_net(acc, src)\n--\n\n"
@@ -162,14 +168,13 @@ static PyObject *chunk_exponents(PyObject *self, PyObject *args) {
     if (elements <= 0 || src.len % 4) {
         PyErr_SetString(PyExc_ValueError, "need elements > 0 and whole float32 values");
     } else if (check_len(&out, 2 * chunks, "out") == 0) {
-        const uint32_t *bits = (const uint32_t *)src.buf;
+        const unsigned char *bytes = (const unsigned char *)src.buf;
         uint16_t *o = (uint16_t *)out.buf;
         Py_BEGIN_ALLOW_THREADS;
         for (Py_ssize_t c = 0; c < chunks; c++) {
             Py_ssize_t lo = c * elements;
             Py_ssize_t len = n - lo < elements ? n - lo : elements;
-            uint32_t m = max_magnitude(bits + lo, len);
-            o[c] = (uint16_t)(m == 0 ? none : m >= 0x7f800000u ? nonfinite : frexp_exponent(m) + bias);
+            o[c] = (uint16_t)encode_exponent(max_magnitude(bytes + 4 * lo, len), bias, none, nonfinite);
         }
         Py_END_ALLOW_THREADS;
         ret = Py_NewRef(Py_None);
@@ -192,9 +197,9 @@ static PyObject *block_exponent(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "src must hold whole float32 values");
         return NULL;
     }
-    uint32_t m = max_magnitude((const uint32_t *)src.buf, src.len / 4);
+    uint32_t m = max_magnitude((const unsigned char *)src.buf, src.len / 4);
     PyBuffer_Release(&src);
-    return PyLong_FromLong(m == 0 ? none : m >= 0x7f800000u ? nonfinite : frexp_exponent(m) + bias);
+    return PyLong_FromLong(encode_exponent(m, bias, none, nonfinite));
 }
 
 static PyMethodDef methods[] = {

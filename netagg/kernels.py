@@ -7,7 +7,7 @@ byte order; the numpy versions below are the reference they are tested against, 
 runs where the extension is missing or ``NETAGG_KERNELS=numpy`` is set.
 
 These are internal and do not check their arguments: arrays must be C-contiguous and of the dtypes
-named, and ``dst`` must hold as many elements as ``src``.
+named (``add_net`` takes any buffers), and ``dst`` must hold as many elements as ``src``.
 """
 
 from __future__ import annotations

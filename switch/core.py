@@ -179,10 +179,8 @@ class _Job:
     expmax: list[int] = field(init=False)
     ready: list[bool] = field(init=False)  # the set's RESULT is known (complete, or came from the parent)
     out_all: np.ndarray = field(init=False)
-    out: list[np.ndarray] = field(init=False)
     out_view: list[memoryview] = field(init=False)
     out_payload_all: np.ndarray = field(init=False)
-    out_payload: list[np.ndarray] = field(init=False)
     result_dests: list[Address] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -193,12 +191,10 @@ class _Job:
         self.reset_slots()
         # One datagram per slot and set (header + payload in network order): its payload is the
         # accumulator while a use is open and, once complete, the RESULT sent and kept for repeats.
-        # 2-D arrays for the batch path, row views for the one-packet path.
+        # 2-D arrays for the batch path, a memoryview per row for the one-packet path.
         self.out_all = np.zeros((pairs, HEADER_SIZE + 4 * c.elements), dtype=np.uint8)
         self.out_payload_all = self.out_all[:, HEADER_SIZE:].view(PAYLOAD_DTYPE)
-        self.out = list(self.out_all)
-        self.out_view = [row.data for row in self.out]
-        self.out_payload = list(self.out_payload_all)
+        self.out_view = [row.data for row in self.out_all]
 
     def reset_slots(self) -> None:
         pairs = 2 * self.cfg.slots
@@ -532,14 +528,13 @@ class Dataplane:
         ):
             self.counters["parent_stale"] += 1
             return []
-        job.out[k][HEADER_SIZE : HEADER_SIZE + 4 * count] = np.frombuffer(
-            data, np.uint8, 4 * count, HEADER_SIZE
-        )
+        end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
+        job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
         return self._result(job, k, slot, count, seq, exp)
 
     def _result(self, job: _Job, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
-        """The set's RESULT is known: its header goes in front of the payload already in ``job.out[k]``
-        (kept for repeats), and it goes to every worker of the job."""
+        """The set's RESULT is known: its header goes in front of the payload already in
+        ``job.out_view[k]`` (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
         out = job.out_view[k]
         HEADER.pack_into(
@@ -647,7 +642,7 @@ class Dataplane:
                 return self._emit(self._up(job, k, slot, seq, count, retx=True))
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
-                resend = bytearray(job.out[k].data[: HEADER_SIZE + 4 * count])
+                resend = bytearray(job.out_view[k][: HEADER_SIZE + 4 * count])
                 resend[_OFF_FLAGS] = _UNICAST
                 struct.pack_into("!H", resend, _OFF_WORKER, worker)
                 return self._emit([(resend, [src])])

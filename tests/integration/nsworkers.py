@@ -43,6 +43,12 @@ def allreduce_in(
         )
         for rank, ns in enumerate(namespaces)
     ]
+    return reports_of(procs, timeout)
+
+
+def reports_of(procs: Sequence[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
+    """Each `netagg allreduce` process's JSON report (its last line), in order. Fails the test if one
+    fails; kills them all (by PID) on the way out."""
     try:
         reports = []
         for p in procs:

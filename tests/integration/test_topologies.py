@@ -17,6 +17,7 @@ import pytest
 
 from mininet_topos import leafspine, star, tree
 from mininet_topos.netns import NetnsNetwork
+from tests.integration.nsworkers import reports_of
 
 
 def _why() -> str | None:
@@ -66,12 +67,7 @@ def _allreduce(net: NetnsNetwork, size: int, dtype: str, repeat: int = 1, timeou
         )
         for r, host in enumerate(net.topo.hosts)
     ]
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        assert p.returncode == 0, stderr[-3000:]
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
+    return reports_of(procs, timeout)
 
 
 @pytest.mark.parametrize("network", [leafspine(2, 2)], indirect=True, ids=["leafspine2x2"])
