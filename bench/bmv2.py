@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import select
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from netagg.scapy_layer import NetAgg  # noqa: E402
+from netagg.testing import VethPorts  # noqa: E402
 from switch.bmv2 import LOG_LEVELS, Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
 from switch.ethernet import mac_bytes, udp_frame  # noqa: E402
 
@@ -40,53 +39,19 @@ HOSTS = [HostPort(f"10.79.0.{i + 1}", f"02:00:0a:4f:00:{i + 1:02x}", i + 1) for 
 UDP_PORT = 42000
 
 
-def sh(*cmd: str, check: bool = True) -> None:
-    subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
 def frame(src: HostPort, dst_mac: str, dst_ip: str, payload: bytes) -> bytes:
     return udp_frame(mac_bytes(src.mac), src.ip, UDP_PORT, mac_bytes(dst_mac), dst_ip, 47000, payload)
 
 
-class Rig:
-    """Veth pairs <tag>c<i> (driven here) / <tag>s<i> (BMv2 port i + 1); deleted by close()."""
+class Rig(VethPorts):
+    """Veth pairs bb<pid>c<i> (driven here) / bb<pid>s<i> (BMv2 port i + 1); deleted by close()."""
 
     def __init__(self) -> None:
-        self.tag = f"bb{os.getpid() % 10000}"
-        self.pairs = [(f"{self.tag}c{i}", f"{self.tag}s{i}") for i in range(W)]
-        self.socks: list[socket.socket] = []
-        for outer, inner in self.pairs:
-            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-            for name in (outer, inner):
-                sh("sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1")
-                sh("ip", "link", "set", name, "up")
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-            s.bind((outer, 0))
-            s.setblocking(False)
-            self.socks.append(s)
-
-    def ports(self) -> dict[int, str]:
-        return {i + 1: inner for i, (_, inner) in enumerate(self.pairs)}
+        super().__init__(f"bb{os.getpid() % 10000}", W, rcvbuf=8 << 20)
 
     def drain(self) -> int:
         """Count frames out of the switch (ignoring our own sends)."""
-        n = 0
-        for s in self.socks:
-            while True:
-                try:
-                    _, addr = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                if addr[2] != socket.PACKET_OUTGOING:
-                    n += 1
-        return n
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-        for outer, _ in self.pairs:
-            sh("ip", "link", "del", outer, check=False)
+        return sum(sum(1 for _ in self.received(i)) for i in range(len(self.socks)))
 
 
 def stream(frames: int, aggregate: bool) -> list[tuple[int, bytes]]:

@@ -211,7 +211,7 @@ def _build() -> argparse.ArgumentParser:
     b.add_argument("--log-file", type=Path, help="simple_switch's log (slows it down)")
     b.add_argument(
         "--log-level",
-        # the values of switch.bmv2.LOG_LEVELS (not imported here: it pulls in grpc)
+        # switch.bmv2.LOG_LEVELS (not imported here: it pulls in grpc); test_p4_sources ties the two
         choices=("trace", "debug", "info", "warn", "error", "off"),
         help="simple_switch --log-level (default: trace with --log-file, else off)",
     )

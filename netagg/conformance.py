@@ -14,7 +14,6 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -289,42 +288,20 @@ def _frame(host: str, payload: bytes) -> bytes:
     return udp_frame(mac_bytes(mac), ip, port, mac_bytes(SWITCH_MAC), SWITCH_IP, DEFAULT_PORT, payload)
 
 
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
 class Bmv2Target:
     """simple_switch with netagg's program; each host is a veth pair whose outer end this process
-    drives with raw frames (AF_PACKET; needs root). Interfaces are named ``<tag>c<i>``/``<tag>s<i>``
-    and deleted by :meth:`close`."""
+    drives with raw frames (:class:`netagg.testing.VethPorts`; needs root). Interfaces are named
+    ``<tag>c<i>``/``<tag>s<i>`` and deleted by :meth:`close`."""
 
     def __init__(self, json_path: Path, *, tag: str | None = None) -> None:
+        from netagg.testing import VethPorts
         from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
 
-        self.tag = tag or f"nc{os.getpid() % 10000}"
-        self.ifaces: list[tuple[str, str]] = []
-        try:
-            for i in range(len(HOSTS)):
-                outer, inner = f"{self.tag}c{i}", f"{self.tag}s{i}"
-                _sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-                self.ifaces.append((outer, inner))
-                for name in (outer, inner):
-                    _sh("sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1")
-                    _sh("ip", "link", "set", name, "up")
-            self._make = lambda: Bmv2Process(
-                json_path, {i + 1: inner for i, (_, inner) in enumerate(self.ifaces)}
-            )
-            self._agent_cls = Bmv2Agent
-            self._hosts = [HostPort(ip, mac, i + 1) for i, (ip, _, mac) in enumerate(HOSTS.values())]
-            self.socks = {}
-            for name, (outer, _) in zip(HOSTS, self.ifaces, strict=True):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-                s.bind((outer, 0))
-                s.setblocking(False)
-                self.socks[name] = s
-        except BaseException:
-            self.close()
-            raise
+        self.veth = VethPorts(tag or f"nc{os.getpid() % 10000}", len(HOSTS))
+        self._make = lambda: Bmv2Process(json_path, self.veth.ports())
+        self._agent_cls = Bmv2Agent
+        self._hosts = [HostPort(ip, mac, i + 1) for i, (ip, _, mac) in enumerate(HOSTS.values())]
+        self.socks = dict(zip(HOSTS, self.veth.socks, strict=True))
 
     def run(self, case: Case, quiet: float = 0.15, first_wait: float = 0.4) -> Outcome:
         """A fresh simple_switch per case (no state carries over), then each datagram in turn."""
@@ -371,18 +348,12 @@ class Bmv2Target:
         got: list[tuple[str, bytes]] = []
         deadline = time.monotonic() + first_wait
         poller = select.poll()
-        by_fd = {s.fileno(): s for s in self.socks.values()}
+        by_fd = {s.fileno(): i for i, s in enumerate(self.veth.socks)}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
             for fd, _ in poller.poll(left * 1000):
-                while True:
-                    try:
-                        frame, addr = by_fd[fd].recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    if addr[2] == socket.PACKET_OUTGOING:
-                        continue
+                for frame in self.veth.received(by_fd[fd]):
                     out = _parse(frame)
                     if out is not None:
                         got.append(out)
@@ -390,11 +361,7 @@ class Bmv2Target:
         return got
 
     def close(self) -> None:
-        for s in getattr(self, "socks", {}).values():
-            s.close()
-        for outer, _ in self.ifaces:
-            subprocess.run(["ip", "link", "del", outer], capture_output=True, check=False)
-        self.ifaces = []
+        self.veth.close()
 
 
 class _Context:

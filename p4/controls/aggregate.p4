@@ -96,25 +96,23 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
             }
         } else if ((bitmap & meta.wbit) != 0) {
             events.count(EV_REPEATS);
-            if (bitmap == meta.full && SLOT_READY(state) == 0) {
-                /* A tree: the partial went up and the parent's RESULT has not come back (one of
-                 * the two was lost): the worker's retransmission makes this switch send it again. */
+            if (bitmap == meta.full) {
                 if (hdr.wide.isValid()) {
                     stored_result_wide();
                 } else {
                     stored_result();
                 }
-                TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                meta.parent_port, meta.switch_mac, meta.switch_ip)
-            } else if (bitmap == meta.full) {
-                TO_SENDER
-                events.count(EV_RESULTS_RESENT);
-                if (hdr.wide.isValid()) {
-                    stored_result_wide();
+                if (SLOT_READY(state) == 0) {
+                    /* A tree: the partial went up and the parent's RESULT has not come back (one
+                     * of the two was lost): the worker's retransmission makes this switch send it
+                     * again. */
+                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
+                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
                 } else {
-                    stored_result();
+                    TO_SENDER
+                    events.count(EV_RESULTS_RESENT);
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
                 }
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
             } else {
                 TO_SENDER
                 events.count(EV_PENDING_SENT);

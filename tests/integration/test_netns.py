@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -125,3 +127,50 @@ def test_allreduce_with_5_percent_loss(topo: Topo) -> None:
         sw.stop()
     if how == {"nftables"}:
         assert all(nft_dropped(ns) > 0 for ns in topo.hosts[1:])
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
+
+
+def test_veth_ports_carry_frames_and_clean_up() -> None:
+    """The raw veth ports the BMv2 tests and bench drive: frames from the switch's end come out of
+    received(), frames sent out of this end do not (the kernel shows a raw socket the frames other
+    sockets send on its interface), and every pair is gone after close()."""
+    from netagg.testing import VethPorts
+
+    tag = f"nv{os.getpid() % 100000}"
+    frame = bytes.fromhex("02000000000102000000000288b5") + b"netagg".ljust(
+        50, b"\0"
+    )  # local experimental type
+    with VethPorts(tag, 2) as ports:
+        assert ports.ports() == {1: f"{tag}s0", 2: f"{tag}s1"}
+        assert all(_link_exists(name) for pair in ports.pairs for name in pair)
+        switch_end, our_end = (
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) for _ in "ab"
+        )
+        try:
+            switch_end.bind((f"{tag}s1", 0))
+            our_end.bind((f"{tag}c1", 0))
+            our_end.send(frame[:12] + b"\x88\xb6" + frame[14:])  # outgoing on c1: must not come back
+            switch_end.send(frame)
+            time.sleep(0.2)
+            assert list(ports.received(1)) == [frame]
+            assert list(ports.received(0)) == []
+        finally:
+            switch_end.close()
+            our_end.close()
+    assert not any(_link_exists(f"{tag}{end}{i}") for end in "cs" for i in range(2))
+
+
+def test_veth_ports_half_made_are_deleted() -> None:
+    from netagg.testing import VethPorts
+
+    tag = f"nw{os.getpid() % 100000}"
+    sh("ip", "link", "add", f"{tag}c1", "type", "veth", "peer", "name", f"{tag}x1")  # in the way of pair 1
+    try:
+        with pytest.raises(RuntimeError, match=f"ip link add {tag}c1"):
+            VethPorts(tag, 2)
+        assert not _link_exists(f"{tag}c0") and not _link_exists(f"{tag}s0")
+    finally:
+        subprocess.run(["ip", "link", "del", f"{tag}c1"], capture_output=True, check=False)

@@ -4,6 +4,7 @@ they say on the Python switch (the BMv2 comparison is tests/integration/test_bmv
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -71,3 +72,11 @@ def test_conformance_cases_on_the_python_switch() -> None:
     assert drops == {"stale_seq": 1, "count_mismatch": 1}
     assert len(outs[-1]) == 1 and outs[-1][0][1].startswith("010402")  # version 1, RESULT, UNICAST
     assert by_name["contributions before the job is joined"][1] == {"not_joined": 2}
+
+
+def test_the_cli_offers_the_drivers_log_levels() -> None:
+    from netagg import cli  # its --log-level choices are written out (importing switch.bmv2 pulls in grpc)
+
+    sub = next(a for a in cli._build()._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in sub.choices["bmv2"]._actions if "--log-level" in a.option_strings)
+    assert flag.choices is not None and tuple(flag.choices) == LOG_LEVELS
