@@ -6,7 +6,7 @@ duplicated or held back (reordered) with the probabilities given. Nothing here i
 switch or the workers: they run for real on either side.
 
 :class:`VethPorts` makes veth pairs and drives their outer ends with raw Ethernet frames, for a switch
-(BMv2's ``simple_switch``, ``netagg switch --ethernet``) that owns the inner ends.
+that owns the inner ends (``simple_switch`` in the BMv2 conformance harness and bench/bmv2.py).
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ class VethPorts:
         return {i + 1: inner for i, (_, inner) in enumerate(self.pairs)}
 
     def received(self, i: int) -> Iterator[bytes]:
-        """The frames queued on ``socks[i]`` that came from the switch (not this process's own sends)."""
+        """The frames queued on ``socks[i]`` that came in from the switch's end; frames going out of
+        this end (which the kernel shows a raw socket when another socket sent them) are skipped."""
         sock = self.socks[i]
         while True:
             try:
