@@ -21,9 +21,11 @@ __all__ = [
     "EXP_BIAS",
     "EXP_NONE",
     "EXP_NONFINITE",
+    "FIELDS",
     "HEADER",
     "HEADER_DTYPE",
     "HEADER_SIZE",
+    "JOIN_ACK_PARAMS",
     "MAX_ELEMENTS",
     "MAX_SLOTS",
     "MAX_WINDOW_ELEMENTS",
@@ -31,15 +33,27 @@ __all__ = [
     "PAYLOAD_DTYPE",
     "SET_BIT",
     "VERSION",
+    "Field",
     "Flag",
     "Header",
     "MsgType",
+    "OFFSET",
+    "OFF_COUNT",
+    "OFF_FLAGS",
+    "OFF_SEQ",
+    "OFF_WORKER",
     "ProtocolError",
     "decode",
     "encode",
+    "join_ack_packet",
+    "join_packet",
+    "pack_header",
     "parse_address",
+    "parse_join_ack",
+    "pending_packet",
     "record_dtype",
     "scale_bits",
+    "slot_field",
 ]
 
 #: UDP port the switch listens on unless told otherwise (0xB798; unassigned by IANA).
@@ -48,27 +62,54 @@ DEFAULT_PORT = 47000
 DEFAULT_CONTROLLER_PORT = 47100
 #: Protocol version carried in every header.
 VERSION = 1
-#: ``struct`` layout of the header: see docs/protocol.md, "Header".
-HEADER = struct.Struct("!BBBBHHHHIHHI")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One header field: its name, width in bytes and meaning (docs/protocol.md, "Header")."""
+
+    name: str
+    size: int
+    doc: str
+
+
+#: The header, field by field, in wire order (network byte order). This table is the one definition in
+#: code: the ``struct`` layout, the numpy dtype and the byte offsets below are derived from it, and
+#: tests keep the scapy layer and ``p4/include/headers.p4`` in step with it.
+FIELDS: tuple[Field, ...] = (
+    Field("version", 1, "protocol version (VERSION)"),
+    Field("type", 1, "message type (MsgType)"),
+    Field("flags", 1, "Flag bits"),
+    Field("epoch", 1, "the job's round at the switch, from its JOIN_ACK"),
+    Field("job", 2, "job id at the switch"),
+    Field("worker", 2, "the sender's worker id (0xFFFF in a RESULT for all)"),
+    Field("slot", 2, "bit 15: the set; bits 0-14: the slot index"),
+    Field("count", 2, "int32 elements after the header"),
+    Field("seq", 4, "the slot's use number (JOIN: the worker's incarnation)"),
+    Field("exp", 2, "block exponent proposal / agreed exponent (EXP_*)"),
+    Field("reserved", 2, "zero"),
+    Field("bitmap", 4, "contributors (RESULT, PENDING) or joined workers"),
+)
+_CODES = {1: "B", 2: "H", 4: "I"}
+#: Byte offset of each field in the header.
+OFFSET: dict[str, int] = {}
+_at = 0
+for _f in FIELDS:
+    OFFSET[_f.name] = _at
+    _at += _f.size
+del _at, _f
+#: ``struct`` layout of the header (from FIELDS). Positional ``HEADER.pack`` calls, in FIELDS' order,
+#: belong only in the hot loops (the worker's and the switch's per-packet paths); everything else uses
+#: :func:`pack_header` or the named builders below.
+HEADER = struct.Struct("!" + "".join(_CODES[f.size] for f in FIELDS))
 HEADER_SIZE = HEADER.size  # 24 bytes
 #: The same layout as a numpy structured dtype, for decoding many headers at once.
-HEADER_DTYPE = np.dtype(
-    [
-        ("version", "u1"),
-        ("type", "u1"),
-        ("flags", "u1"),
-        ("epoch", "u1"),
-        ("job", ">u2"),
-        ("worker", ">u2"),
-        ("slot", ">u2"),
-        ("count", ">u2"),
-        ("seq", ">u4"),
-        ("exp", ">u2"),
-        ("reserved", ">u2"),
-        ("bitmap", ">u4"),
-    ]
-)
-assert HEADER_DTYPE.itemsize == HEADER_SIZE
+HEADER_DTYPE = np.dtype([(f.name, "u1" if f.size == 1 else f">u{f.size}") for f in FIELDS])
+assert HEADER_DTYPE.itemsize == HEADER_SIZE == sum(f.size for f in FIELDS)
+OFF_FLAGS = OFFSET["flags"]
+OFF_WORKER = OFFSET["worker"]
+OFF_COUNT = OFFSET["count"]
+OFF_SEQ = OFFSET["seq"]
 #: Payload elements: int32, network byte order.
 PAYLOAD_DTYPE = np.dtype(">i4")
 #: Largest element count whose datagram fits an IPv4 UDP payload (65,507 bytes).
@@ -129,20 +170,90 @@ class Header:
 
     def pack(self) -> bytes:
         """The 24 header bytes."""
-        return HEADER.pack(
-            self.version,
+        return pack_header(
             self.type,
-            self.flags,
-            self.epoch,
-            self.job,
-            self.worker,
-            (self.slot & (SET_BIT - 1)) | (SET_BIT if self.set else 0),
-            self.count,
-            self.seq,
-            self.exp,
-            0,
-            self.bitmap,
+            flags=self.flags,
+            epoch=self.epoch,
+            job=self.job,
+            worker=self.worker,
+            slot=slot_field(self.slot, self.set),
+            count=self.count,
+            seq=self.seq,
+            exp=self.exp,
+            bitmap=self.bitmap,
+            version=self.version,
         )
+
+
+def slot_field(slot: int, set_: int) -> int:
+    """The 16-bit slot field: the slot index with the set in bit 15."""
+    return (slot & (SET_BIT - 1)) | (SET_BIT if set_ else 0)
+
+
+def pack_header(
+    type: int,
+    *,
+    flags: int = 0,
+    epoch: int = 0,
+    job: int = 0,
+    worker: int = 0,
+    slot: int = 0,
+    count: int = 0,
+    seq: int = 0,
+    exp: int = EXP_NONE,
+    bitmap: int = 0,
+    version: int = VERSION,
+) -> bytes:
+    """One header by field name (``slot`` is the raw 16-bit field: see :func:`slot_field`)."""
+    return HEADER.pack(version, type, flags, epoch, job, worker, slot, count, seq, exp, 0, bitmap)
+
+
+# -- the cold-path messages, by name (docs/protocol.md, "Messages") ---------------------------------
+def join_packet(job: int, worker: int, incarnation: int) -> bytes:
+    """JOIN: ``worker`` of ``job`` asks to join; ``incarnation`` (non-zero) names this attempt."""
+    return pack_header(MsgType.JOIN, job=job, worker=worker, seq=incarnation)
+
+
+def pending_packet(epoch: int, job: int, worker: int, seq: int, bitmap: int, *, slot: int = 0) -> bytes:
+    """PENDING: the answer to a repeat whose round (a JOIN's: slot 0, seq = incarnation) or use (slot
+    field and seq of the use) is not complete; ``bitmap`` says who is in."""
+    return pack_header(
+        MsgType.PENDING, epoch=epoch, job=job, worker=worker, slot=slot, seq=seq, bitmap=bitmap
+    )
+
+
+#: JOIN_ACK's payload words, in order (docs/protocol.md, "JOIN_ACK").
+JOIN_ACK_PARAMS = ("slot_base", "slots", "elements", "fanin", "total_workers", "group", "group_port")
+
+
+def join_ack_packet(
+    epoch: int, job: int, worker: int, incarnation: int, bitmap: int, params: dict[str, int]
+) -> bytes:
+    """JOIN_ACK: every worker has joined; the payload carries JOIN_ACK_PARAMS as 32-bit words."""
+    words = np.array([params[k] for k in JOIN_ACK_PARAMS], dtype=">u4")
+    hdr = pack_header(
+        MsgType.JOIN_ACK,
+        epoch=epoch,
+        job=job,
+        worker=worker,
+        count=words.size,
+        seq=incarnation,
+        bitmap=bitmap,
+    )
+    return hdr + words.tobytes()
+
+
+def parse_join_ack(
+    datagram: bytes | bytearray | memoryview, nbytes: int | None = None
+) -> dict[str, int] | None:
+    """JOIN_ACK_PARAMS from a JOIN_ACK's payload, or None when its length is not that of a JOIN_ACK."""
+    n = len(datagram) if nbytes is None else nbytes
+    words = len(JOIN_ACK_PARAMS)
+    if n != HEADER_SIZE + 4 * words or int.from_bytes(datagram[OFF_COUNT : OFF_COUNT + 2], "big") != words:
+        return None
+    return dict(
+        zip(JOIN_ACK_PARAMS, np.frombuffer(datagram, ">u4", words, HEADER_SIZE).tolist(), strict=True)
+    )
 
 
 def encode(header: Header, payload: np.ndarray | None = None) -> bytes:

@@ -27,11 +27,16 @@ from netagg.protocol import (
     MAX_SLOTS,
     MAX_WINDOW_ELEMENTS,
     MAX_WORKERS,
+    OFF_FLAGS,
+    OFF_WORKER,
     PAYLOAD_DTYPE,
     SET_BIT,
     VERSION,
     Flag,
     MsgType,
+    join_ack_packet,
+    join_packet,
+    pending_packet,
     record_dtype,
 )
 
@@ -76,8 +81,6 @@ DROP_REASONS = (
     "count_mismatch",  # count differs from the other contributions to the same use
 )
 
-_OFF_FLAGS = 2
-_OFF_WORKER = 6
 _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
 # Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
@@ -467,9 +470,7 @@ class Dataplane:
     # -- aggregation trees ---------------------------------------------------------------------
     def _parent_join(self, job: _Job) -> Output:
         c = job.cfg
-        pkt = HEADER.pack(
-            VERSION, MsgType.JOIN, 0, 0, c.job_id, c.parent_worker, 0, 0, job.parent_incarnation, 0, 0, 0
-        )
+        pkt = join_packet(c.job_id, c.parent_worker, job.parent_incarnation)
         self.counters["parent_joins_sent"] += 1
         return (pkt, [c.parent])
 
@@ -479,6 +480,7 @@ class Dataplane:
         c = job.cfg
         if job.parent_epoch is None:
             return [self._parent_join(job)]
+        # Positional, in protocol.FIELDS order: the per-packet path of a tree (one partial per use).
         hdr = HEADER.pack(
             VERSION,
             _CONTRIB,
@@ -537,6 +539,7 @@ class Dataplane:
         ``job.out_view[k]`` (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
         out = job.out_view[k]
+        # Positional, in protocol.FIELDS order: the per-packet path (one RESULT per use).
         HEADER.pack_into(
             out,
             0,
@@ -565,28 +568,20 @@ class Dataplane:
         group, port = (0, 0)
         if c.multicast is not None:
             group, port = int.from_bytes(socket.inet_aton(c.multicast[0]), "big"), c.multicast[1]
-        params = np.array([c.slot_base, c.slots, c.elements, c.workers, total, group, port], dtype=">u4")
-        hdr = HEADER.pack(
-            VERSION,
-            MsgType.JOIN_ACK,
-            0,
-            job.epoch,
-            c.job_id,
-            worker,
-            0,
-            len(params),
-            job.incarnation[worker],
-            0,
-            0,
-            job.full,
-        )
-        return hdr + params.tobytes()
+        params = {
+            "slot_base": c.slot_base,
+            "slots": c.slots,
+            "elements": c.elements,
+            "fanin": c.workers,
+            "total_workers": total,
+            "group": group,
+            "group_port": port,
+        }
+        return join_ack_packet(job.epoch, c.job_id, worker, job.incarnation[worker], job.full, params)
 
     def _pending_join(self, job: _Job, worker: int, incarnation: int) -> bytes:
         joined = sum(1 << w for w, inc in enumerate(job.incarnation) if inc)
-        return HEADER.pack(
-            VERSION, MsgType.PENDING, 0, job.epoch, job.cfg.job_id, worker, 0, 0, incarnation, 0, 0, joined
-        )
+        return pending_packet(job.epoch, job.cfg.job_id, worker, incarnation, joined)
 
     def _contribute(
         self,
@@ -643,13 +638,11 @@ class Dataplane:
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
                 resend = bytearray(job.out_view[k][: HEADER_SIZE + 4 * count])
-                resend[_OFF_FLAGS] = _UNICAST
-                struct.pack_into("!H", resend, _OFF_WORKER, worker)
+                resend[OFF_FLAGS] = _UNICAST
+                struct.pack_into("!H", resend, OFF_WORKER, worker)
                 return self._emit([(resend, [src])])
             self.counters["pending_sent"] += 1
-            pend = HEADER.pack(
-                VERSION, _PENDING, 0, job.epoch, cfg.job_id, worker, slot, 0, seq, 0, 0, bitmap
-            )
+            pend = pending_packet(job.epoch, cfg.job_id, worker, seq, bitmap, slot=slot)
             return self._emit([(pend, [src])])
         acc = job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count]  # len(data) is that + HEADER_SIZE
         if bitmap:
