@@ -4,78 +4,36 @@ A :class:`Worker` joins its job at the switch, then each :meth:`Worker.allreduce
 chunks of ``elements`` values, keeps one chunk in flight per slot of the job's window, retransmits on
 timeout, drops duplicate and stale results, and returns the elementwise sum over all workers. The rules it
 follows are those of docs/protocol.md ("Worker rules").
+
+The worker is a façade: the join (:mod:`host_agent.join`), the protocol of one call
+(:mod:`host_agent.engine`, no sockets), the sockets (:mod:`host_agent.transport`) and the tensor
+conversions (:mod:`host_agent.tensors`) each live in their own module; this one wires them and runs the
+I/O loop around an engine on one thread per worker.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
-import secrets
-import select
 import socket
 import time
 from typing import Any, Literal
 
 import numpy as np
 
-from host_agent.quantize import chunk_exponents, dequantize, quantize
-from netagg import kernels
-from netagg.protocol import (
-    EXP_BIAS,
-    EXP_NONE,
-    EXP_NONFINITE,
-    HEADER,
-    HEADER_SIZE,
-    PAYLOAD_DTYPE,
-    SET_BIT,
-    VERSION,
-    Flag,
-    MsgType,
-    parse_address,
-    record_dtype,
-    scale_bits,
-)
-from netagg.udpbatch import BATCH_BELOW_ELEMENTS, enable_gro, recv_batch, send_segments
-from switch.udp import set_socket_buffers
+from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
+from host_agent.errors import NetAggError, NetAggTimeout, NonFiniteError
+from host_agent.join import JoinHandshake, format_address, join_controller
+from host_agent.session import JobParams, Rto, Session, Stats
+from host_agent.tensors import as_numpy, output_for
+from host_agent.transport import LOST_ON_SEND, Transport
+from netagg.protocol import parse_address
+from netagg.udpbatch import BATCH_BELOW_ELEMENTS, recv_batch
 
 __all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "Worker", "parse_address"]
 
 log = logging.getLogger(__name__)
-
-_OFF_FLAGS = 2
-_ACK_WORDS = 7  # JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port
-
-
-#: Send errors that lose one datagram, as a lossy link would, and that the retransmission timer repairs:
-#: nobody listening at the switch address yet (ICMP), a full socket buffer, a local packet filter
-#: dropping it (EPERM; e.g. an nftables rule emulating loss). A filter that drops everything ends in
-#: the usual timeout error.
-_LOST_ON_SEND = (ConnectionRefusedError, BlockingIOError, PermissionError)
-
-
-class NetAggError(RuntimeError):
-    """The allreduce could not be carried out (the worker is unusable afterwards)."""
-
-
-class NetAggTimeout(NetAggError, TimeoutError):
-    """No progress for ``timeout`` seconds: the switch or another worker is gone."""
-
-
-class NonFiniteError(ValueError):
-    """Some worker's input had inf or NaN; every worker raises it for the same blocks."""
-
-
-class _Stats:
-    __slots__ = ("bytes_received", "bytes_sent", "received", "retransmissions", "sent", "stale")
-
-    def __init__(self) -> None:
-        self.sent = self.received = self.retransmissions = self.stale = 0
-        self.bytes_sent = self.bytes_received = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}
 
 
 class Worker:
@@ -160,10 +118,11 @@ class Worker:
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
         self.controller_job: str | None = None
+        sock: socket.socket | None = None
         if controller is not None:
             assert isinstance(job, str)
             self.controller_job = job
-            sock, joined = _join_controller(controller, job, rank, token, tls_ca, replace, bind)
+            sock, joined = join_controller(controller, job, rank, token, tls_ca, replace, bind)
             if world_size is not None and world_size != joined.total_workers:
                 sock.close()
                 raise NetAggError(
@@ -182,28 +141,14 @@ class Worker:
         self.worker_id = rank if worker_id is None else worker_id
         self.timeout, self.join_timeout = timeout, join_timeout
         self._min_rto_asked = min_rto
-        self.min_rto, self.max_rto = (min_rto or min(0.02, max_rto)), max_rto
         self.nonfinite = nonfinite
         self._batch = batch
-        self.stats = _Stats()
-        self._srtt: float | None = None
-        self._rttvar = 0.0
+        self.stats = Stats()
+        self._rto = Rto(min_rto or min(0.02, max_rto), max_rto)
         self._broken: str | None = None
-        if controller is None:
-            family = socket.AF_INET6 if ":" in self.switch[0] else socket.AF_INET
-            self._sock = socket.socket(family, socket.SOCK_DGRAM)
-            if bind:
-                self._sock.bind(parse_address(bind))
-        else:
-            self._sock = sock
-        set_socket_buffers(self._sock, rcvbuf, 4 << 20)
-        self._sock.connect(self.switch)
-        self._buf = bytearray(1 << 16)
-        self._runbuf = bytearray(1 << 20)  # several GRO runs of small results, back to back
-        self._poll = select.poll()
-        self._poll.register(self._sock, select.POLLIN)
-        self._mcast: socket.socket | None = None
-        self._rcvbuf = rcvbuf
+        self._session: Session | None = None
+        self.batched = False
+        self._transport = Transport(self.switch, self.stats, sock=sock, bind=bind, rcvbuf=rcvbuf)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"netagg-w{rank}", initializer=_io_thread_policy if sched_batch else None
         )
@@ -237,36 +182,17 @@ class Worker:
         """Start an allreduce; calls run one after another, in the order they were made."""
         if self._broken:
             raise NetAggError(self._broken)
-        arr, restore = _as_numpy(x)
+        arr, restore = as_numpy(x)
         if average and arr.dtype != np.float32:
             raise ValueError(f"average=True needs a floating-point tensor, not {arr.dtype}")
-        target, finish = _output(out, x, arr)
+        target, finish = output_for(out, x, arr)
         factor = 1.0 / self.world_size if average else 1.0
         return self._executor.submit(lambda: finish(restore, self._allreduce(arr, target, factor)))
 
     def close(self) -> None:
         """Finish queued allreduces and release the sockets."""
         self._executor.shutdown(wait=True)
-        self._sock.close()
-        if self._mcast is not None:
-            self._mcast.close()
-
-    def _join_group(self, group: str, port: int) -> socket.socket:
-        """A second socket that receives the switch's results sent to the job's multicast group."""
-        local = self._sock.getsockname()[0]
-        m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        m.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # every worker of the host binds it
-        set_socket_buffers(m, self._rcvbuf, 1 << 16)
-        m.bind((group, port))
-        m.setsockopt(
-            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(local)
-        )
-        m.setblocking(False)
-        if self.batched:
-            enable_gro(m)
-        self._poll.register(m, select.POLLIN)
-        log.debug("worker %d receives results on group %s:%d via %s", self.rank, group, port, local)
-        return m
+        self._transport.close()
 
     def __enter__(self) -> Worker:
         return self
@@ -274,215 +200,134 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- what the switch said at the join --------------------------------------------------------
+    @property
+    def params(self) -> JobParams:
+        """The job at the switch, as its JOIN_ACK gave it."""
+        assert self._session is not None
+        return self._session.params
+
+    @property
+    def epoch(self) -> int:
+        return self.params.epoch
+
+    @property
+    def slot_base(self) -> int:
+        return self.params.slot_base
+
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    @property
+    def elements(self) -> int:
+        return self.params.elements
+
+    @property
+    def fanin(self) -> int:
+        return self.params.fanin
+
+    @property
+    def bits(self) -> int:
+        return self.params.bits
+
+    @property
+    def min_rto(self) -> float:
+        return self._rto.min_rto
+
+    @property
+    def max_rto(self) -> float:
+        return self._rto.max_rto
+
     @property
     def rto(self) -> float:
-        if self._srtt is None:  # no sample yet: start high, as TCP does, so a slow start is no storm
-            return max(self.min_rto, min(self.max_rto, 0.2))
-        return min(self.max_rto, max(self.min_rto, self._srtt + 4 * self._rttvar))
+        """The retransmission timeout now (it adapts to the measured round-trip time)."""
+        return self._rto.value
 
     # -- join ----------------------------------------------------------------------------------
     def _join(self, elements: int | None) -> None:
-        incarnation = secrets.randbits(32) or 1
-        pkt = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, self.job, self.worker_id, 0, 0, incarnation, 0, 0, 0)
+        handshake = JoinHandshake(self.job, self.worker_id)
+        transport = self._transport
         deadline = time.monotonic() + self.join_timeout
-        wait, joined_bitmap, heard = 0.02, None, False
         while True:
-            self._send(pkt)
-            end = min(deadline, time.monotonic() + wait)
-            while (n := self._recv(end)) is not None:
-                if n < HEADER_SIZE:
-                    continue
-                _, mtype, _, epoch, job, worker, _, count, seq, _, _, bitmap = HEADER.unpack_from(self._buf)
-                if job != self.job or worker != self.worker_id or seq != incarnation:
+            transport.send_one(handshake.packet)
+            end = min(deadline, time.monotonic() + handshake.next_wait())
+            while (n := transport.recv_until(end)) is not None:
+                if not handshake.accepts(transport.buf, n):
                     self.stats.stale += 1
                     continue
-                heard = True
-                if mtype == MsgType.PENDING:
-                    joined_bitmap = bitmap
-                elif mtype == MsgType.JOIN_ACK and count == _ACK_WORDS and n == HEADER_SIZE + 4 * _ACK_WORDS:
-                    params = np.frombuffer(self._buf, ">u4", _ACK_WORDS, HEADER_SIZE).tolist()
-                    self._configure(epoch, *params, expected_elements=elements)
+                params = handshake.on_datagram(transport.buf, n)
+                if params is not None:
+                    self._configure(params, expected_elements=elements)
                     return
             if time.monotonic() >= deadline:
-                if not heard:
-                    raise NetAggTimeout(
-                        f"switch {self.switch[0]}:{self.switch[1]} did not answer JOIN for job {self.job} "
-                        f"within {self.join_timeout:g}s (is it running, and configured for job {self.job}?)"
-                    )
-                missing = [w for w in range(self.world_size) if not (joined_bitmap or 0) >> w & 1]
-                raise NetAggTimeout(
-                    f"job {self.job}: workers {missing} did not join within {self.join_timeout:g}s"
-                )
-            wait = min(wait * 2, 0.25)  # well inside the switch's join_refresh (2 s)
+                raise handshake.timeout_error(_fmt(*self.switch), self.world_size, self.join_timeout)
 
-    def _configure(
-        self,
-        epoch: int,
-        slot_base: int,
-        slots: int,
-        elements: int,
-        fanin: int,
-        total: int,
-        group: int,
-        group_port: int,
-        *,
-        expected_elements: int | None,
-    ) -> None:
-        if total != self.world_size:
+    def _configure(self, params: JobParams, *, expected_elements: int | None) -> None:
+        if params.total_workers != self.world_size:
             raise NetAggError(
-                f"switch job {self.job} has {total} workers in all, but this worker was "
+                f"switch job {self.job} has {params.total_workers} workers in all, but this worker was "
                 f"started with world_size={self.world_size}"
             )
-        if expected_elements is not None and expected_elements != elements:
+        if expected_elements is not None and expected_elements != params.elements:
             raise NetAggError(
-                f"switch job {self.job} uses {elements} elements per packet, "
+                f"switch job {self.job} uses {params.elements} elements per packet, "
                 f"not the {expected_elements} asked for"
             )
-        self.epoch, self.slot_base, self.slots, self.elements = epoch, slot_base, slots, elements
-        self.fanin = fanin
-        self.bits = scale_bits(total)
         # Small packets go out and come in as runs (GSO/GRO), processed with numpy a run at a time.
-        self.batched = self._batch and elements < BATCH_BELOW_ELEMENTS and enable_gro(self._sock)
+        self.batched = self._batch and params.elements < BATCH_BELOW_ELEMENTS and self._transport.enable_gro()
         if self._min_rto_asked is None:
-            self.min_rto = min(self.max_rto, 0.1 if self.batched else 0.02)
-        self._seq = np.zeros(slots, dtype=np.int64)  # the next use number of each slot, this epoch
-        self._payload = np.zeros((slots, elements), dtype=PAYLOAD_DTYPE)  # last payload sent per slot
-        if group and self._mcast is None:
-            self._mcast = self._join_group(socket.inet_ntoa(group.to_bytes(4, "big")), group_port)
+            self._rto.min_rto = min(self._rto.max_rto, 0.1 if self.batched else 0.02)
+        self._session = Session(params, self._rto, self.stats)
+        if params.group:
+            self._transport.join_group(socket.inet_ntoa(params.group.to_bytes(4, "big")), params.group_port)
         log.debug(
             "worker %d joined job %d: epoch %d, slots [%d, %d), %d elements/packet",
             self.rank,
             self.job,
-            epoch,
-            slot_base,
-            slot_base + slots,
-            elements,
+            params.epoch,
+            params.slot_base,
+            params.slot_base + params.slots,
+            params.elements,
         )
 
-    # -- the allreduce engine ------------------------------------------------------------------
+    # -- the allreduce: an engine, driven by the sockets ------------------------------------------
     def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None, factor: float = 1.0) -> np.ndarray:
         target = np.empty_like(flat) if out is None else out
         try:
             if flat.size == 0:
                 return target
-            if self.batched:
-                return self._run_batched(flat, target, factor)
-            return self._run(flat, target, factor)
+            assert self._session is not None
+            self._transport.sock.setblocking(False)
+            engine = make_engine(self._session, flat, target, factor, time.monotonic(), batched=self.batched)
+            if isinstance(engine, RunEngine):
+                self._drive_runs(engine)
+            else:
+                assert isinstance(engine, DatagramEngine)
+                self._drive(engine)
+            return engine.finish(self.nonfinite)
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
 
-    def _run(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
-        """One allreduce: every slot of the window runs its uses; see docs/protocol.md.
+    def _stalled(self, engine: Engine) -> NetAggTimeout:
+        return engine.stalled(f"worker {self.rank}", self.timeout, _fmt(*self.switch))
 
-        This is the hot loop: per-slot state lives in plain lists and each chunk costs a few
-        :mod:`netagg.kernels` calls on one row, a sendmsg and a recv_into.
-        """
-        is_float = flat.dtype == np.float32
-        total = flat.size
-        self._sock.setblocking(False)
-        n = self.elements
-        nchunks = -(-total // n)
-        nfull = total // n
-        window = min(self.slots, nchunks)
-        boot = 1 if is_float else 0  # a float allreduce starts each slot with an exponent-only use
-        nuses = [(nchunks - j + window - 1) // window + boot for j in range(window)]
-        # Each chunk's exponent is read just before it is proposed, one window ahead of quantizing it:
-        # the chunk is then still in the CPU's cache when quantized (one pass over memory, not two).
-        block_exponent, kquantize, kdequantize = kernels.block_exponent, kernels.quantize, kernels.dequantize
-        agreed = [0] * (nchunks if is_float else 0)
-        base_seq = [int(s) for s in self._seq[:window]]
-        pos = [0] * window
-        deadline = [math.inf] * window
-        sent_at = [0.0] * window
-        tries = [0] * window
-        pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
-        headers: list[bytes] = [b""] * window
-        payload = self._payload
-        rows = list(payload[:window])  # each slot's packet payload, whole
-        bits, epoch, job, wid, slot_base = self.bits, self.epoch, self.job, self.worker_id, self.slot_base
-        buf = self._buf
-        got_whole = np.frombuffer(buf, PAYLOAD_DTYPE, n, HEADER_SIZE)  # a received RESULT's payload
-        stats = self.stats
-        sock_sendmsg = self._sock.sendmsg
-        recv_into = self._sock.recv_into
-        mcast_recv_into = self._mcast.recv_into if self._mcast is not None else None
-        unpack = HEADER.unpack_from
-        pack = HEADER.pack
-        contrib, result_type, pending_type = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
-        rto = self.rto
-        ldexp = math.ldexp
-
-        def send(j: int, k: int, now: float) -> None:
-            """Use k of slot j: quantize its chunk (none for a bootstrap use) and send it."""
-            c = -1 if k < boot else j + (k - boot) * window
-            cnt = 0
-            dst = rows[j]
-            if c >= 0:
-                lo = c * n
-                if c < nfull:
-                    cnt = n
-                else:
-                    cnt = total - lo
-                    dst = dst[:cnt]
-                if is_float:
-                    e = agreed[c]
-                    shift = bits + EXP_BIAS - e
-                    if e in (EXP_NONE, EXP_NONFINITE) or shift > 127:  # zero, inf/NaN, tiny: rare
-                        _quantize_row(flat[lo : lo + cnt], e, bits, dst)
-                    else:
-                        kquantize(flat[lo : lo + cnt], 2.0**shift, dst)
-                else:
-                    dst[...] = flat[lo : lo + cnt]
-            else:
-                dst = dst[:0]
-            proposal = EXP_NONE
-            if is_float and k + 1 < nuses[j]:
-                lo = (j + (k + 1 - boot) * window) * n
-                proposal = block_exponent(flat[lo : lo + n], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
-            seq = (base_seq[j] + k) & 0xFFFFFFFF
-            hdr = pack(
-                VERSION,
-                contrib,
-                0,
-                epoch,
-                job,
-                wid,
-                (slot_base + j) | ((seq & 1) << 15),
-                cnt,
-                seq,
-                proposal,
-                0,
-                0,
-            )
-            headers[j] = hdr
-            try:
-                stats.bytes_sent += sock_sendmsg((hdr, dst))
-                stats.sent += 1
-            except _LOST_ON_SEND:
-                pass  # the switch is not there, the buffer is full, a filter dropped it: the timer resends
-            sent_at[j] = now
-            tries[j] = 0
-            deadline[j] = now + rto
-
-        def retransmit(j: int, now: float) -> None:
-            hdr = bytearray(headers[j])
-            hdr[_OFF_FLAGS] = Flag.RETX
-            cnt = int.from_bytes(hdr[10:12], "big")
-            self._send(hdr, payload[j, :cnt])
-            stats.retransmissions += 1
-            tries[j] += 1
-            deadline[j] = now + min(self.max_rto, rto * 2.0 ** tries[j])
-
-        now = time.monotonic()
-        for j in range(window):
-            send(j, 0, now)
-        remaining = window
-        last_progress = now
+    def _drive(self, engine: DatagramEngine) -> None:
+        """One datagram at a time. This is the hot loop: results are read off the group's socket
+        first, then the switch's (PENDING, resends); the timers are looked at when idle or every 32
+        datagrams."""
+        transport = self._transport
+        buf, send, stats, timeout = transport.buf, transport.send, self.stats, self.timeout
+        recv_into = transport.sock.recv_into
+        mcast_recv_into = transport.mcast.recv_into if transport.mcast is not None else None
+        sendmsg = transport.sock.sendmsg
+        on_datagram, monotonic = engine.on_datagram, time.monotonic
+        send(engine.start(monotonic()))
         since_timer_check = 0
-        while remaining:
+        while engine.remaining:
             n_recv = -1
-            if mcast_recv_into is not None:  # results arrive here; the rest (PENDING, resends) below
+            if mcast_recv_into is not None:
                 try:  # noqa: SIM105 (contextlib.suppress costs more in this loop)
                     n_recv = mcast_recv_into(buf)
                 except BlockingIOError:
@@ -490,235 +335,44 @@ class Worker:
             if n_recv < 0:
                 try:
                     n_recv = recv_into(buf)
-                except BlockingIOError:
+                except (BlockingIOError, ConnectionRefusedError):
                     n_recv = -1
-                except ConnectionRefusedError:
-                    n_recv = -2
             since_timer_check += 1
             if n_recv < 0 or since_timer_check >= 32:  # idle, or busy for a while: look at the timers
                 since_timer_check = 0
-                now = time.monotonic()
-                first = min(deadline)
+                now = monotonic()
+                first = engine.next_deadline()
                 if now >= first:
-                    for late in range(window):
-                        if deadline[late] <= now:
-                            retransmit(late, now)
+                    send(engine.on_timer(now))
                 elif n_recv < 0:
-                    limit = last_progress + self.timeout
+                    limit = engine.last_progress + timeout
                     if now >= limit:
-                        raise self._stalled(pos, nuses, pending, window, boot, total, nchunks)
-                    self._wait_readable(min(first, limit) - now)
+                        raise self._stalled(engine)
+                    transport.wait_readable(min(first, limit) - now)
                 if n_recv < 0:
                     continue
             stats.received += 1
             stats.bytes_received += n_recv
-            if n_recv < HEADER_SIZE:
-                stats.stale += 1
-                continue
-            version, mtype, _, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = unpack(buf)
-            j = (r_slot & (SET_BIT - 1)) - slot_base
-            if (
-                version != VERSION
-                or r_job != job
-                or r_epoch != epoch
-                or not 0 <= j < window
-                or pos[j] >= nuses[j]
-                or r_seq != (base_seq[j] + pos[j]) & 0xFFFFFFFF
-            ):
-                stats.stale += 1
-                continue
-            if mtype == pending_type:
-                pending[j] = r_bitmap
-                continue
-            k = pos[j]
-            c = -1 if k < boot else j + (k - boot) * window
-            cnt = 0 if c < 0 else (n if c < nfull else total - c * n)
-            if mtype != result_type or r_count != cnt or n_recv != HEADER_SIZE + 4 * cnt:
-                stats.stale += 1
-                continue
-            if cnt:
-                got = got_whole if cnt == n else got_whole[:cnt]
-                dst = out[c * n : c * n + cnt]
-                if is_float:
-                    e = agreed[c]
-                    if e in (EXP_NONE, EXP_NONFINITE):
-                        _dequantize_row(got, e, bits, dst, factor)
-                    else:
-                        scale = ldexp(factor, e - EXP_BIAS - bits)
-                        if scale < 2.0**-126:  # tiny sums go through float64: rare
-                            _dequantize_row(got, e, bits, dst, factor)
-                        else:
-                            kdequantize(got, scale, dst)
-                else:
-                    dst[...] = got
-            if is_float and k + 1 < nuses[j]:
-                agreed[j + (k + 1 - boot) * window] = r_exp
-            now = time.monotonic()
-            if tries[j] == 0:  # Karn: only unambiguous samples
-                self._rtt_sample(now - sent_at[j])
-            if pending:
-                pending.pop(j, None)
-            pos[j] = k + 1
-            last_progress = now
-            if k + 1 < nuses[j]:
-                send(j, k + 1, now)
-            else:
-                deadline[j] = math.inf
-                remaining -= 1
-        for j in range(window):
-            self._seq[j] += nuses[j]
-        if is_float:
-            self._check_nonfinite(np.array(agreed, dtype=np.uint16), n, total)
-        return out
-
-    def _run_batched(self, flat: np.ndarray, out: np.ndarray, factor: float = 1.0) -> np.ndarray:
-        """The same allreduce as :meth:`_run`, for small packets: every step works on arrays of slots,
-        packets go out as GSO runs and results come in as GRO runs (docs/protocol.md's worker rules,
-        unchanged)."""
-        self._sock.setblocking(False)
-        is_float = flat.dtype == np.float32
-        total = flat.size
-        n = self.elements
-        nchunks = -(-total // n)
-        nfull = total // n
-        tail = total - nfull * n
-        window = min(self.slots, nchunks)
-        boot = 1 if is_float else 0
-        slots = np.arange(window, dtype=np.int64)
-        nuses = (nchunks - slots + window - 1) // window + boot
-        flat2d = flat[: nfull * n].reshape(nfull, n)
-        out2d = out[: nfull * n].reshape(nfull, n)
-        exps = chunk_exponents(flat, n) if is_float else np.zeros(nchunks, dtype=np.uint16)
-        agreed = np.zeros(nchunks, dtype=np.uint16)
-        base = self._seq[:window].copy()
-        pos = np.zeros(window, dtype=np.int64)
-        deadline = np.full(window, np.inf)
-        sent_at = np.zeros(window)
-        tries = np.zeros(window, dtype=np.int64)
-        pending: dict[int, int] = {}
-        bits, rto, sock, stats = self.bits, self.rto, self._sock, self.stats
-        sendbuf = np.zeros(window, dtype=record_dtype(n))  # the packet each slot has in flight
-        sh, sp = sendbuf["h"], sendbuf["p"]
-        sh["version"], sh["type"], sh["epoch"] = VERSION, MsgType.CONTRIB, self.epoch
-        sh["job"], sh["worker"] = self.job, self.worker_id
-        seg = HEADER_SIZE + 4 * n
-        buf = self._runbuf
-        view = memoryview(buf)
-
-        def chunk_of(js: np.ndarray, k: np.ndarray) -> np.ndarray:
-            return np.where(k < boot, -1, js + (k - boot) * window)
-
-        def count_of(c: np.ndarray) -> np.ndarray:
-            return np.where(c < 0, 0, np.where(c < nfull, n, tail))
-
-        def transmit(js: np.ndarray) -> None:
-            c = chunk_of(js, pos[js])
-            full = (c >= 0) & (c < nfull)
-            runs = []
-            if full.any():
-                runs.append((sendbuf[js[full]].view(np.uint8), seg))
-            if (c < 0).any():
-                runs.append((sh[js[c < 0]].view(np.uint8), HEADER_SIZE))
-            for j in js[c == nfull]:  # the short last chunk travels alone
-                runs.append((np.concatenate([sh[j : j + 1].view(np.uint8), sp[j, :tail].view(np.uint8)]), 0))
-            for data, size in runs:
+            nxt = on_datagram(buf, n_recv, monotonic())
+            if nxt is not None:  # the slot's next use: one datagram, sent here without a list
                 try:
-                    stats.sent += (
-                        send_segments(sock, data.data, size) if size else int(bool(sock.send(data.data)))
-                    )
-                    stats.bytes_sent += data.size
-                except _LOST_ON_SEND:
+                    stats.bytes_sent += sendmsg(nxt[0])
+                    stats.sent += 1
+                except LOST_ON_SEND:
                     pass  # the timer resends
 
-        def prepare(js: np.ndarray, now: float) -> None:
-            k = pos[js]
-            c = chunk_of(js, k)
-            full = (c >= 0) & (c < nfull)
-            if full.any():
-                jf, cf = js[full], c[full]
-                sp[jf] = quantize(flat2d[cf], agreed[cf], bits) if is_float else flat2d[cf]
-            for j in js[c == nfull]:
-                last = flat[nfull * n :].reshape(1, -1)
-                sp[j, :tail] = quantize(last, agreed[nfull:], bits)[0] if is_float else last[0]
-            seq = (base[js] + k) & 0xFFFFFFFF
-            has_next = k + 1 < nuses[js]
-            if is_float:
-                nxt = np.where(has_next, chunk_of(js, k + 1), 0)
-                sh["exp"][js] = np.where(has_next, exps[nxt], EXP_NONE)
-            sh["flags"][js] = 0
-            sh["slot"][js] = (self.slot_base + js) | ((seq & 1) << 15)
-            sh["count"][js] = count_of(c)
-            sh["seq"][js] = seq
-            transmit(js)
-            sent_at[js] = now
-            tries[js] = 0
-            deadline[js] = now + rto
-
-        def receive(size: int, count: int, offset: int, now: float) -> tuple[int, int]:
-            """Take ``count`` datagrams of ``size`` bytes at ``offset`` of the buffer.
-
-            Returns (results accepted, slots that finished their last use)."""
-            if size < HEADER_SIZE or (size - HEADER_SIZE) % 4:
-                stats.stale += count
-                return 0, 0
-            rec = np.frombuffer(buf, record_dtype((size - HEADER_SIZE) // 4), count, offset)
-            h = rec["h"]
-            j = (h["slot"] & (SET_BIT - 1)).astype(np.int64) - self.slot_base
-            ok = (h["version"] == VERSION) & (h["job"] == self.job) & (h["epoch"] == self.epoch)
-            ok &= (j >= 0) & (j < window)
-            jj = np.where(ok, j, 0)
-            ok &= (pos[jj] < nuses[jj]) & (h["seq"] == ((base[jj] + pos[jj]) & 0xFFFFFFFF))
-            for i in np.flatnonzero(ok & (h["type"] == MsgType.PENDING)):
-                pending[int(jj[i])] = int(h["bitmap"][i])
-            c = chunk_of(jj, pos[jj])
-            ok &= (
-                (h["type"] == MsgType.RESULT)
-                & (h["count"] == count_of(c))
-                & (count_of(c) == (size - HEADER_SIZE) // 4)
-            )
-            sel = np.flatnonzero(ok)
-            js, first = np.unique(jj[sel], return_index=True)  # a duplicate in the same run counts once
-            sel = sel[first]
-            stats.stale += count - int(sel.size)
-            if not sel.size:
-                return 0, 0
-            c = c[sel]
-            got = rec["p"][sel]
-            full = (c >= 0) & (c < nfull)
-            if full.any():
-                cf = c[full]
-                out2d[cf] = dequantize(got[full], agreed[cf], bits, factor=factor) if is_float else got[full]
-            for i in np.flatnonzero(c == nfull):
-                row = got[i : i + 1, :tail]
-                out[nfull * n :] = (
-                    dequantize(row, agreed[nfull:], bits, factor=factor)[0] if is_float else row[0]
-                )
-            k = pos[js]
-            if is_float:
-                has_next = k + 1 < nuses[js]
-                agreed[chunk_of(js[has_next], k[has_next] + 1)] = h["exp"][sel][has_next]
-            fresh = tries[js] == 0  # Karn: only unambiguous samples
-            if fresh.any():
-                self._rtt_sample(float(np.median(now - sent_at[js[fresh]])))
-            for j in js:
-                pending.pop(int(j), None)
-            pos[js] = k + 1
-            done = pos[js] >= nuses[js]
-            deadline[js[done]] = np.inf
-            if not done.all():
-                prepare(js[~done], now)
-            return int(sel.size), int(done.sum())
-
-        socks = [s for s in (self._mcast, sock) if s is not None]
-        now = time.monotonic()
-        prepare(slots, now)
-        remaining = window
-        last_progress = now
+    def _drive_runs(self, engine: RunEngine) -> None:
+        """Runs of small packets: everything queued is read (up to the buffer); runs of full-size
+        results are collected back to back and handed to the engine at once, other runs as they come."""
+        transport, stats = self._transport, self.stats
+        buf = transport.runbuf
+        view = memoryview(buf)
+        socks = transport.sockets()
+        seg = engine.seg
+        transport.send(engine.start(time.monotonic()))
         idle_checks = 0
-        while remaining:
-            # Read everything queued (up to the buffer): runs of full-size results are collected
-            # back to back and handled with one set of numpy calls; other runs as they come.
-            filled = accepted = finished = reads = 0
+        while engine.remaining:
+            filled = reads = 0
             now = time.monotonic()
             while filled + 65536 <= len(buf):
                 nb = -1
@@ -738,188 +392,27 @@ class Worker:
                     filled += nb
                     continue
                 whole = nb // size
-                got = receive(size, whole, filled, now)
+                transport.send(engine.on_run(buf, size, whole, filled, now))
                 if whole * size < nb:
-                    more = receive(nb - whole * size, 1, filled + whole * size, now)
-                    got = (got[0] + more[0], got[1] + more[1])
-                accepted, finished = accepted + got[0], finished + got[1]
+                    transport.send(engine.on_run(buf, nb - whole * size, 1, filled + whole * size, now))
             if filled:
-                got = receive(seg, filled // seg, 0, now)
-                accepted, finished = accepted + got[0], finished + got[1]
-            if accepted:
-                last_progress = now
-            remaining -= finished
+                transport.send(engine.on_run(buf, seg, filled // seg, 0, now))
             idle_checks += 1
             if reads == 0 or idle_checks >= 32:
                 idle_checks = 0
                 now = time.monotonic()
-                late = np.flatnonzero(deadline <= now)
-                if late.size:
-                    sh["flags"][late] = Flag.RETX
-                    transmit(late)
-                    tries[late] += 1
-                    deadline[late] = now + np.minimum(self.max_rto, rto * 2.0 ** tries[late])
-                    stats.retransmissions += int(late.size)
-                elif reads == 0 and remaining:
-                    limit = last_progress + self.timeout
+                late = engine.on_timer(now)
+                if late:
+                    transport.send(late)
+                elif reads == 0 and engine.remaining:
+                    limit = engine.last_progress + self.timeout
                     if now >= limit:
-                        raise self._stalled(
-                            pos.tolist(), nuses.tolist(), pending, window, boot, total, nchunks
-                        )
-                    self._wait_readable(min(float(deadline.min()), limit) - now)
-        self._seq[:window] += nuses
-        if is_float:
-            self._check_nonfinite(agreed, n, total)
-        return out
-
-    def _check_nonfinite(self, agreed: np.ndarray, n: int, total: int) -> None:
-        """Raise NonFiniteError (at every worker alike) if some block's agreed exponent says inf/NaN."""
-        if self.nonfinite != "raise" or not (bad := np.flatnonzero(agreed == EXP_NONFINITE)).size:
-            return
-        spans = ", ".join(f"[{c * n}, {min(total, (c + 1) * n)})" for c in bad[:5])
-        more = " ..." if bad.size > 5 else ""
-        raise NonFiniteError(
-            f"inf or NaN in the input of some worker: elements {spans}{more} have no finite sum"
-        )
-
-    def _wait_readable(self, seconds: float) -> None:
-        self._poll.poll(max(0, math.ceil(seconds * 1000)))
-
-    def _rtt_sample(self, rtt: float) -> None:
-        if self._srtt is None:
-            self._srtt, self._rttvar = rtt, rtt / 2
-        else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
-            self._srtt = 0.875 * self._srtt + 0.125 * rtt
-
-    def _stalled(
-        self,
-        pos: list[int],
-        nuses: list[int],
-        pending: dict[int, int],
-        window: int,
-        boot: int,
-        total: int,
-        nchunks: int,
-    ) -> NetAggTimeout:
-        waiting = [j for j in range(window) if pos[j] < nuses[j]]
-        missing: set[int] = set()
-        lines = []
-        for j in waiting:
-            what = "exponent exchange" if pos[j] < boot else f"chunk {j + (pos[j] - boot) * window}"
-            if j in pending:
-                gone = [w for w in range(self.fanin) if not pending[j] >> w & 1]
-                missing.update(gone)
-                lines.append(f"{what} (slot {self.slot_base + j}): waiting for workers {gone}")
-            else:
-                lines.append(f"{what} (slot {self.slot_base + j}): no answer from the switch")
-        done = sum(pos)
-        head = (
-            f"worker {self.rank}: allreduce of {total} elements ({nchunks} chunks) made no progress "
-            f"for {self.timeout:g}s; {len(waiting)} slots stuck after {done} completed uses. "
-        )
-        if missing:
-            head += f"Workers {sorted(missing)} have not contributed (gone, or calling with another size). "
-        elif not pending:
-            head += f"The switch at {self.switch[0]}:{self.switch[1]} answered none of the retransmissions. "
-            if self.batched:
-                head += (
-                    "(A switch that reads its links with pcap, such as BMv2 on veth, cannot take GSO runs: "
-                )
-                head += "try batch=False.) "
-        more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
-        return NetAggTimeout(head + "; ".join(lines[:6]) + more)
-
-    # -- socket helpers ------------------------------------------------------------------------
-    def _send(self, *parts: bytes | bytearray | memoryview | np.ndarray) -> None:
-        try:
-            n = self._sock.sendmsg(parts)  # type: ignore[arg-type]
-        except _LOST_ON_SEND:
-            return  # the switch is not there (yet), the buffer is full, a filter dropped it: resent later
-        self.stats.sent += 1
-        self.stats.bytes_sent += n
-
-    def _recv(self, deadline: float) -> int | None:
-        """Receive one datagram into ``self._buf`` before ``deadline``; None on timeout.
-
-        What is already queued is always read, even past the deadline, so that a result that has
-        arrived is never retransmitted for.
-        """
-        while True:
-            self._sock.settimeout(max(0.0, deadline - time.monotonic()))
-            try:
-                n = self._sock.recv_into(self._buf)
-            except (TimeoutError, BlockingIOError):
-                return None
-            except ConnectionRefusedError:  # ICMP: nobody listens at the switch address right now
-                if time.monotonic() >= deadline:
-                    return None
-                continue
-            self.stats.received += 1
-            self.stats.bytes_received += n
-            return n
-
-
-def _join_controller(
-    controller: str,
-    job: str,
-    rank: int,
-    token: str | None,
-    tls_ca: str | None,
-    replace: bool,
-    bind: str | None,
-) -> tuple[socket.socket, Any]:
-    """Bind the worker's socket and join ``job`` at the controller with its address; returns the socket
-    and the JoinJobResponse. gRPC errors become NetAggError with the controller's message."""
-    import grpc
-
-    from netagg.rpc import channel, read_token
-    from netagg.v1 import control_pb2 as pb
-    from netagg.v1 import control_pb2_grpc as pb_grpc
-
-    chost, cport = parse_address(controller)
-    if cport == 0:
-        raise ValueError(f"controller address {controller!r} needs a port")
-    host, port = parse_address(bind) if bind else ("0.0.0.0", 0)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-        port = sock.getsockname()[1]
-        unbound = host in ("0.0.0.0", "::")
-        if unbound:
-            # The address others see: the one this host uses on its route to the controller.
-            with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
-                probe.connect((chost, cport))
-                host = probe.getsockname()[0]
-        with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
-            stub = pb_grpc.ControllerStub(ch)
-            try:
-                joined = stub.JoinJob(
-                    pb.JoinJobRequest(job_id=job, rank=rank, address=_fmt(host, port), replace=replace),
-                    timeout=30,
-                )
-                if unbound:
-                    # The switch sees the address of this host's route to the switch: if that is not
-                    # the one toward the controller, say so (the switch takes packets only from there).
-                    shost, sport = parse_address(joined.switch_address)
-                    with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
-                        probe.connect((shost, sport))
-                        if probe.getsockname()[0] != host:
-                            host = probe.getsockname()[0]
-                            request = pb.JoinJobRequest(
-                                job_id=job, rank=rank, address=_fmt(host, port), replace=True
-                            )
-                            joined = stub.JoinJob(request, timeout=30)
-            except grpc.RpcError as exc:
-                raise NetAggError(f"controller {controller}: {exc.code().name}: {exc.details()}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock, joined
+                        raise self._stalled(engine)
+                    transport.wait_readable(min(engine.next_deadline(), limit) - now)
 
 
 def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(host, port)
 
 
 def _io_thread_policy() -> None:
@@ -931,78 +424,3 @@ def _io_thread_policy() -> None:
         os.sched_setscheduler(0, policy, os.sched_param(0))
     except OSError as exc:  # e.g. a seccomp profile that forbids it: only slower
         log.debug("SCHED_BATCH refused: %s", exc)
-
-
-def _quantize_row(row: np.ndarray, exp: int, bits: int, dst: np.ndarray) -> None:
-    """quantize() for one block (the worker's loop calls netagg.kernels itself in the common case)."""
-    quantize(row.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1))
-
-
-def _dequantize_row(got: np.ndarray, exp: int, bits: int, dst: np.ndarray, factor: float = 1.0) -> None:
-    """dequantize() for one block (the worker's loop calls netagg.kernels itself in the common case)."""
-    dequantize(got.reshape(1, -1), np.array([exp], np.uint16), bits, out=dst.reshape(1, -1), factor=factor)
-
-
-def _output(out: Any, x: Any, flat: np.ndarray) -> tuple[np.ndarray | None, Any]:
-    """Where the engine writes (a flat view of ``out`` when possible) and how the caller gets it back."""
-    if out is None:
-        return None, lambda restore, result: restore(result)
-    if tuple(out.shape) != tuple(x.shape):
-        raise ValueError(f"out has shape {tuple(out.shape)}, the input {tuple(x.shape)}")
-    if type(out).__module__.startswith("torch"):
-        import torch
-
-        if out.dtype != x.dtype:
-            raise ValueError(f"out has dtype {out.dtype}, the input {x.dtype}")
-        if out.device.type == "cpu" and out.is_contiguous() and out.dtype in (torch.float32, torch.int32):
-            return out.view(-1).numpy(), lambda restore, result: out
-
-        def copy_torch(restore: Any, result: np.ndarray) -> Any:
-            out.copy_(restore(result))
-            return out
-
-        return None, copy_torch
-    if not isinstance(out, np.ndarray) or out.dtype != np.asarray(x).dtype:
-        raise ValueError("out must be an array of the input's dtype")
-    if out.flags.c_contiguous and out.dtype == flat.dtype:
-        return out.reshape(-1), lambda restore, result: out
-
-    def copy_numpy(restore: Any, result: np.ndarray) -> np.ndarray:
-        out[...] = restore(result)
-        return out
-
-    return None, copy_numpy
-
-
-def _as_numpy(x: Any) -> tuple[np.ndarray, Any]:
-    """A flat float32 or int32 array for ``x`` and a function that turns a result back into x's kind."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        import torch
-
-        t = x.detach()
-        dtype, shape, device = t.dtype, t.shape, t.device
-        if dtype in (torch.float16, torch.bfloat16, torch.float64):
-            t = t.float()
-        elif dtype not in (torch.float32, torch.int32):
-            raise TypeError(
-                f"netagg sums float32/int32 (and float16/bfloat16/float64 as float32), not {dtype}"
-            )
-        arr = t.cpu().contiguous().reshape(-1).numpy()
-
-        def restore_torch(out: np.ndarray) -> Any:
-            return torch.from_numpy(out).reshape(shape).to(device=device, dtype=dtype)
-
-        return arr, restore_torch
-    a = np.asarray(x)
-    dtype, shape = a.dtype, a.shape
-    if dtype in (np.float16, np.float64):
-        a = a.astype(np.float32)
-    elif dtype not in (np.float32, np.int32):
-        raise TypeError(f"netagg sums float32/int32 (and float16/float64 as float32), not {dtype}")
-    flat = np.ascontiguousarray(a).reshape(-1)
-
-    def restore_numpy(out: np.ndarray) -> np.ndarray:
-        return out.reshape(shape).astype(dtype, copy=False)
-
-    return flat, restore_numpy

@@ -1,0 +1,479 @@
+"""The worker's side of one allreduce, as a state machine that touches no socket.
+
+Like the switch's :class:`switch.core.Dataplane`, an engine is fed what arrived and the time, and
+returns what to send: :meth:`Engine.start` gives the first window of contributions,
+:meth:`DatagramEngine.on_datagram` / :meth:`RunEngine.on_run` take results, and :meth:`Engine.on_timer`
+gives the retransmissions that are due. The I/O around it (:mod:`host_agent.transport`, the
+:class:`host_agent.Worker` loop) moves bytes and keeps the clock; the protocol property test drives the
+same engines against the real dataplane in process, through a channel that loses, duplicates and
+reorders.
+
+One :class:`Schedule` says which chunk each use of each slot carries (docs/protocol.md, "Worker
+rules"); both engines follow it and the same acceptance rule (a RESULT is taken only for the use the
+slot is waiting for, in this epoch, with the chunk's element count). They differ in how they touch the
+data: :class:`DatagramEngine` handles one datagram at a time with scalar state (large packets: a few
+kernel calls per packet), :class:`RunEngine` handles runs of small packets (UDP GSO/GRO) with numpy
+operations over arrays of slots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from host_agent.errors import NetAggTimeout, NonFiniteError
+from host_agent.quantize import chunk_exponents, dequantize, quantize
+from host_agent.schedule import Schedule
+from host_agent.session import Session
+from netagg import kernels
+from netagg.protocol import (
+    EXP_BIAS,
+    EXP_NONE,
+    EXP_NONFINITE,
+    HEADER,
+    HEADER_SIZE,
+    OFF_COUNT,
+    OFF_FLAGS,
+    PAYLOAD_DTYPE,
+    SET_BIT,
+    VERSION,
+    Flag,
+    MsgType,
+    record_dtype,
+)
+
+__all__ = ["DatagramEngine", "Engine", "RunEngine", "Schedule", "Send", "make_engine"]
+
+#: One thing to send: the datagram's parts (gathered by one sendmsg) and, for a run of same-size
+#: datagrams sent with one UDP GSO call, the segment size (0: the parts are one datagram).
+Send = tuple[tuple[Any, ...], int]
+
+_CONTRIB, _RESULT, _PENDING = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
+_RETX = int(Flag.RETX)
+
+
+class Engine:
+    """What both engines share: the schedule, each slot's position, timers and the end of the call."""
+
+    #: Whether this engine takes runs of datagrams (UDP GRO) rather than one at a time.
+    batched = False
+
+    def __init__(
+        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+    ) -> None:
+        self.session = session
+        self.params = p = session.params
+        self.stats = session.stats
+        self.flat, self.out, self.factor = flat, out, factor
+        self.is_float = flat.dtype == np.float32
+        self.schedule = s = Schedule.of(flat.size, p.elements, p.slots, self.is_float)
+        self.remaining = s.window
+        self.last_progress = now
+        self.pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def positions(self) -> tuple[list[int], list[int]]:
+        """Each slot's current use and its number of uses."""
+        raise NotImplementedError
+
+    def agreed(self) -> np.ndarray:
+        """The exponent agreed for each chunk (float calls)."""
+        raise NotImplementedError
+
+    def next_deadline(self) -> float:
+        """When the earliest retransmission is due (inf when nothing waits)."""
+        raise NotImplementedError
+
+    def start(self, now: float) -> list[Send]:
+        raise NotImplementedError
+
+    def on_timer(self, now: float) -> list[Send]:
+        raise NotImplementedError
+
+    def finish(self, nonfinite: str) -> np.ndarray:
+        """The call is complete: advance the slots' use numbers; raise :class:`NonFiniteError` (at every
+        worker alike) if some block's agreed exponent says inf/NaN and ``nonfinite`` is "raise"."""
+        _, nuses = self.positions()
+        self.session.seq[: self.schedule.window] += np.asarray(nuses, dtype=np.int64)
+        if self.is_float and nonfinite == "raise":
+            bad = np.flatnonzero(self.agreed() == EXP_NONFINITE)
+            if bad.size:
+                n, total = self.schedule.elements, self.schedule.total
+                spans = ", ".join(f"[{c * n}, {min(total, (c + 1) * n)})" for c in bad[:5])
+                more = " ..." if bad.size > 5 else ""
+                raise NonFiniteError(
+                    f"inf or NaN in the input of some worker: elements {spans}{more} have no finite sum"
+                )
+        return self.out
+
+    def stalled(self, who: str, timeout: float, switch: str) -> NetAggTimeout:
+        """The error for a call that made no progress for ``timeout`` seconds, naming what it waits for."""
+        pos, nuses = self.positions()
+        s, p = self.schedule, self.params
+        waiting = [j for j in range(s.window) if pos[j] < nuses[j]]
+        missing: set[int] = set()
+        lines = []
+        for j in waiting:
+            what = "exponent exchange" if pos[j] < s.boot else f"chunk {s.chunk(j, pos[j])}"
+            if j in self.pending:
+                gone = [w for w in range(p.fanin) if not self.pending[j] >> w & 1]
+                missing.update(gone)
+                lines.append(f"{what} (slot {p.slot_base + j}): waiting for workers {gone}")
+            else:
+                lines.append(f"{what} (slot {p.slot_base + j}): no answer from the switch")
+        head = (
+            f"{who}: allreduce of {s.total} elements ({s.nchunks} chunks) made no progress "
+            f"for {timeout:g}s; {len(waiting)} slots stuck after {sum(pos)} completed uses. "
+        )
+        if missing:
+            head += f"Workers {sorted(missing)} have not contributed (gone, or calling with another size). "
+        elif not self.pending:
+            head += f"The switch at {switch} answered none of the retransmissions. "
+            if self.batched:
+                head += (
+                    "(A switch that reads its links with pcap, such as BMv2 on veth, cannot take GSO runs: "
+                )
+                head += "try batch=False.) "
+        more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
+        return NetAggTimeout(head + "; ".join(lines[:6]) + more)
+
+
+class DatagramEngine(Engine):
+    """One datagram at a time (large packets). The hot path: per-slot state in plain lists, and each
+    chunk costs a few :mod:`netagg.kernels` calls on one row."""
+
+    def __init__(
+        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+    ) -> None:
+        super().__init__(session, flat, out, factor, now)
+        w = self.schedule.window
+        self.nuses = self.schedule.uses()
+        self.base = [int(s) for s in session.seq[:w]]
+        self.pos = [0] * w
+        self.deadline = [math.inf] * w
+        self.sent_at = [0.0] * w
+        self.tries = [0] * w
+        self.headers: list[bytes] = [b""] * w
+        self.rows = list(session.payload[:w])  # each slot's packet payload, whole
+        self._agreed = [0] * (self.schedule.nchunks if self.is_float else 0)
+        self._rto = session.rto.value
+        self._got_buf: Any = None
+        self._got_whole: np.ndarray | None = None
+
+    def positions(self) -> tuple[list[int], list[int]]:
+        return self.pos, self.nuses
+
+    def agreed(self) -> np.ndarray:
+        return np.array(self._agreed, dtype=np.uint16)
+
+    def next_deadline(self) -> float:
+        return min(self.deadline)
+
+    def start(self, now: float) -> list[Send]:
+        return [self._send(j, 0, now) for j in range(self.schedule.window)]
+
+    def _send(self, j: int, k: int, now: float) -> Send:
+        """Use k of slot j: quantize its chunk (none for an exponent-only use) and send it."""
+        s, flat, bits = self.schedule, self.flat, self.params.bits
+        n, window, boot = s.elements, s.window, s.boot
+        c = -1 if k < boot else j + (k - boot) * window
+        cnt = 0
+        dst = self.rows[j]
+        if c >= 0:
+            lo = c * n
+            if c < s.nfull:
+                cnt = n
+            else:
+                cnt = s.total - lo
+                dst = dst[:cnt]
+            if self.is_float:
+                e = self._agreed[c]
+                shift = bits + EXP_BIAS - e
+                if e in (EXP_NONE, EXP_NONFINITE) or shift > 127:  # zero, inf/NaN, tiny: rare
+                    quantize(
+                        flat[lo : lo + cnt].reshape(1, -1),
+                        np.array([e], np.uint16),
+                        bits,
+                        out=dst.reshape(1, -1),
+                    )
+                else:
+                    kernels.quantize(flat[lo : lo + cnt], 2.0**shift, dst)
+            else:
+                dst[...] = flat[lo : lo + cnt]
+        else:
+            dst = dst[:0]
+        # The exponent of this slot's next chunk is read now, one window ahead of quantizing it: the
+        # chunk is then still in the CPU's cache when quantized (one pass over memory, not two).
+        proposal = EXP_NONE
+        if self.is_float and k + 1 < self.nuses[j]:
+            lo = (j + (k + 1 - boot) * window) * n
+            proposal = kernels.block_exponent(flat[lo : lo + n], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+        p = self.params
+        seq = (self.base[j] + k) & 0xFFFFFFFF
+        # Positional, in protocol.FIELDS order: the per-packet path.
+        hdr = HEADER.pack(
+            VERSION,
+            _CONTRIB,
+            0,
+            p.epoch,
+            p.job,
+            p.worker_id,
+            (p.slot_base + j) | ((seq & 1) << 15),
+            cnt,
+            seq,
+            proposal,
+            0,
+            0,
+        )
+        self.headers[j] = hdr
+        self.sent_at[j] = now
+        self.tries[j] = 0
+        self.deadline[j] = now + self._rto
+        return ((hdr, dst), 0)
+
+    def on_timer(self, now: float) -> list[Send]:
+        sends: list[Send] = []
+        if now < min(self.deadline):
+            return sends
+        max_rto, tries = self.session.rto.max_rto, self.tries
+        for j, due in enumerate(self.deadline):
+            if due <= now:
+                hdr = bytearray(self.headers[j])
+                hdr[OFF_FLAGS] = _RETX
+                cnt = int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
+                sends.append(((hdr, self.rows[j][:cnt]), 0))
+                tries[j] += 1
+                self.deadline[j] = now + min(max_rto, self._rto * 2.0 ** tries[j])
+        self.stats.retransmissions += len(sends)
+        return sends
+
+    def on_datagram(self, buf: Any, nbytes: int, now: float) -> Send | None:
+        """Take one received datagram (the first ``nbytes`` of ``buf``); returns the slot's next use
+        to send, if the datagram completed one."""
+        stats = self.stats
+        if nbytes < HEADER_SIZE:
+            stats.stale += 1
+            return None
+        version, mtype, _, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = HEADER.unpack_from(
+            buf
+        )
+        p, pos, nuses = self.params, self.pos, self.nuses
+        j = (r_slot & (SET_BIT - 1)) - p.slot_base
+        if (
+            version != VERSION
+            or r_job != p.job
+            or r_epoch != p.epoch
+            or not 0 <= j < self.schedule.window
+            or pos[j] >= nuses[j]
+            or r_seq != (self.base[j] + pos[j]) & 0xFFFFFFFF
+        ):
+            stats.stale += 1
+            return None
+        if mtype == _PENDING:
+            self.pending[j] = r_bitmap
+            return None
+        s = self.schedule
+        k = pos[j]
+        c = -1 if k < s.boot else j + (k - s.boot) * s.window
+        n = s.elements
+        cnt = 0 if c < 0 else (n if c < s.nfull else s.total - c * n)
+        if mtype != _RESULT or r_count != cnt or nbytes != HEADER_SIZE + 4 * cnt:
+            stats.stale += 1
+            return None
+        if cnt:
+            if buf is not self._got_buf:
+                self._got_buf = buf
+                self._got_whole = np.frombuffer(buf, PAYLOAD_DTYPE, n, HEADER_SIZE)
+            assert self._got_whole is not None
+            got = self._got_whole if cnt == n else self._got_whole[:cnt]
+            dst = self.out[c * n : c * n + cnt]
+            if self.is_float:
+                e = self._agreed[c]
+                rare = e in (EXP_NONE, EXP_NONFINITE)  # zero or inf/NaN; tiny sums (below) too
+                scale = 0.0 if rare else math.ldexp(self.factor, e - EXP_BIAS - p.bits)
+                if rare or scale < 2.0**-126:  # these go through float64
+                    dequantize(
+                        got.reshape(1, -1),
+                        np.array([e], np.uint16),
+                        p.bits,
+                        out=dst.reshape(1, -1),
+                        factor=self.factor,
+                    )
+                else:
+                    kernels.dequantize(got, scale, dst)
+            else:
+                dst[...] = got
+        if self.is_float and k + 1 < nuses[j]:
+            self._agreed[j + (k + 1 - s.boot) * s.window] = r_exp
+        if self.tries[j] == 0:  # Karn: only unambiguous samples
+            self.session.rto.sample(now - self.sent_at[j])
+        if self.pending:
+            self.pending.pop(j, None)
+        pos[j] = k + 1
+        self.last_progress = now
+        if k + 1 < nuses[j]:
+            return self._send(j, k + 1, now)
+        self.deadline[j] = math.inf
+        self.remaining -= 1
+        return None
+
+
+class RunEngine(Engine):
+    """Runs of small packets (UDP GSO out, GRO in): every step works on arrays of slots."""
+
+    batched = True
+
+    def __init__(
+        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+    ) -> None:
+        super().__init__(session, flat, out, factor, now)
+        s, p = self.schedule, self.params
+        w, n = s.window, s.elements
+        self.slots = np.arange(w, dtype=np.int64)
+        self.nuses = np.array(s.uses(), dtype=np.int64)
+        self.flat2d = flat[: s.nfull * n].reshape(s.nfull, n)
+        self.out2d = out[: s.nfull * n].reshape(s.nfull, n)
+        self.exps = chunk_exponents(flat, n) if self.is_float else np.zeros(s.nchunks, dtype=np.uint16)
+        self._agreed = np.zeros(s.nchunks, dtype=np.uint16)
+        self.base = session.seq[:w].copy()
+        self.pos = np.zeros(w, dtype=np.int64)
+        self.deadline = np.full(w, np.inf)
+        self.sent_at = np.zeros(w)
+        self.tries = np.zeros(w, dtype=np.int64)
+        self.sendbuf = np.zeros(w, dtype=record_dtype(n))  # the packet each slot has in flight
+        sh = self.sh = self.sendbuf["h"]
+        self.sp = self.sendbuf["p"]
+        sh["version"], sh["type"], sh["epoch"] = VERSION, MsgType.CONTRIB, p.epoch
+        sh["job"], sh["worker"] = p.job, p.worker_id
+        self.seg = HEADER_SIZE + 4 * n
+        self._rto = session.rto.value
+
+    def positions(self) -> tuple[list[int], list[int]]:
+        return self.pos.tolist(), self.nuses.tolist()
+
+    def agreed(self) -> np.ndarray:
+        return self._agreed
+
+    def next_deadline(self) -> float:
+        return float(self.deadline.min())
+
+    def start(self, now: float) -> list[Send]:
+        return self._prepare(self.slots, now)
+
+    def _transmit(self, js: np.ndarray) -> list[Send]:
+        s = self.schedule
+        c = s.chunks(js, self.pos[js])
+        full = (c >= 0) & (c < s.nfull)
+        sends: list[Send] = []
+        if full.any():
+            sends.append(((self.sendbuf[js[full]].view(np.uint8),), self.seg))
+        if (c < 0).any():
+            sends.append(((self.sh[js[c < 0]].view(np.uint8),), HEADER_SIZE))
+        for j in js[c == s.nfull]:  # the short last chunk travels alone
+            sends.append(((self.sh[j : j + 1].view(np.uint8), self.sp[j, : s.tail].view(np.uint8)), 0))
+        return sends
+
+    def _prepare(self, js: np.ndarray, now: float) -> list[Send]:
+        s, p, sh, sp = self.schedule, self.params, self.sh, self.sp
+        k = self.pos[js]
+        c = s.chunks(js, k)
+        full = (c >= 0) & (c < s.nfull)
+        if full.any():
+            jf, cf = js[full], c[full]
+            sp[jf] = quantize(self.flat2d[cf], self._agreed[cf], p.bits) if self.is_float else self.flat2d[cf]
+        for j in js[c == s.nfull]:
+            last = self.flat[s.nfull * s.elements :].reshape(1, -1)
+            sp[j, : s.tail] = quantize(last, self._agreed[s.nfull :], p.bits)[0] if self.is_float else last[0]
+        seq = (self.base[js] + k) & 0xFFFFFFFF
+        if self.is_float:
+            has_next = k + 1 < self.nuses[js]
+            nxt = np.where(has_next, s.chunks(js, k + 1), 0)
+            sh["exp"][js] = np.where(has_next, self.exps[nxt], EXP_NONE)
+        sh["flags"][js] = 0
+        sh["slot"][js] = (p.slot_base + js) | ((seq & 1) << 15)
+        sh["count"][js] = s.counts(c)
+        sh["seq"][js] = seq
+        self.sent_at[js] = now
+        self.tries[js] = 0
+        self.deadline[js] = now + self._rto
+        return self._transmit(js)
+
+    def on_timer(self, now: float) -> list[Send]:
+        late = np.flatnonzero(self.deadline <= now)
+        if not late.size:
+            return []
+        self.sh["flags"][late] = _RETX
+        self.tries[late] += 1
+        self.deadline[late] = now + np.minimum(self.session.rto.max_rto, self._rto * 2.0 ** self.tries[late])
+        self.stats.retransmissions += int(late.size)
+        return self._transmit(late)
+
+    def on_run(self, buf: Any, size: int, count: int, offset: int, now: float) -> list[Send]:
+        """Take ``count`` datagrams of ``size`` bytes at ``offset`` of ``buf`` (a GRO run, or several
+        collected back to back); returns the next uses of the slots they completed."""
+        stats = self.stats
+        if size < HEADER_SIZE or (size - HEADER_SIZE) % 4:
+            stats.stale += count
+            return []
+        s, p, pos, nuses = self.schedule, self.params, self.pos, self.nuses
+        rec = np.frombuffer(buf, record_dtype((size - HEADER_SIZE) // 4), count, offset)
+        h = rec["h"]
+        j = (h["slot"] & (SET_BIT - 1)).astype(np.int64) - p.slot_base
+        ok = (h["version"] == VERSION) & (h["job"] == p.job) & (h["epoch"] == p.epoch)
+        ok &= (j >= 0) & (j < s.window)
+        jj = np.where(ok, j, 0)
+        ok &= (pos[jj] < nuses[jj]) & (h["seq"] == ((self.base[jj] + pos[jj]) & 0xFFFFFFFF))
+        for i in np.flatnonzero(ok & (h["type"] == _PENDING)):
+            self.pending[int(jj[i])] = int(h["bitmap"][i])
+        c = s.chunks(jj, pos[jj])
+        cnt = s.counts(c)
+        ok &= (h["type"] == _RESULT) & (h["count"] == cnt) & (cnt == (size - HEADER_SIZE) // 4)
+        sel = np.flatnonzero(ok)
+        js, first = np.unique(jj[sel], return_index=True)  # a duplicate in the same run counts once
+        sel = sel[first]
+        stats.stale += count - int(sel.size)
+        if not sel.size:
+            return []
+        c = c[sel]
+        got = rec["p"][sel]
+        full = (c >= 0) & (c < s.nfull)
+        bits, factor = p.bits, self.factor
+        if full.any():
+            cf = c[full]
+            self.out2d[cf] = (
+                dequantize(got[full], self._agreed[cf], bits, factor=factor) if self.is_float else got[full]
+            )
+        for i in np.flatnonzero(c == s.nfull):
+            row = got[i : i + 1, : s.tail]
+            self.out[s.nfull * s.elements :] = (
+                dequantize(row, self._agreed[s.nfull :], bits, factor=factor)[0] if self.is_float else row[0]
+            )
+        k = pos[js]
+        if self.is_float:
+            has_next = k + 1 < nuses[js]
+            self._agreed[s.chunks(js[has_next], k[has_next] + 1)] = h["exp"][sel][has_next]
+        fresh = self.tries[js] == 0  # Karn: only unambiguous samples
+        if fresh.any():
+            self.session.rto.sample(float(np.median(now - self.sent_at[js[fresh]])))
+        for j_ in js:
+            self.pending.pop(int(j_), None)
+        pos[js] = k + 1
+        self.last_progress = now
+        done = pos[js] >= nuses[js]
+        self.deadline[js[done]] = np.inf
+        self.remaining -= int(done.sum())
+        return self._prepare(js[~done], now) if not done.all() else []
+
+
+def make_engine(
+    session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float, *, batched: bool
+) -> Engine:
+    """The engine for one call of ``flat`` (float32 or int32, flat) into ``out``; ``factor`` scales a
+    float result (the mean: 1/W)."""
+    cls = RunEngine if batched else DatagramEngine
+    return cls(session, flat, out, factor, now)

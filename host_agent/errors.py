@@ -1,0 +1,17 @@
+"""What a worker raises: every failure of a call is a :class:`NetAggError` with a cause to act on."""
+
+from __future__ import annotations
+
+__all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError"]
+
+
+class NetAggError(RuntimeError):
+    """The allreduce could not be carried out (the worker is unusable afterwards)."""
+
+
+class NetAggTimeout(NetAggError, TimeoutError):
+    """No progress for ``timeout`` seconds: the switch or another worker is gone."""
+
+
+class NonFiniteError(ValueError):
+    """Some worker's input had inf or NaN; every worker raises it for the same blocks."""

@@ -1,0 +1,142 @@
+"""Joining a job: at the controller (gRPC, which says where the switch is) and at the switch (JOIN until
+JOIN_ACK, docs/protocol.md "Joining"). The switch handshake is a socket-free state machine; the worker
+sends its packet and feeds it what comes back."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import Any
+
+from host_agent.errors import NetAggError, NetAggTimeout
+from host_agent.session import JobParams
+from netagg.protocol import HEADER, HEADER_SIZE, MsgType, join_packet, parse_address, parse_join_ack
+
+__all__ = ["JoinHandshake", "format_address", "join_controller"]
+
+_JOIN_ACK, _PENDING = int(MsgType.JOIN_ACK), int(MsgType.PENDING)
+
+
+class JoinHandshake:
+    """One worker's JOIN of ``job`` as ``worker_id``: :attr:`packet` is sent (again after each
+    :meth:`next_wait`) until :meth:`on_datagram` returns the job's parameters."""
+
+    def __init__(self, job: int, worker_id: int, incarnation: int | None = None) -> None:
+        self.job, self.worker_id = job, worker_id
+        self.incarnation = incarnation if incarnation is not None else (secrets.randbits(32) or 1)
+        self.packet = join_packet(job, worker_id, self.incarnation)
+        self.heard = False  # the switch answered something for this JOIN
+        self.joined_bitmap = 0  # who had joined, from the last PENDING
+        self._wait = 0.02
+
+    def next_wait(self) -> float:
+        """Seconds to wait for an answer before sending the JOIN again (doubling up to 0.25 s, well
+        inside the switch's join refresh of 2 s)."""
+        wait, self._wait = self._wait, min(self._wait * 2, 0.25)
+        return wait
+
+    def on_datagram(self, buf: Any, nbytes: int) -> JobParams | None:
+        """The job's parameters once the JOIN_ACK for this JOIN arrives; None for anything else (a
+        PENDING records who is in). Returns None, too, for what belongs to another JOIN (stale)."""
+        if not self.accepts(buf, nbytes):
+            return None
+        _, mtype, _, epoch, _, _, _, _, _, _, _, bitmap = HEADER.unpack_from(buf)
+        if mtype == _PENDING:
+            self.joined_bitmap = bitmap
+        elif mtype == _JOIN_ACK and (ack := parse_join_ack(buf, nbytes)) is not None:
+            return JobParams(
+                job=self.job,
+                worker_id=self.worker_id,
+                epoch=epoch,
+                slot_base=ack["slot_base"],
+                slots=ack["slots"],
+                elements=ack["elements"],
+                fanin=ack["fanin"],
+                total_workers=ack["total_workers"],
+                group=ack["group"],
+                group_port=ack["group_port"],
+            )
+        return None
+
+    def accepts(self, buf: Any, nbytes: int) -> bool:
+        """Whether the datagram answers this JOIN (job, worker id and incarnation match)."""
+        if nbytes < HEADER_SIZE:
+            return False
+        _, _, _, _, job, worker, _, _, seq, _, _, _ = HEADER.unpack_from(buf)
+        ok = job == self.job and worker == self.worker_id and seq == self.incarnation
+        self.heard |= ok
+        return ok
+
+    def timeout_error(self, switch: str, world_size: int, join_timeout: float) -> NetAggTimeout:
+        if not self.heard:
+            return NetAggTimeout(
+                f"switch {switch} did not answer JOIN for job {self.job} within {join_timeout:g}s "
+                f"(is it running, and configured for job {self.job}?)"
+            )
+        missing = [w for w in range(world_size) if not self.joined_bitmap >> w & 1]
+        return NetAggTimeout(f"job {self.job}: workers {missing} did not join within {join_timeout:g}s")
+
+
+def join_controller(
+    controller: str,
+    job: str,
+    rank: int,
+    token: str | None,
+    tls_ca: str | None,
+    replace: bool,
+    bind: str | None,
+) -> tuple[socket.socket, Any]:
+    """Bind the worker's socket and join ``job`` at the controller with its address; returns the socket
+    and the JoinJobResponse. gRPC errors become NetAggError with the controller's message."""
+    import grpc
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    chost, cport = parse_address(controller)
+    if cport == 0:
+        raise ValueError(f"controller address {controller!r} needs a port")
+    host, port = parse_address(bind) if bind else ("0.0.0.0", 0)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        unbound = host in ("0.0.0.0", "::")
+        if unbound:
+            # The address others see: the one this host uses on its route to the controller.
+            with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+                probe.connect((chost, cport))
+                host = probe.getsockname()[0]
+        with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
+            stub = pb_grpc.ControllerStub(ch)
+            try:
+                joined = stub.JoinJob(
+                    pb.JoinJobRequest(
+                        job_id=job, rank=rank, address=format_address(host, port), replace=replace
+                    ),
+                    timeout=30,
+                )
+                if unbound:
+                    # The switch sees the address of this host's route to the switch: if that is not
+                    # the one toward the controller, say so (the switch takes packets only from there).
+                    shost, sport = parse_address(joined.switch_address)
+                    with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+                        probe.connect((shost, sport))
+                        if probe.getsockname()[0] != host:
+                            host = probe.getsockname()[0]
+                            request = pb.JoinJobRequest(
+                                job_id=job, rank=rank, address=format_address(host, port), replace=True
+                            )
+                            joined = stub.JoinJob(request, timeout=30)
+            except grpc.RpcError as exc:
+                raise NetAggError(f"controller {controller}: {exc.code().name}: {exc.details()}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, joined
+
+
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

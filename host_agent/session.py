@@ -1,0 +1,102 @@
+"""A worker's standing in its job between calls: what the switch's JOIN_ACK said, each slot's next use
+number, the retransmission timer's estimate and the counters. No sockets here.
+
+A :class:`Session` is made from a JOIN_ACK (:mod:`host_agent.join`) and handed to every engine
+(:mod:`host_agent.engine`) the worker runs; the engine advances the slots' use numbers when its call
+completes, so the next call continues where this one stopped (docs/protocol.md, "Worker rules").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netagg.protocol import PAYLOAD_DTYPE, scale_bits
+
+__all__ = ["JobParams", "Rto", "Session", "Stats"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobParams:
+    """This worker's job at its switch, as the JOIN_ACK gave it (docs/protocol.md, "JOIN_ACK")."""
+
+    job: int
+    """The job id at the switch."""
+    worker_id: int
+    """The id the switch knows this worker by (its bit in the contributor bitmap)."""
+    epoch: int
+    """The job's round at the switch; every CONTRIB carries it."""
+    slot_base: int
+    """The job's first slot at the switch."""
+    slots: int
+    """Slots of the job (the window): at most this many packets in flight."""
+    elements: int
+    """int32 elements per packet."""
+    fanin: int
+    """Workers at this worker's switch (the bitmap's width)."""
+    total_workers: int
+    """Workers of the whole job (more than ``fanin`` in a tree): they set the quantizer's headroom."""
+    group: int = 0
+    """The IPv4 multicast group results are sent to (0: unicast)."""
+    group_port: int = 0
+
+    @property
+    def bits(self) -> int:
+        """Magnitude bits per quantized value (``scale_bits(total_workers)``)."""
+        return scale_bits(self.total_workers)
+
+
+class Stats:
+    """A worker's counters (packets and bytes each way, retransmissions, dropped stale packets)."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "received", "retransmissions", "sent", "stale")
+
+    def __init__(self) -> None:
+        self.sent = self.received = self.retransmissions = self.stale = 0
+        self.bytes_sent = self.bytes_received = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass
+class Rto:
+    """The retransmission timeout: smoothed RTT + 4 x its deviation, within [min_rto, max_rto]
+    (RFC 6298's estimator; samples only from packets sent once, as Karn's rule says)."""
+
+    min_rto: float
+    max_rto: float
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+    @property
+    def value(self) -> float:
+        if self.srtt is None:  # no sample yet: start high, as TCP does, so a slow start is no storm
+            return max(self.min_rto, min(self.max_rto, 0.2))
+        return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar))
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+
+@dataclass
+class Session:
+    """One join's state, carried from call to call."""
+
+    params: JobParams
+    rto: Rto
+    stats: Stats = field(default_factory=Stats)
+    seq: np.ndarray = field(init=False)
+    """The next use number of each slot in this epoch."""
+    payload: np.ndarray = field(init=False)
+    """Scratch for the payload each slot has in flight (reused by every call)."""
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.seq = np.zeros(p.slots, dtype=np.int64)
+        self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)
