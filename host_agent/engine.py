@@ -286,11 +286,14 @@ class DatagramEngine(Engine):
             stats.stale += 1
             return None
         if cnt:
-            if buf is not self._got_buf:
+            if buf is not self._got_buf and len(buf) >= HEADER_SIZE + 4 * n:  # the transport's buffer
                 self._got_buf = buf
                 self._got_whole = np.frombuffer(buf, PAYLOAD_DTYPE, n, HEADER_SIZE)
-            assert self._got_whole is not None
-            got = self._got_whole if cnt == n else self._got_whole[:cnt]
+            if buf is self._got_buf:
+                assert self._got_whole is not None
+                got = self._got_whole if cnt == n else self._got_whole[:cnt]
+            else:
+                got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
             dst = self.out[c * n : c * n + cnt]
             if self.is_float:
                 e = self._agreed[c]

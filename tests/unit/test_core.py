@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -215,92 +213,6 @@ def test_every_drop_reason_is_a_counter() -> None:
 
 
 # -- the protocol under loss, duplication and reordering, with model workers ----------------------------
-
-
-class ModelWorker:
-    """The worker rules of docs/protocol.md for int32 data, with no timers: it resends when asked."""
-
-    def __init__(self, wid: int, data: np.ndarray, slots: int, elements: int) -> None:
-        self.wid, self.data, self.slots, self.n = wid, data, slots, elements
-        self.chunks = [data[i : i + elements] for i in range(0, data.size, elements)]
-        self.window = min(slots, len(self.chunks))
-        self.pos = [0] * self.window  # use k of slot j carries chunk j + k * window
-        self.out: dict[int, list[int]] = {}
-
-    def packet(self, j: int) -> bytes | None:
-        c = j + self.pos[j] * self.window
-        if c >= len(self.chunks):
-            return None
-        return contrib(self.wid, j, self.pos[j], self.chunks[c])
-
-    def receive(self, data: bytes) -> bytes | None:
-        h, payload = decode(data)
-        j = h.slot
-        if h.type != MsgType.RESULT or j >= self.window or h.seq != self.pos[j]:
-            return None  # stale or duplicate
-        self.out[j + self.pos[j] * self.window] = payload.tolist()
-        self.pos[j] += 1
-        return self.packet(j)
-
-    def done(self) -> bool:
-        return len(self.out) == len(self.chunks)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    workers=st.integers(1, 5),
-    size=st.integers(1, 40),
-    slots=st.integers(1, 4),
-    loss=st.sampled_from([0.0, 0.05, 0.3]),
-    dup=st.sampled_from([0.0, 0.01, 0.2]),
-)
-def test_protocol_is_exact_under_loss_duplication_and_reordering(
-    seed, workers, size, slots, loss, dup
-) -> None:
-    rng = random.Random(seed)
-    elements = 3
-    dp = Dataplane([JobConfig(JOB, workers, slots, elements)])
-    for w in range(workers):
-        join(dp, w)
-    data = [
-        np.array([rng.randrange(-(2**28), 2**28) for _ in range(size)], dtype=np.int32)
-        for _ in range(workers)
-    ]
-    ws = [ModelWorker(w, data[w], slots, elements) for w in range(workers)]
-    inflight: list[tuple[str, int, bytes]] = []  # (direction, worker, datagram), delivered in random order
-
-    def put(direction: str, w: int, datagram: bytes | None) -> None:
-        if datagram is None or rng.random() < loss:
-            return
-        inflight.append((direction, w, datagram))
-        if rng.random() < dup:
-            inflight.append((direction, w, datagram))
-
-    for mw in ws:
-        for j in range(mw.window):
-            put("up", mw.wid, mw.packet(j))
-    steps = 0
-    while not all(mw.done() for mw in ws):
-        steps += 1
-        assert steps < 200_000, "no progress"
-        if not inflight:  # every timer fires: each worker resends what it has outstanding
-            for mw in ws:
-                for j in range(mw.window):
-                    put("up", mw.wid, mw.packet(j))
-            continue
-        direction, wid, datagram = inflight.pop(rng.randrange(len(inflight)))
-        if direction == "up":
-            for out, dests in dp.handle(datagram, f"w{wid}"):
-                for dest in dests:
-                    put("down", int(str(dest)[1:]), raw(out))
-        else:
-            put("up", wid, ws[wid].receive(datagram))
-    expected = np.sum(data, axis=0)
-    for mw in ws:
-        got = np.concatenate([mw.out[c] for c in range(len(mw.chunks))])
-        np.testing.assert_array_equal(got, expected)
-    check_accounting(dp)
 
 
 def test_join_members_that_stop_refreshing_expire() -> None:
