@@ -208,36 +208,14 @@ class Worker:
         return self._session.params
 
     @property
-    def epoch(self) -> int:
-        return self.params.epoch
-
-    @property
     def slot_base(self) -> int:
+        """The job's first slot at the switch."""
         return self.params.slot_base
 
     @property
-    def slots(self) -> int:
-        return self.params.slots
-
-    @property
     def elements(self) -> int:
+        """int32 elements per packet (the switch's job decides it)."""
         return self.params.elements
-
-    @property
-    def fanin(self) -> int:
-        return self.params.fanin
-
-    @property
-    def bits(self) -> int:
-        return self.params.bits
-
-    @property
-    def min_rto(self) -> float:
-        return self._rto.min_rto
-
-    @property
-    def max_rto(self) -> float:
-        return self._rto.max_rto
 
     @property
     def rto(self) -> float:

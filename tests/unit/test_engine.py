@@ -27,7 +27,7 @@ JOB = 7
 
 def datagrams(sends: list[Send]) -> list[bytes]:
     """What the engine's sends put on the wire, one datagram each (a GSO run split at its segments)."""
-    out = []
+    out: list[bytes] = []
     for parts, seg in sends:
         data = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
         out.extend(data[i : i + seg] for i in range(0, len(data), seg)) if seg else out.append(data)
@@ -35,7 +35,7 @@ def datagrams(sends: list[Send]) -> list[bytes]:
 
 
 def switch_outputs(outs) -> list[tuple[bytes, list[str]]]:
-    res = []
+    res: list[tuple[bytes, list[str]]] = []
     for data, dests in outs:
         if isinstance(data, Segments):
             raw = bytes(data.data)
@@ -116,7 +116,7 @@ class Net:
         return outs
 
     def _take(self, w: int, size: int, most: int) -> list[bytes]:
-        got = []
+        got: list[bytes] = []
         for i in reversed(range(len(self.inflight))):
             d, ww, data = self.inflight[i]
             if len(got) < most and d == "down" and ww == w and len(data) == size:

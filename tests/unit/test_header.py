@@ -37,9 +37,11 @@ def _merged(widths: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 def test_struct_dtype_and_offsets_come_from_the_table() -> None:
     assert HEADER.size == HEADER_DTYPE.itemsize == 24
-    assert list(HEADER_DTYPE.names) == [f.name for f in FIELDS]
+    assert HEADER_DTYPE.names == tuple(f.name for f in FIELDS)
+    fields = HEADER_DTYPE.fields
+    assert fields is not None
     for f in FIELDS:
-        assert HEADER_DTYPE.fields[f.name][1] == OFFSET[f.name]
+        assert fields[f.name][1] == OFFSET[f.name]
         assert HEADER_DTYPE[f.name].itemsize == f.size
     assert (protocol.OFF_FLAGS, protocol.OFF_WORKER, protocol.OFF_COUNT, protocol.OFF_SEQ) == (2, 6, 10, 12)
 
