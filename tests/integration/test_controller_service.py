@@ -1,4 +1,6 @@
-"""The controller in process on port 0, programming a real SwitchAgent (in process) over gRPC."""
+"""The controller in process on port 0, programming a real SwitchAgent (in process) over gRPC: every RPC,
+its status codes and messages, tenants, TLS, restart, a tree. Placement alone, without gRPC, is tested in
+tests/unit/test_controller.py."""
 
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from netagg.controller import serve_controller
+from controller import Store, serve_controller
 from netagg.rpc import Tenant, Tokens, channel
-from netagg.store import Store
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
 from switch.agent import serve_agent
