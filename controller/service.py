@@ -275,9 +275,12 @@ class ControllerService(pb_grpc.ControllerServicer):
             snap = pb.StatsSnapshot(time=time.time(), jobs=jobs)
             for sw_id in sorted({p.switch_id for j in jobs for p in j.placements}):
                 sw = self.store.switch(sw_id)
-                counters = self.agents.counters(sw) if sw is not None else None
+                if sw is None:
+                    continue
+                entry = snap.switch_counters[sw_id]  # listed (empty) even if the switch does not answer
+                counters = self.agents.counters(sw)
                 if counters is not None:
-                    snap.switch_counters[sw_id].CopyFrom(counters)
+                    entry.CopyFrom(counters)
             yield snap
             if wake.wait(interval):
                 return

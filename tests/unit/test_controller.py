@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from controller import MAX_JOB_WORKERS, ControlError, Placement, SwitchRecord, place, placement_slots
 from controller.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from controller.placement import free_gaps, free_wire_id, job_shape, leaf_of_rank, validate_spec
+from controller.service import answering
 from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WINDOW_ELEMENTS, MAX_WORKERS, static_job_slots
 from netagg.v1 import control_pb2 as pb
 
@@ -382,3 +383,28 @@ def test_shape_of_a_tree_ranks_by_leaf_name_hosts_before_child_switches() -> Non
         "spine",
         "spine",
     ]
+
+
+# -- the servicer's one place that aborts --------------------------------------------------------------
+class _Context:
+    """What `answering` uses of a grpc.ServicerContext: abort (which, in gRPC, raises)."""
+
+    def __init__(self) -> None:
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted.append((code, details))
+        raise RuntimeError("aborted")
+
+
+def test_answering_aborts_with_the_errors_code_and_message() -> None:
+    context = _Context()
+    with pytest.raises(RuntimeError, match="aborted"), answering(context):
+        place(spec(slots=41), [switch("sw1")], {})
+    [(code, message)] = context.aborted
+    assert code == EXHAUSTED and "sw1 has 40 free" in message
+    with pytest.raises(KeyError), answering(context):
+        raise KeyError("not a refusal: a bug, left to gRPC")
+    with answering(context):
+        pass
+    assert len(context.aborted) == 1
