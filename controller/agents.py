@@ -8,7 +8,7 @@ again gets back the jobs placed on it (:meth:`SwitchAgents.reinstall`).
 Example::
 
     agents = SwitchAgents(store, tls_ca=None, timeout=5.0)
-    agents.install_all(placement.switches, job)  # UnavailableError if one switch refuses: none keeps it
+    agents.install_all(placement.switches, job)  # ControlError(UNAVAILABLE) if one refuses: none keeps it
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import threading
 from collections.abc import Sequence
 
 import grpc
+from grpc import StatusCode
 
-from controller.errors import UnavailableError
+from controller.errors import ControlError
 from controller.placement import job_shape
 from controller.store import Store, SwitchRecord
 from netagg.rpc import channel as rpc_channel
@@ -62,13 +63,14 @@ class SwitchAgents:
             return self._stubs[key][1]
 
     def info(self, sw: SwitchRecord) -> pb.SwitchInfo:
-        """What the switch reports about itself; :class:`UnavailableError` if it cannot be asked."""
+        """What the switch reports about itself; ``UNAVAILABLE`` if it cannot be asked."""
         try:
             return self.stub(sw).GetInfo(pb.GetInfoRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise UnavailableError(
+            raise ControlError(
+                StatusCode.UNAVAILABLE,
                 f"cannot reach the SwitchAgent at {sw.agent_address} with this token: "
-                f"{exc.code().name}: {exc.details()}"
+                f"{exc.code().name}: {exc.details()}",
             ) from None
 
     def counters(self, sw: SwitchRecord) -> pb.Counters | None:
@@ -99,7 +101,7 @@ class SwitchAgents:
 
     def install_all(self, switches: Sequence[tuple[SwitchRecord, str]], job: pb.Job) -> None:
         """Install ``job`` on each of ``switches`` (in the order of ``job.placements``), all or nothing:
-        if one refuses, it is removed again from those that took it and :class:`UnavailableError` says
+        if one refuses, it is removed again from those that took it and ``UNAVAILABLE`` says
         which switch failed and why."""
         installed: list[SwitchRecord] = []
         for (sw, _), placement in zip(switches, job.placements, strict=True):
@@ -112,9 +114,10 @@ class SwitchAgents:
                         self.stub(done).RemoveJob(
                             pb.RemoveJobRequest(wire_job_id=job.wire_job_id), timeout=self.timeout
                         )
-                raise UnavailableError(
+                raise ControlError(
+                    StatusCode.UNAVAILABLE,
                     f"switch {sw.switch_id} ({sw.agent_address}) could not be programmed: "
-                    f"{exc.code().name}: {exc.details()}"
+                    f"{exc.code().name}: {exc.details()}",
                 ) from None
 
     def remove(self, job: pb.Job) -> None:
@@ -164,14 +167,15 @@ class SwitchAgents:
         )
 
     def pin_workers(self, sw: SwitchRecord, job_id: str) -> None:
-        """Pin ``sw``'s workers of the job if all have joined (see :meth:`_pin`); :class:`UnavailableError`
+        """Pin ``sw``'s workers of the job if all have joined (see :meth:`_pin`); ``UNAVAILABLE``
         if the switch refuses."""
         try:
             self._pin(sw, job_id)
         except grpc.RpcError as exc:
-            raise UnavailableError(
+            raise ControlError(
+                StatusCode.UNAVAILABLE,
                 f"switch {sw.switch_id} could not take the workers' addresses: "
-                f"{exc.code().name}: {exc.details()}"
+                f"{exc.code().name}: {exc.details()}",
             ) from None
 
     def pin_inner(self, switches: Sequence[tuple[SwitchRecord, str]], job: pb.Job) -> None:

@@ -21,12 +21,9 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.errors import (
-    ControlError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    ResourceExhaustedError,
-)
+from grpc import StatusCode
+
+from controller.errors import ControlError
 from controller.store import SwitchRecord
 from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WINDOW_ELEMENTS
 from netagg.v1 import control_pb2 as pb
@@ -81,30 +78,41 @@ def _elements_range(info: pb.SwitchInfo) -> str:
 
 
 def validate_spec(spec: pb.JobSpec) -> None:
-    """Raise :class:`InvalidArgumentError` naming the first field of ``spec`` that is out of range."""
+    """Raise :class:`ControlError` (``INVALID_ARGUMENT``) naming the first field of ``spec`` out of range."""
     if not spec.name:
-        raise InvalidArgumentError("spec.name is missing (1-64 characters of A-Z a-z 0-9 . _ -)")
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT, "spec.name is missing (1-64 characters of A-Z a-z 0-9 . _ -)"
+        )
     if not _NAME.fullmatch(spec.name):
-        raise InvalidArgumentError(
-            f"spec.name {spec.name[:80]!r} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            f"spec.name {spec.name[:80]!r} must be 1-64 characters of A-Z a-z 0-9 . _ -",
         )
     if not 1 <= spec.workers <= MAX_JOB_WORKERS:
-        raise InvalidArgumentError(f"spec.workers must be 1-{MAX_JOB_WORKERS}, got {spec.workers}")
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT, f"spec.workers must be 1-{MAX_JOB_WORKERS}, got {spec.workers}"
+        )
     if spec.element_type not in (pb.ELEMENT_TYPE_INT32, pb.ELEMENT_TYPE_FLOAT32):
-        raise InvalidArgumentError("spec.element_type must be ELEMENT_TYPE_INT32 or ELEMENT_TYPE_FLOAT32")
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            "spec.element_type must be ELEMENT_TYPE_INT32 or ELEMENT_TYPE_FLOAT32",
+        )
     if spec.elements_per_packet > MAX_ELEMENTS:
-        raise InvalidArgumentError(
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
             f"spec.elements_per_packet must be 1-{MAX_ELEMENTS} (what fits a UDP datagram), "
-            f"or 0 for the switch's default; got {spec.elements_per_packet}"
+            f"or 0 for the switch's default; got {spec.elements_per_packet}",
         )
     if spec.slots > MAX_SLOTS:
-        raise InvalidArgumentError(
-            f"spec.slots must be 1-{MAX_SLOTS}, or 0 for the default; got {spec.slots}"
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            f"spec.slots must be 1-{MAX_SLOTS}, or 0 for the default; got {spec.slots}",
         )
     if spec.slots and spec.elements_per_packet and not _fits_window(spec.slots, spec.elements_per_packet):
-        raise InvalidArgumentError(
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
             f"spec.slots x spec.elements_per_packet = {spec.slots * spec.elements_per_packet} exceeds "
-            f"{MAX_WINDOW_ELEMENTS} (a 64 MiB window); ask for fewer slots"
+            f"{MAX_WINDOW_ELEMENTS} (a 64 MiB window); ask for fewer slots",
         )
 
 
@@ -125,8 +133,8 @@ def place(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str,
 
     ``switches`` are the registered switches (in registration order: ties go to the first), ``used``
     maps a switch id to the slot ranges [lo, hi) its jobs hold (a missing id holds none). Raises
-    :class:`InvalidArgumentError` for a bad spec, :class:`FailedPreconditionError` when no switch could
-    ever take it, :class:`ResourceExhaustedError` when one could but has no room now.
+    :class:`ControlError`: ``INVALID_ARGUMENT`` for a bad spec, ``FAILED_PRECONDITION`` when no switch
+    could ever take it, ``RESOURCE_EXHAUSTED`` when one could but has no room now.
     """
     validate_spec(spec)
     if spec.workers_at:
@@ -146,8 +154,9 @@ def _place_single(
 ) -> Placement:
     """The switch with the most free slots among those that take the job, first fit within it."""
     if not switches:
-        raise FailedPreconditionError(
-            "no switch is registered (start one with `netagg switch --controller HOST:PORT ...`)"
+        raise ControlError(
+            StatusCode.FAILED_PRECONDITION,
+            "no switch is registered (start one with `netagg switch --controller HOST:PORT ...`)",
         )
     fits, free_report = [], []
     for sw in switches:
@@ -172,10 +181,11 @@ def _place_single(
             fits.append((free, sw, n, slots, base))
     if not fits:
         capable = any(" free " in r for r in free_report)
-        error: type[ControlError] = ResourceExhaustedError if capable else FailedPreconditionError
+        code = StatusCode.RESOURCE_EXHAUSTED if capable else StatusCode.FAILED_PRECONDITION
         want = f"{spec.slots} slots" if spec.slots else "its default slots"
-        raise error(
-            f"no switch can take a job of {spec.workers} workers and {want} now: " + "; ".join(free_report)
+        raise ControlError(
+            code,
+            f"no switch can take a job of {spec.workers} workers and {want} now: " + "; ".join(free_report),
         )
     fits.sort(key=lambda f: -f[0])  # most free slots first (stable: ties keep the switches' order)
     _, sw, n, slots, base = fits[0]
@@ -187,20 +197,26 @@ def _place_tree(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mappin
     by_id = {s.switch_id: s for s in switches}
     for leaf, n in spec.workers_at.items():
         if leaf not in by_id:
-            raise FailedPreconditionError(f"spec.workers_at: switch {leaf!r} is not registered")
+            raise ControlError(
+                StatusCode.FAILED_PRECONDITION, f"spec.workers_at: switch {leaf!r} is not registered"
+            )
         if n < 1:
-            raise InvalidArgumentError(f"spec.workers_at[{leaf!r}] must be at least 1, got {n}")
+            raise ControlError(
+                StatusCode.INVALID_ARGUMENT, f"spec.workers_at[{leaf!r}] must be at least 1, got {n}"
+            )
     if sum(spec.workers_at.values()) != spec.workers:
-        raise InvalidArgumentError(
-            f"spec.workers_at adds up to {sum(spec.workers_at.values())}, not spec.workers = {spec.workers}"
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            f"spec.workers_at adds up to {sum(spec.workers_at.values())}, not spec.workers = {spec.workers}",
         )
     paths = {}
     for leaf in spec.workers_at:
         path, at = [leaf], by_id[leaf].parent
         while at:
             if at in path or at not in by_id:
-                raise FailedPreconditionError(
-                    f"switch {path[-1]}'s parent {at!r} is not registered (or the parents loop)"
+                raise ControlError(
+                    StatusCode.FAILED_PRECONDITION,
+                    f"switch {path[-1]}'s parent {at!r} is not registered (or the parents loop)",
                 )
             path.append(at)
             at = by_id[at].parent
@@ -208,8 +224,9 @@ def _place_tree(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mappin
     first = paths[min(paths)]
     root = next((n for n in first if all(n in p for p in paths.values())), None)
     if root is None:
-        raise FailedPreconditionError(
-            f"switches {sorted(paths)} have no common ancestor (see ListSwitches' parent_switch_id)"
+        raise ControlError(
+            StatusCode.FAILED_PRECONDITION,
+            f"switches {sorted(paths)} have no common ancestor (see ListSwitches' parent_switch_id)",
         )
     tree: dict[str, str] = {}
     for path in paths.values():
@@ -223,25 +240,33 @@ def _place_tree(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mappin
         info = by_id[sw].info
         children = spec.workers_at.get(sw, 0) + sum(1 for p in tree.values() if p == sw)
         if children > info.max_workers:
-            raise FailedPreconditionError(
-                f"switch {sw} would have {children} children; it takes at most {info.max_workers}"
+            raise ControlError(
+                StatusCode.FAILED_PRECONDITION,
+                f"switch {sw} would have {children} children; it takes at most {info.max_workers}",
             )
         if not _takes_elements(info, n):
-            raise FailedPreconditionError(f"switch {sw} {_elements_range(info)}, not {n}")
+            raise ControlError(
+                StatusCode.FAILED_PRECONDITION, f"switch {sw} {_elements_range(info)}, not {n}"
+            )
         if parent and info.kind != "python":
-            raise FailedPreconditionError(
+            raise ControlError(
+                StatusCode.FAILED_PRECONDITION,
                 f"switch {sw} ({info.kind}) cannot forward to a parent; only Python switches can be "
-                "inner nodes of a tree yet"
+                "inner nodes of a tree yet",
             )
     if not _fits_window(slots, n):
-        raise FailedPreconditionError(
-            f"switches {sorted(tree)}: {slots} slots of {n} elements exceed the 64 MiB window"
+        raise ControlError(
+            StatusCode.FAILED_PRECONDITION,
+            f"switches {sorted(tree)}: {slots} slots of {n} elements exceed the 64 MiB window",
         )
     in_use = [r for sw in tree for r in used.get(sw, ())]
     total = min(by_id[sw].info.total_slots for sw in tree)
     base = next((lo for lo, hi in free_gaps(in_use, total) if hi - lo >= slots), None)
     if base is None:
-        raise ResourceExhaustedError(f"no range of {slots} slots is free on all of {sorted(tree)} at once")
+        raise ControlError(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"no range of {slots} slots is free on all of {sorted(tree)} at once",
+        )
     order = sorted(tree, key=lambda sw: tree[sw] != "")  # the root first
     return Placement(_with_defaults(spec, n, slots), base, tuple((by_id[sw], tree[sw]) for sw in order))
 
@@ -265,10 +290,10 @@ def free_gaps(used: Ranges, total: int) -> list[tuple[int, int]]:
 
 
 def free_wire_id(used: Collection[int]) -> int:
-    """The lowest wire job id (1-65535) not in ``used``; :class:`ResourceExhaustedError` if none is."""
+    """The lowest wire job id (1-65535) not in ``used``; ``RESOURCE_EXHAUSTED`` if none is."""
     wire = next((i for i in range(1, 0x10000) if i not in used), None)
     if wire is None:
-        raise ResourceExhaustedError("all 65535 wire job ids are in use")
+        raise ControlError(StatusCode.RESOURCE_EXHAUSTED, "all 65535 wire job ids are in use")
     return wire
 
 

@@ -24,16 +24,10 @@ import time
 from collections.abc import Iterator
 
 import grpc
+from grpc import StatusCode
 
 from controller.agents import AGENT_TIMEOUT, SwitchAgents
-from controller.errors import (
-    AlreadyExistsError,
-    ControlError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    UnavailableError,
-)
+from controller.errors import ControlError
 from controller.placement import free_wire_id, job_shape, leaf_of_rank, place
 from controller.store import Store, SwitchRecord
 from netagg.protocol import parse_address
@@ -61,16 +55,17 @@ def answering(context: grpc.ServicerContext) -> Iterator[None]:
 
 
 def _check_address(text: str, what: str) -> str:
-    """``text`` as a HOST:PORT others can reach (IPv6 in brackets); :class:`InvalidArgumentError`."""
+    """``text`` as a HOST:PORT others can reach (IPv6 in brackets); ``INVALID_ARGUMENT``."""
     if not text:
-        raise InvalidArgumentError(f"{what} is missing (HOST:PORT)")
+        raise ControlError(StatusCode.INVALID_ARGUMENT, f"{what} is missing (HOST:PORT)")
     try:
         host, port = parse_address(text)
     except ValueError as exc:
-        raise InvalidArgumentError(f"{what}: {exc}") from None
+        raise ControlError(StatusCode.INVALID_ARGUMENT, f"{what}: {exc}") from None
     if port == 0 or host in ("0.0.0.0", "::", ""):
-        raise InvalidArgumentError(
-            f"{what} {text!r} is not an address others can reach (give a host and a port)"
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            f"{what} {text!r} is not an address others can reach (give a host and a port)",
         )
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -103,15 +98,18 @@ class ControllerService(pb_grpc.ControllerServicer):
     def _job_for(self, job_id: str, tenant: Tenant) -> pb.Job:
         """The job ``job_id`` if ``tenant`` may see it."""
         if not job_id:
-            raise InvalidArgumentError("job_id is missing")
+            raise ControlError(StatusCode.INVALID_ARGUMENT, "job_id is missing")
         if not _JOB_ID.fullmatch(job_id):
-            raise InvalidArgumentError(f"job_id {job_id[:80]!r} is not a job id (j-xxxxxx)")
+            raise ControlError(
+                StatusCode.INVALID_ARGUMENT, f"job_id {job_id[:80]!r} is not a job id (j-xxxxxx)"
+            )
         job = self.store.job(job_id)
         if job is None:
-            raise NotFoundError(f"no job {job_id} (ListJobs shows the jobs there are)")
+            raise ControlError(StatusCode.NOT_FOUND, f"no job {job_id} (ListJobs shows the jobs there are)")
         if not _visible(tenant, job):
-            raise PermissionDeniedError(
-                f"job {job_id} belongs to tenant {job.owner!r}; this token is tenant {tenant.name!r}'s"
+            raise ControlError(
+                StatusCode.PERMISSION_DENIED,
+                f"job {job_id} belongs to tenant {job.owner!r}; this token is tenant {tenant.name!r}'s",
             )
         return job
 
@@ -120,7 +118,7 @@ class ControllerService(pb_grpc.ControllerServicer):
         tenant = tenant_of(context, self.tokens)
         with answering(context):
             if not request.HasField("spec"):
-                raise InvalidArgumentError("spec is missing")
+                raise ControlError(StatusCode.INVALID_ARGUMENT, "spec is missing")
             with self.store.locked():  # one admission at a time: no two jobs get the same slots
                 switches = self.store.switches()
                 used = {s.switch_id: self.store.used_ranges(s.switch_id) for s in switches}
@@ -179,16 +177,18 @@ class ControllerService(pb_grpc.ControllerServicer):
         with answering(context):
             job = self._job_for(request.job_id, tenant)
             if request.rank >= job.spec.workers:
-                raise InvalidArgumentError(
-                    f"rank {request.rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}"
+                raise ControlError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"rank {request.rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}",
                 )
             address = _check_address(request.address, "address")
             with self.store.locked():
                 member = self.store.member(job.job_id, request.rank)
                 if member is not None and member.address != address and not request.replace:
-                    raise AlreadyExistsError(
+                    raise ControlError(
+                        StatusCode.ALREADY_EXISTS,
                         f"rank {request.rank} of job {job.job_id} has joined from {member.address}; "
-                        "is another worker using this rank? (a restarted worker passes replace=true)"
+                        "is another worker using this rank? (a restarted worker passes replace=true)",
                     )
                 self.store.put_member(job.job_id, request.rank, address)
                 shape = job_shape(job)
@@ -196,7 +196,9 @@ class ControllerService(pb_grpc.ControllerServicer):
                 placement = next(p for p in job.placements if p.switch_id == leaf)
                 sw = self.store.switch(placement.switch_id)
                 if sw is None:
-                    raise UnavailableError(f"switch {placement.switch_id} of the job is gone")
+                    raise ControlError(
+                        StatusCode.UNAVAILABLE, f"switch {placement.switch_id} of the job is gone"
+                    )
                 self.agents.pin_workers(sw, job.job_id)
         return pb.JoinJobResponse(
             switch_address=sw.data_address,
@@ -229,27 +231,30 @@ class ControllerService(pb_grpc.ControllerServicer):
     ) -> SwitchRecord:
         """The checked record of a registering switch, with the info its SwitchAgent reports."""
         if not tenant.admin:
-            raise PermissionDeniedError("only an admin token may register switches")
+            raise ControlError(StatusCode.PERMISSION_DENIED, "only an admin token may register switches")
         if not _SWITCH_ID.fullmatch(request.switch_id):
-            raise InvalidArgumentError(
-                f"switch_id {request.switch_id[:80]!r} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"
+            raise ControlError(
+                StatusCode.INVALID_ARGUMENT,
+                f"switch_id {request.switch_id[:80]!r} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -",
             )
         data = _check_address(request.data_address, "data_address")
         agent_addr = _check_address(request.agent_address, "agent_address")
         token = next(v for k, v in context.invocation_metadata() if k == "authorization").split(" ", 1)[1]
         info = self.agents.info(SwitchRecord(request.switch_id, data, agent_addr, pb.SwitchInfo(), token))
         if request.HasField("info") and request.info != info:
-            raise InvalidArgumentError(
-                f"info disagrees with what the SwitchAgent at {agent_addr} reports ({info})"
+            raise ControlError(
+                StatusCode.INVALID_ARGUMENT,
+                f"info disagrees with what the SwitchAgent at {agent_addr} reports ({info})",
             )
         if info.total_slots < 1 or info.max_workers < 1 or info.min_elements_per_packet < 1:
-            raise InvalidArgumentError(f"the switch reports no capacity: {info}")
+            raise ControlError(StatusCode.INVALID_ARGUMENT, f"the switch reports no capacity: {info}")
         if request.parent_switch_id and not _SWITCH_ID.fullmatch(request.parent_switch_id):
-            raise InvalidArgumentError(
-                f"parent_switch_id {request.parent_switch_id[:80]!r} is not a switch id"
+            raise ControlError(
+                StatusCode.INVALID_ARGUMENT,
+                f"parent_switch_id {request.parent_switch_id[:80]!r} is not a switch id",
             )
         if request.parent_switch_id == request.switch_id:
-            raise InvalidArgumentError("a switch cannot be its own parent")
+            raise ControlError(StatusCode.INVALID_ARGUMENT, "a switch cannot be its own parent")
         return SwitchRecord(request.switch_id, data, agent_addr, info, token, request.parent_switch_id)
 
     def ListSwitches(
@@ -265,7 +270,9 @@ class ControllerService(pb_grpc.ControllerServicer):
         interval = request.interval_seconds or 1.0
         with answering(context):
             if not 0.1 <= interval <= 3600:
-                raise InvalidArgumentError(f"interval_seconds must be 0.1-3600, got {interval:g}")
+                raise ControlError(
+                    StatusCode.INVALID_ARGUMENT, f"interval_seconds must be 0.1-3600, got {interval:g}"
+                )
             for job_id in request.job_ids:
                 self._job_for(job_id, tenant)
         wake = threading.Event()
