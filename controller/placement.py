@@ -52,7 +52,7 @@ def placement_slots(elements: int) -> int:
     A window of about 1 MiB of int32 per worker, 16 to 1024 packets: ``max(16, min(1024, 262144 //
     elements))``, as proto/netagg/v1/control.proto documents, and never past the 64 MiB window. This is
     not the Python switch's default for a static job (:func:`netagg.protocol.static_job_slots`, 16 or
-    1024 by packet size, as measured for ``netagg switch --workers``): between 256 and 16383 elements per
+    1024 by packet size, as measured for ``netagg switch --workers``): from 257 to 15420 elements per
     packet the two differ (1024 elements: 256 slots here, 16 there), and each is documented as it is.
 
     Example::

@@ -101,6 +101,8 @@ def test_the_two_policies_are_the_documented_ones_and_differ_in_between() -> Non
     assert placement_slots(64) == static_job_slots(64) == 1024
     assert placement_slots(MAX_ELEMENTS) == static_job_slots(MAX_ELEMENTS) == 16
     assert (placement_slots(1024), static_job_slots(1024)) == (256, 16)
+    differ = [n for n in range(1, MAX_ELEMENTS + 1) if placement_slots(n) != static_job_slots(n)]
+    assert differ == list(range(257, 15421))  # as placement_slots' docstring says
 
 
 # -- spec checks ---------------------------------------------------------------------------------------
