@@ -351,13 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def default_slots(elements: int) -> int:
-    """The window the switch gives a job by default: measured on the 2-core loopback setup (see README),
-    16 large packets keep the data in flight cache-sized; small packets go in GSO runs of 64 and
-    need many runs in flight (128 slots: 1.2 s for 16 MiB at W=4; 1024: 0.66 s)."""
-    return 16 if elements >= 1024 else 1024
-
-
 def _stop_on_signals(stop: object) -> None:
     def handler(signum: int, _frame: object) -> None:
         logging.getLogger("netagg").info("signal %d: stopping", signum)
@@ -368,6 +361,7 @@ def _stop_on_signals(stop: object) -> None:
 
 
 def _switch(args: argparse.Namespace) -> int:
+    from netagg.protocol import static_job_slots
     from netagg.udpbatch import BATCH_BELOW_ELEMENTS
     from switch.core import Dataplane, JobConfig
     from switch.ethernet import EthernetSwitch
@@ -390,7 +384,7 @@ def _switch(args: argparse.Namespace) -> int:
             )
     jobs = []
     if args.workers is not None:
-        slots = args.slots or default_slots(args.elements)
+        slots = args.slots or static_job_slots(args.elements)
         jobs.append(
             JobConfig(
                 job_id=args.job,
@@ -601,9 +595,8 @@ def _register(args: argparse.Namespace, switch_id: str, data: str, agent: str, w
 def _controller(args: argparse.Namespace) -> int:
     import threading
 
-    from netagg.controller import serve_controller
+    from controller import Store, serve_controller
     from netagg.rpc import Tokens, generate_token_file
-    from netagg.store import Store
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")

@@ -54,6 +54,7 @@ __all__ = [
     "record_dtype",
     "scale_bits",
     "slot_field",
+    "static_job_slots",
 ]
 
 #: UDP port the switch listens on unless told otherwise (0xB798; unassigned by IANA).
@@ -333,3 +334,20 @@ def scale_bits(total_workers: int) -> int:
     if total_workers < 1:
         raise ValueError(f"total_workers must be >= 1, got {total_workers}")
     return 30 - (total_workers - 1).bit_length()
+
+
+def static_job_slots(elements: int) -> int:
+    """Slots of a static job on the Python switch (``netagg switch --workers`` without ``--slots``).
+
+    Measured on the 2-core loopback setup (README, docs/protocol.md "Sizing"): 16 large packets keep the
+    data in flight cache-sized; small packets go in GSO runs of 64 and need many runs in flight (128
+    slots: 1.2 s for 16 MiB at W=4; 1024: 0.66 s). Jobs the controller places without a slot count get
+    its own default instead (``controller.placement.placement_slots``, a ~1 MiB window per worker, as
+    proto/netagg/v1/control.proto documents).
+
+    Example::
+
+        >>> static_job_slots(64), static_job_slots(1024), static_job_slots(16370)
+        (1024, 16, 16)
+    """
+    return 16 if elements >= 1024 else 1024

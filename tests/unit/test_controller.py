@@ -1,46 +1,28 @@
-"""The controller in process on port 0, programming a real SwitchAgent (in process) over gRPC."""
+"""Placement without gRPC: spec checks, capacity, packet size, window, free ranges, trees, the default
+slot policies, and the status code each refusal carries. No server, no socket: the switches are records.
+
+The RPCs themselves (in process, on port 0) are tested in tests/integration/test_controller_service.py.
+"""
 
 from __future__ import annotations
 
-import random
-import shutil
-import subprocess
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given
+from hypothesis import strategies as st
 
-from netagg.controller import serve_controller
-from netagg.rpc import Tenant, Tokens, channel
-from netagg.store import Store
+from controller import MAX_JOB_WORKERS, ControlError, Placement, SwitchRecord, place, placement_slots
+from controller.placement import free_gaps, free_wire_id, job_shape, leaf_of_rank, validate_spec
+from controller.service import answering
+from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WINDOW_ELEMENTS, MAX_WORKERS, static_job_slots
 from netagg.v1 import control_pb2 as pb
-from netagg.v1 import control_pb2_grpc as pb_grpc
-from switch.agent import serve_agent
-from switch.core import Dataplane
 
-ADMIN = "admin-token-0123456789abcdef"
-ALICE = "alice-token-0123456789abcdef"
-BOB = "bob-token-0123456789abcdefgh"
-TOKENS = [(ADMIN, Tenant("ops", admin=True)), (ALICE, Tenant("alice")), (BOB, Tenant("bob"))]
-
-
-@dataclass
-class Plane:
-    address: str
-    dataplane: Dataplane
-    db: Path
-    stubs: dict[str, pb_grpc.ControllerStub]
-    agent_address: str
-
-    def stub(self, who: str = "alice") -> pb_grpc.ControllerStub:
-        return self.stubs[who]
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def spec(**kw) -> pb.JobSpec:
@@ -48,406 +30,380 @@ def spec(**kw) -> pb.JobSpec:
     return pb.JobSpec(**{**base, **kw})
 
 
-def code_of(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
+def switch(
+    switch_id: str,
+    total_slots: int = 40,
+    *,
+    parent: str = "",
+    kind: str = "python",
+    max_elements: int = MAX_ELEMENTS,
+    max_workers: int = MAX_WORKERS,
+) -> SwitchRecord:
+    """A registered switch as the store returns it (what a Python switch's agent reports, by default)."""
+    info = pb.SwitchInfo(
+        kind=kind,
+        total_slots=total_slots,
+        min_elements_per_packet=1,
+        max_elements_per_packet=max_elements,
+        max_workers=max_workers,
+    )
+    return SwitchRecord(switch_id, f"{switch_id}:47000", f"{switch_id}:50051", info, "token", parent)
+
+
+def refusal(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(ControlError) as err:
         call()
-    return err.value.code(), err.value.details()
+    return err.value.code, str(err.value)
 
 
-def _drain(stream: Any, request: Any) -> list[Any]:
-    return list(stream(request))
+def test_the_error_carries_its_status_code_and_message() -> None:
+    err = ControlError(EXHAUSTED, "why")
+    assert (err.code, str(err)) == (EXHAUSTED, "why") and isinstance(err, Exception)
 
 
-def _start(db: Path) -> tuple[grpc.Server, int, object]:
-    return serve_controller("127.0.0.1:0", Store(db), Tokens(TOKENS))
+# -- the default slot policies -------------------------------------------------------------------------
+def test_placement_slots_is_a_1_mib_window_of_16_to_1024_packets() -> None:
+    assert [placement_slots(n) for n in (1, 64, 256, 512, 1024, 2048, 16384, MAX_ELEMENTS)] == [
+        1024,
+        1024,
+        1024,
+        512,
+        256,
+        128,
+        16,
+        16,
+    ]
+    for n in range(1, MAX_ELEMENTS + 1):
+        slots = placement_slots(n)
+        assert slots == max(16, min(1024, 262144 // n))
+        assert slots * n <= MAX_WINDOW_ELEMENTS
 
 
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[Plane]:
-    dataplane = Dataplane()
-    agent, agent_port = serve_agent(
-        dataplane, threading.Lock(), "127.0.0.1:0", Tokens.single(ADMIN), total_slots=40
-    )
-    db = tmp_path / "ctl.db"
-    server, port, service = _start(db)
-    address = f"127.0.0.1:{port}"
-    channels = {who: channel(address, tok) for who, tok in (("admin", ADMIN), ("alice", ALICE), ("bob", BOB))}
-    stubs = {who: pb_grpc.ControllerStub(ch) for who, ch in channels.items()}
-    stubs["admin"].RegisterSwitch(
-        pb.RegisterSwitchRequest(
-            switch_id="sw1", data_address="127.0.0.1:47000", agent_address=f"127.0.0.1:{agent_port}"
-        )
-    )
-    try:
-        yield Plane(address, dataplane, db, stubs, f"127.0.0.1:{agent_port}")
-    finally:
-        for ch in channels.values():
-            ch.close()
-        server.stop(grace=None)
-        service.close()  # type: ignore[attr-defined]
-        agent.stop(grace=None)
+def test_static_job_slots_is_16_for_large_packets_and_1024_for_small() -> None:
+    assert [static_job_slots(n) for n in (1, 64, 1023, 1024, 2000, MAX_ELEMENTS)] == [
+        1024,
+        1024,
+        1024,
+        16,
+        16,
+        16,
+    ]
 
 
-def test_admit_place_and_free(plane: Plane) -> None:
-    a = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="a", slots=16)))
-    b = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="b", slots=16)))
-    assert a.owner == "alice" and a.state == pb.JOB_STATE_PENDING and a.job_id != b.job_id
-    ranges = sorted((p.slot_base, p.slots) for j in (a, b) for p in j.placements)
-    assert ranges == [(0, 16), (16, 16)]
-    installed = {c.job_id: (c.slot_base, c.slots, c.workers, c.elements) for c in plane.dataplane.jobs}
-    assert installed == {
-        a.wire_job_id: (a.placements[0].slot_base, 16, 4, 64),
-        b.wire_job_id: (b.placements[0].slot_base, 16, 4, 64),
-    }
-    code, message = code_of(
-        lambda: plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="c", slots=16)))
-    )
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+def test_the_two_policies_are_the_documented_ones_and_differ_in_between() -> None:
+    """control.proto documents the controller's default; docs/protocol.md the static switch's. They agree
+    at the ends and differ in between (1024 elements: 256 slots from the controller, 16 on a static
+    switch), so they are two functions with two names."""
+    proto = (ROOT / "proto/netagg/v1/control.proto").read_text()
+    assert "(max(16, min(1024, 262144 / elements_per_packet)))" in proto
+    sizing = " ".join((ROOT / "docs/protocol.md").read_text().split())
+    assert "16 slots for packets of ≥ 1,024 elements" in sizing and "1,024 for smaller ones" in sizing
+    assert placement_slots(64) == static_job_slots(64) == 1024
+    assert placement_slots(MAX_ELEMENTS) == static_job_slots(MAX_ELEMENTS) == 16
+    assert (placement_slots(1024), static_job_slots(1024)) == (256, 16)
+    differ = [n for n in range(1, MAX_ELEMENTS + 1) if placement_slots(n) != static_job_slots(n)]
+    assert differ == list(range(257, 15421))  # as placement_slots' docstring says
+
+
+# -- spec checks ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (spec(name=""), "spec.name is missing"),
+        (spec(name="bad name!"), "spec.name 'bad name!' must be 1-64 characters"),
+        (spec(name="x" * 65), "spec.name"),
+        (spec(workers=0), "spec.workers must be 1-1024, got 0"),
+        (spec(workers=MAX_JOB_WORKERS + 1), "spec.workers must be 1-1024, got 1025"),
+        (spec(element_type=pb.ELEMENT_TYPE_UNSPECIFIED), "element_type"),
+        (spec(element_type=7), "element_type"),
+        (spec(elements_per_packet=MAX_ELEMENTS + 1), "spec.elements_per_packet must be 1-16370"),
+        (spec(slots=MAX_SLOTS + 1), "spec.slots must be 1-32768"),
+        (spec(slots=4096, elements_per_packet=16370), "exceeds 16777216 (a 64 MiB window)"),
+    ],
+)
+def test_bad_specs_are_invalid_arguments(bad: pb.JobSpec, words: str) -> None:
+    code, message = refusal(lambda: validate_spec(bad))
+    assert code == INVALID and words in message, message
+    code, message = refusal(lambda: place(bad, [switch("sw1")], {}))  # place checks first
+    assert code == INVALID and words in message, message
+
+
+def test_good_specs_pass() -> None:
+    validate_spec(spec())
+    validate_spec(spec(elements_per_packet=0, slots=0, workers=MAX_JOB_WORKERS))
+    validate_spec(spec(slots=2048, elements_per_packet=8192))  # exactly the 64 MiB window
+
+
+# -- one switch ----------------------------------------------------------------------------------------
+def test_defaults_are_filled_in() -> None:
+    got = place(spec(elements_per_packet=0, slots=0, workers=2), [switch("sw1")], {})
+    assert isinstance(got, Placement)
+    assert (got.spec.elements_per_packet, got.spec.slots, got.slot_base) == (16370, 16, 0)
+    assert [(sw.switch_id, parent) for sw, parent in got.switches] == [("sw1", "")]
+    assert got.spec.name == "job" and got.spec.workers == 2
+    got = place(spec(elements_per_packet=1024, slots=0), [switch("sw1", 1024)], {})
+    assert got.spec.slots == placement_slots(1024) == 256
+
+
+def test_the_request_spec_is_not_changed() -> None:
+    asked = spec(elements_per_packet=0, slots=0)
+    place(asked, [switch("sw1")], {})
+    assert (asked.elements_per_packet, asked.slots) == (0, 0)
+
+
+def test_first_fit_within_a_switch_reuses_freed_ranges() -> None:
+    sw = [switch("sw1")]
+    assert place(spec(slots=16), sw, {"sw1": [(0, 16)]}).slot_base == 16
+    assert place(spec(slots=16), sw, {"sw1": [(16, 32)]}).slot_base == 0  # a freed range first
+    code, _ = refusal(lambda: place(spec(slots=4), sw, {"sw1": [(0, 10), (12, 40)]}))  # 2 free, at 10
+    assert code == EXHAUSTED
+    assert place(spec(slots=2), sw, {"sw1": [(0, 10), (12, 40)]}).slot_base == 10  # the gap fits exactly
+
+
+def test_the_switch_with_most_free_slots_wins_ties_go_to_the_first() -> None:
+    switches = [switch("a", 40), switch("b", 64), switch("c", 64)]
+    assert place(spec(), switches, {}).switches[0][0].switch_id == "b"
+    used = {"b": [(0, 30)]}
+    assert place(spec(), switches, used).switches[0][0].switch_id == "c"
+    assert place(spec(), [switch("a"), switch("b")], {}).switches[0][0].switch_id == "a"
+
+
+def test_no_switch_is_a_failed_precondition() -> None:
+    code, message = refusal(lambda: place(spec(), [], {}))
+    assert code == PRECONDITION and "no switch is registered" in message
+
+
+def test_too_many_workers_for_every_switch() -> None:
+    code, message = refusal(lambda: place(spec(workers=64), [switch("sw1")], {}))
+    assert code == PRECONDITION and "sw1 takes at most 32 workers" in message
+
+
+def test_packet_size_picks_a_switch_that_takes_it() -> None:
+    small = switch("p4", 1024, kind="bmv2", max_elements=64)
+    code, message = refusal(lambda: place(spec(elements_per_packet=1024), [small], {}))
+    assert code == PRECONDITION and "p4 takes 1-64 elements per packet" in message
+    got = place(spec(elements_per_packet=1024), [small, switch("py", 32)], {})
+    assert got.switches[0][0].switch_id == "py"
+    got = place(spec(elements_per_packet=0, slots=0), [small], {})  # the switch's largest
+    assert (got.spec.elements_per_packet, got.spec.slots) == (64, 1024)
+
+
+def test_a_window_past_64_mib_with_the_switch_default_packet() -> None:
+    big = spec(elements_per_packet=0, slots=2048)  # 2048 x 16370 > 2**24
+    code, message = refusal(lambda: place(big, [switch("sw1", 4096)], {}))
+    assert code == PRECONDITION and "sw1: 2048 slots of 16370 elements exceed the 64 MiB window" in message
+
+
+def test_no_room_now_is_resource_exhausted_with_what_is_free() -> None:
+    code, message = refusal(lambda: place(spec(name="c", slots=16), [switch("sw1")], {"sw1": [(0, 32)]}))
+    assert code == EXHAUSTED
+    assert "no switch can take a job of 4 workers and 16 slots now" in message
     assert "sw1 has 8 free (largest free range 8)" in message
-    [sw] = plane.stub().ListSwitches(pb.ListSwitchesRequest()).switches
-    assert sw.free_slots == 8 and sw.info.total_slots == 40
-    plane.stub().DeleteJob(pb.DeleteJobRequest(job_id=a.job_id))
-    assert a.wire_job_id not in {c.job_id for c in plane.dataplane.jobs}
-    c = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="c", slots=16)))
-    assert c.placements[0].slot_base == 0  # a's freed range
-    listed = [j.job_id for j in plane.stub().ListJobs(pb.ListJobsRequest()).jobs]
-    assert listed == [b.job_id, c.job_id]
+    code, message = refusal(lambda: place(spec(slots=41), [switch("sw1")], {}))
+    assert code == EXHAUSTED and "has 40 free" in message
+    # fragmented: 20 free in all, but no 16 in a row
+    code, message = refusal(lambda: place(spec(slots=16), [switch("sw1")], {"sw1": [(10, 20), (30, 40)]}))
+    assert code == EXHAUSTED and "sw1 has 20 free (largest free range 10)" in message
+    code, message = refusal(lambda: place(spec(slots=0, elements_per_packet=64), [switch("sw1")], {}))
+    assert code == EXHAUSTED and "its default slots" in message
 
 
-def test_defaults_are_filled_in(plane: Plane) -> None:
-    job = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(elements_per_packet=0, slots=0, workers=2)))
-    assert job.spec.elements_per_packet == 16370  # the Python switch's largest
-    assert job.spec.slots == 16 and job.placements[0].slots == 16
+def test_a_capable_switch_makes_it_exhausted_an_incapable_one_only_reports() -> None:
+    switches = [switch("few", max_workers=2), switch("full", 16)]
+    code, message = refusal(lambda: place(spec(), switches, {"full": [(0, 16)]}))
+    assert code == EXHAUSTED
+    assert message.endswith("few takes at most 2 workers; full has 0 free (largest free range 0)")
 
 
-def test_tenants_see_and_touch_only_their_jobs(plane: Plane) -> None:
-    job = plane.stub("alice").CreateJob(pb.CreateJobRequest(spec=spec()))
-    for call in (
-        lambda s: s.GetJob(pb.GetJobRequest(job_id=job.job_id)),
-        lambda s: s.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id)),
-        lambda s: s.JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=0, address="127.0.0.1:5000")),
-    ):
-        code, message = code_of(lambda c=call: c(plane.stub("bob")))
-        assert code == grpc.StatusCode.PERMISSION_DENIED and "tenant 'alice'" in message
-    assert plane.stub("bob").ListJobs(pb.ListJobsRequest()).jobs == []
-    assert [j.job_id for j in plane.stub("admin").ListJobs(pb.ListJobsRequest()).jobs] == [job.job_id]
-    code, _ = code_of(
-        lambda: plane.stub("alice").RegisterSwitch(
-            pb.RegisterSwitchRequest(
-                switch_id="x", data_address="127.0.0.1:1", agent_address=plane.agent_address
-            )
-        )
-    )
-    assert code == grpc.StatusCode.PERMISSION_DENIED
-
-
-def test_no_token_or_a_wrong_one_is_unauthenticated_but_health_and_reflection_are_open(plane: Plane) -> None:
-    for token in (None, "not-a-known-token-at-all"):
-        with channel(plane.address, token) as ch:
-            code, _ = code_of(lambda c=ch: pb_grpc.ControllerStub(c).ListJobs(pb.ListJobsRequest()))
-            assert code == grpc.StatusCode.UNAUTHENTICATED
-            health = health_pb2_grpc.HealthStub(ch)
-            reply = health.Check(health_pb2.HealthCheckRequest(service="netagg.v1.Controller"))
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-            [answer] = list(
-                refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-            )
-            names = {s.name for s in answer.list_services_response.service}
-            assert {"netagg.v1.Controller", "grpc.health.v1.Health"} <= names
-
-
-def test_join(plane: Plane) -> None:
-    job = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(workers=2)))
-    j0 = plane.stub().JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=0, address="127.0.0.1:5000"))
-    assert (j0.switch_address, j0.wire_job_id, j0.worker_id, j0.total_workers) == (
-        "127.0.0.1:47000",
-        job.wire_job_id,
-        0,
-        2,
-    )
-    assert (j0.slot_base, j0.slots, j0.elements_per_packet) == (job.placements[0].slot_base, 16, 64)
-    again = pb.JoinJobRequest(job_id=job.job_id, rank=0, address="127.0.0.1:5000")
-    assert plane.stub().JoinJob(again) == j0  # the same worker again: idempotent
-    dup = pb.JoinJobRequest(job_id=job.job_id, rank=0, address="127.0.0.1:6000")
-    code, message = code_of(lambda: plane.stub().JoinJob(dup))
-    assert code == grpc.StatusCode.ALREADY_EXISTS and "127.0.0.1:5000" in message
-    dup.replace = True
-    plane.stub().JoinJob(dup)
-    plane.stub().JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=1, address="127.0.0.1:6001"))
-    got = plane.stub().GetJob(pb.GetJobRequest(job_id=job.job_id))
-    assert got.state == pb.JOB_STATE_RUNNING and list(got.joined_ranks) == [0, 1]
-    # every rank is in: their addresses are pinned on the switch
-    [cfg] = plane.dataplane.jobs
-    assert cfg.addresses == (("127.0.0.1", 6000), ("127.0.0.1", 6001))
-
-
-def test_stats_stream(plane: Plane) -> None:
-    job = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec()))
-    plane.dataplane.handle(b"\x00" * 5, ("127.0.0.1", 1))
-    stream = plane.stub().StreamStats(pb.StreamStatsRequest(interval_seconds=0.1, job_ids=[job.job_id]))
-    snaps = []
-    for snap in stream:
-        snaps.append(snap)
-        if len(snaps) == 3:
-            stream.cancel()
-            break
-    assert all([j.job_id for j in s.jobs] == [job.job_id] for s in snaps)
-    assert snaps[-1].switch_counters["sw1"].drops["truncated"] == 1
-    assert snaps[-1].time > snaps[0].time
-
-
-def test_restart_keeps_jobs(plane: Plane, tmp_path: Path) -> None:
-    job = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec()))
-    plane.stub().JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=3, address="127.0.0.1:5003"))
-    plane.dataplane.remove(job.wire_job_id)  # as if the switch had lost it too
-    server, port, service = _start(plane.db)  # a second controller on the same file
+@given(
+    total=st.integers(1, 200),
+    used=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 40)), max_size=8),
+    slots=st.integers(1, 64),
+)
+def test_a_placement_is_a_free_range_and_the_first_that_fits(
+    total: int, used: list[tuple[int, int]], slots: int
+) -> None:
+    ranges = [(lo, lo + n) for lo, n in used]
+    taken = {s for lo, hi in ranges for s in range(lo, hi)}
+    fits = [b for b in range(total - slots + 1) if not taken & set(range(b, b + slots))]
     try:
-        with channel(f"127.0.0.1:{port}", ALICE) as ch:
-            got = pb_grpc.ControllerStub(ch).GetJob(pb.GetJobRequest(job_id=job.job_id))
-            assert got.spec == job.spec and list(got.joined_ranks) == [3]
-            assert got.placements == job.placements and got.owner == "alice"
-        for _ in range(100):  # it puts the job back on its switch in the background
-            if job.wire_job_id in {c.job_id for c in plane.dataplane.jobs}:
-                break
-            threading.Event().wait(0.05)
-        assert job.wire_job_id in {c.job_id for c in plane.dataplane.jobs}
-    finally:
-        server.stop(grace=None)
-        service.close()  # type: ignore[attr-defined]
+        got = place(spec(slots=slots), [switch("sw1", total)], {"sw1": ranges})
+    except ControlError as exc:
+        assert exc.code == EXHAUSTED and fits == []
+        return
+    assert got.slot_base == fits[0]
+
+
+# -- free ranges, wire ids ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("used", "total", "gaps"),
+    [
+        ([], 10, [(0, 10)]),
+        ([(0, 10)], 10, []),
+        ([(4, 8), (0, 2)], 10, [(2, 4), (8, 10)]),  # any order
+        ([(2, 6), (4, 8)], 10, [(0, 2), (8, 10)]),  # overlapping
+        ([(2, 4), (2, 4)], 6, [(0, 2), (4, 6)]),  # the same range twice
+        ([(8, 20)], 10, [(0, 8)]),  # past the end (a switch that came back smaller)
+        ([(12, 20)], 10, [(0, 10)]),
+        ([], 0, []),
+    ],
+)
+def test_free_gaps(used, total, gaps) -> None:
+    assert free_gaps(used, total) == gaps
+
+
+def test_free_wire_id_is_the_lowest_free_and_runs_out() -> None:
+    assert free_wire_id(set()) == 1
+    assert free_wire_id({1, 2, 4}) == 3
+    code, message = refusal(lambda: free_wire_id(set(range(1, 0x10000))))
+    assert code == EXHAUSTED and "all 65535 wire job ids are in use" in message
+
+
+# -- trees ---------------------------------------------------------------------------------------------
+FABRIC = [switch("spine", 64), switch("leaf1", 64, parent="spine"), switch("leaf2", 64, parent="spine")]
+
+
+def test_tree_placement_root_first_same_range_everywhere() -> None:
+    got = place(spec(workers=4, slots=8, workers_at={"leaf1": 1, "leaf2": 3}), FABRIC, {})
+    assert got.switches[0][0].switch_id == "spine" and got.switches[0][1] == ""
+    assert {(sw.switch_id, parent) for sw, parent in got.switches} == {
+        ("spine", ""),
+        ("leaf1", "spine"),
+        ("leaf2", "spine"),
+    }
+    assert (got.slot_base, got.spec.slots, got.spec.elements_per_packet) == (0, 8, 64)
+    # the range is free on every switch of the tree at once
+    used = {"spine": [(0, 8)], "leaf2": [(8, 12)]}
+    got = place(spec(workers=4, slots=8, workers_at={"leaf1": 1, "leaf2": 3}), FABRIC, used)
+    assert got.slot_base == 12
+
+
+def test_tree_of_one_leaf_and_defaults_from_the_smallest_switch() -> None:
+    fabric = [switch("spine", 256), switch("leaf1", 256, parent="spine", max_elements=2000)]
+    got = place(spec(workers=2, slots=0, elements_per_packet=0, workers_at={"leaf1": 2}), fabric, {})
+    assert [(sw.switch_id, parent) for sw, parent in got.switches] == [("leaf1", "")]  # its own root
+    assert (got.spec.elements_per_packet, got.spec.slots) == (2000, placement_slots(2000))
+    got = place(spec(workers=3, workers_at={"leaf1": 2, "spine": 1}), fabric, {})
+    assert [(sw.switch_id, parent) for sw, parent in got.switches] == [("spine", ""), ("leaf1", "spine")]
 
 
 @pytest.mark.parametrize(
-    ("request_spec", "code", "words"),
+    ("fabric", "workers_at", "code", "words"),
     [
-        (None, grpc.StatusCode.INVALID_ARGUMENT, "spec is missing"),
-        (spec(name=""), grpc.StatusCode.INVALID_ARGUMENT, "spec.name is missing"),
-        (spec(name="bad name!"), grpc.StatusCode.INVALID_ARGUMENT, "spec.name"),
-        (spec(workers=0), grpc.StatusCode.INVALID_ARGUMENT, "spec.workers must be 1-1024"),
-        (spec(workers=10**9), grpc.StatusCode.INVALID_ARGUMENT, "spec.workers must be 1-1024"),
-        (spec(element_type=pb.ELEMENT_TYPE_UNSPECIFIED), grpc.StatusCode.INVALID_ARGUMENT, "element_type"),
-        (spec(element_type=7), grpc.StatusCode.INVALID_ARGUMENT, "element_type"),
-        (spec(elements_per_packet=10**6), grpc.StatusCode.INVALID_ARGUMENT, "elements_per_packet must be"),
-        (spec(slots=10**6), grpc.StatusCode.INVALID_ARGUMENT, "spec.slots must be"),
-        (spec(slots=4096, elements_per_packet=16370), grpc.StatusCode.INVALID_ARGUMENT, "64 MiB"),
-        (spec(workers=64), grpc.StatusCode.FAILED_PRECONDITION, "at most 32 workers"),
-        (spec(slots=41), grpc.StatusCode.RESOURCE_EXHAUSTED, "has 40 free"),
+        (FABRIC, {"leaf1": 1, "nowhere": 3}, PRECONDITION, "switch 'nowhere' is not registered"),
+        (FABRIC, {"leaf1": 4, "leaf2": 0}, INVALID, "spec.workers_at['leaf2'] must be at least 1, got 0"),
+        (FABRIC, {"leaf1": 1, "leaf2": 2}, INVALID, "spec.workers_at adds up to 3, not spec.workers = 4"),
+        (
+            [switch("a", parent="b"), switch("b", parent="a")],
+            {"a": 4},
+            PRECONDITION,
+            "switch b's parent 'a' is not registered (or the parents loop)",
+        ),
+        ([switch("a", parent="gone")], {"a": 4}, PRECONDITION, "switch a's parent 'gone' is not registered"),
+        ([switch("a"), switch("b")], {"a": 2, "b": 2}, PRECONDITION, "have no common ancestor"),
+        (
+            [switch("spine", max_workers=1), *FABRIC[1:]],
+            {"leaf1": 1, "leaf2": 3},
+            PRECONDITION,
+            "switch spine would have 2 children; it takes at most 1",
+        ),
+        (
+            [switch("spine"), FABRIC[1], switch("leaf2", parent="spine", max_elements=32)],
+            {"leaf1": 1, "leaf2": 3},
+            PRECONDITION,
+            "switch leaf2 takes 1-32 elements per packet, not 64",
+        ),
+        (
+            [switch("spine"), switch("leaf1", parent="spine", kind="bmv2"), FABRIC[2]],
+            {"leaf1": 1, "leaf2": 3},
+            PRECONDITION,
+            "switch leaf1 (bmv2) cannot forward to a parent",
+        ),
+        (
+            [switch("spine", 64), switch("leaf1", 4, parent="spine"), FABRIC[2]],
+            {"leaf1": 1, "leaf2": 3},
+            EXHAUSTED,
+            "no range of 8 slots is free on all of ['leaf1', 'leaf2', 'spine'] at once",
+        ),
     ],
 )
-def test_bad_job_specs(plane: Plane, request_spec, code, words) -> None:
-    req = pb.CreateJobRequest() if request_spec is None else pb.CreateJobRequest(spec=request_spec)
-    got, message = code_of(lambda: plane.stub().CreateJob(req))
+def test_tree_refusals(fabric, workers_at, code, words) -> None:
+    got, message = refusal(lambda: place(spec(workers=4, slots=8, workers_at=workers_at), fabric, {}))
     assert got == code and words in message, message
-    assert plane.dataplane.jobs == []
 
 
-def test_hundreds_of_generated_bad_requests_keep_it_serving(plane: Plane) -> None:
-    """300 generated bad calls of every RPC: each gets a specific status, nothing changes, and the
-    controller still admits a good job afterwards."""
-    rng = random.Random(11)
-    good = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="keep", slots=8)))
-    bad_ids = ["", "nope", "j-000000", "j-" + "f" * 40, "j-zzzzzz", "x" * 500]
-    bad_addresses = ["", "nowhere", "127.0.0.1:0", "0.0.0.0:5", "[::1", "host:99999", "1.2.3.4:-1"]
-    allowed = {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.UNAVAILABLE,
+def test_tree_window_past_64_mib_is_refused_like_a_single_switch_one() -> None:
+    big = spec(workers=4, slots=2048, elements_per_packet=0, workers_at={"leaf1": 1, "leaf2": 3})
+    code, message = refusal(lambda: place(big, FABRIC, {}))
+    assert code == PRECONDITION and "2048 slots of 16370 elements exceed the 64 MiB window" in message
+
+
+def test_tree_exhausted_by_jobs_on_another_switch_of_the_tree() -> None:
+    used = {"spine": [(0, 60)]}
+    code, message = refusal(
+        lambda: place(spec(workers=4, slots=8, workers_at={"leaf1": 1, "leaf2": 3}), FABRIC, used)
+    )
+    assert code == EXHAUSTED and "no range of 8 slots" in message
+
+
+# -- a job's tree --------------------------------------------------------------------------------------
+def _job(workers_at: dict[str, int], placements: list[tuple[str, str]]) -> pb.Job:
+    job = pb.Job(spec=spec(workers=sum(workers_at.values()) or 4, workers_at=workers_at))
+    for sw, parent in placements:
+        job.placements.add(switch_id=sw, slot_base=0, slots=16, parent_switch_id=parent)
+    return job
+
+
+def test_shape_of_a_single_switch_job() -> None:
+    shape = job_shape(_job({}, [("sw1", "")]))
+    assert set(shape) == {"sw1"}
+    node = shape["sw1"]
+    assert (node.workers, node.hosts, node.parent, node.parent_worker, node.first_rank) == (4, 4, "", 0, 0)
+    assert [leaf_of_rank(shape, r) for r in range(4)] == ["sw1"] * 4
+
+
+def test_shape_of_a_tree_ranks_by_leaf_name_hosts_before_child_switches() -> None:
+    job = _job(
+        {"leaf2": 3, "leaf1": 1, "spine": 2},
+        [("spine", ""), ("leaf1", "spine"), ("leaf2", "spine")],
+    )
+    shape = job_shape(job)
+    summary = {sw: (n.workers, n.hosts, n.parent, n.parent_worker, n.first_rank) for sw, n in shape.items()}
+    assert summary == {
+        "spine": (4, 2, "", 0, 4),  # its 2 hosts, then leaf1, leaf2
+        "leaf1": (1, 1, "spine", 2, 0),
+        "leaf2": (3, 3, "spine", 3, 1),
     }
-    seen: dict[grpc.StatusCode, int] = {}
-    admin = plane.stub("admin")
-    for i in range(300):
-        stub = plane.stub(rng.choice(["alice", "alice", "bob"]))
-        kind = i % 7
-        method: Any
-        req: Any
-        if kind == 0:
-            method, req = (
-                stub.CreateJob,
-                pb.CreateJobRequest(
-                    spec=spec(
-                        name=rng.choice(["", "ok", "bad name", "x" * 65]),
-                        workers=rng.choice([0, 33, 2000, 10**9]),
-                        element_type=rng.choice([0, 1, 2, 9]),
-                        elements_per_packet=rng.choice([64, 16371, 10**7]),
-                        slots=rng.choice([0, 99999, 41]),
-                    )
-                ),
-            )
-        elif kind == 1:
-            method, req = stub.GetJob, pb.GetJobRequest(job_id=rng.choice(bad_ids))
-        elif kind == 2:
-            method, req = stub.DeleteJob, pb.DeleteJobRequest(job_id=rng.choice(bad_ids))
-        elif kind == 3:
-            method, req = (
-                stub.JoinJob,
-                pb.JoinJobRequest(
-                    job_id=rng.choice([*bad_ids, good.job_id]),
-                    rank=rng.choice([4, 100, 2**31]),
-                    address=rng.choice(bad_addresses),
-                ),
-            )
-        elif kind == 4:
-            method, req = (
-                admin.RegisterSwitch,
-                pb.RegisterSwitchRequest(
-                    switch_id=rng.choice(["", "bad id!", "s" * 200, "ok"]),
-                    data_address=rng.choice(bad_addresses),
-                    agent_address=rng.choice([*bad_addresses, "127.0.0.1:1"]),
-                ),
-            )
-        elif kind == 5:
-            method, req = (
-                partial(_drain, stub.StreamStats),
-                pb.StreamStatsRequest(
-                    interval_seconds=rng.choice([-1.0, 0.01, 1e9]), job_ids=[rng.choice(bad_ids)]
-                ),
-            )
-        else:
-            with channel(plane.address, rng.choice([None, "wrong-token-wrong-token"])) as ch:
-                code, message = code_of(lambda c=ch: pb_grpc.ControllerStub(c).ListJobs(pb.ListJobsRequest()))
-                seen[code] = seen.get(code, 0) + 1
-                assert code == grpc.StatusCode.UNAUTHENTICATED and message
-                continue
-        call = partial(method, req)
-        code, message = code_of(call)
-        assert code in allowed, (code, message)
-        assert message, code
-        seen[code] = seen.get(code, 0) + 1
-    assert seen[grpc.StatusCode.INVALID_ARGUMENT] > 100 and seen[grpc.StatusCode.UNAUTHENTICATED] > 30
-    assert [j.job_id for j in plane.stub("admin").ListJobs(pb.ListJobsRequest()).jobs] == [good.job_id]
-    assert [c.job_id for c in plane.dataplane.jobs] == [good.wire_job_id]
-    assert len(plane.stub("admin").ListSwitches(pb.ListSwitchesRequest()).switches) == 1
-    plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(name="after", slots=8)))
+    assert [leaf_of_rank(shape, r) for r in range(6)] == [
+        "leaf1",
+        "leaf2",
+        "leaf2",
+        "leaf2",
+        "spine",
+        "spine",
+    ]
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
-def test_tls(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server, port, service = serve_controller(
-        "127.0.0.1:0", Store(tmp_path / "db"), Tokens(TOKENS), tls_cert=str(cert), tls_key=str(key)
-    )
-    try:
-        with channel(f"127.0.0.1:{port}", ALICE, tls_ca=cert) as ch:
-            assert pb_grpc.ControllerStub(ch).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
-        with channel(f"127.0.0.1:{port}", ALICE) as ch:  # plain text to a TLS server fails
-            code, _ = code_of(lambda: pb_grpc.ControllerStub(ch).ListJobs(pb.ListJobsRequest(), timeout=5))
-            assert code == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop(grace=None)
-        service.close()
+# -- the servicer's one place that aborts --------------------------------------------------------------
+class _Context:
+    """What `answering` uses of a grpc.ServicerContext: abort (which, in gRPC, raises)."""
+
+    def __init__(self) -> None:
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted.append((code, details))
+        raise RuntimeError("aborted")
 
 
-def test_worker_arguments_and_controller_errors(plane: Plane) -> None:
-    from host_agent.worker import NetAggError, Worker
-
-    job = plane.stub().CreateJob(pb.CreateJobRequest(spec=spec(workers=2)))
-    with pytest.raises(ValueError, match="either switch"):
-        Worker("127.0.0.1:1", 0, 2, controller=plane.address)
-    with pytest.raises(ValueError, match="controller's job id"):
-        Worker(controller=plane.address, job=3, rank=0)
-    with pytest.raises(ValueError, match="world_size is required"):
-        Worker("127.0.0.1:1", 0)
-    with pytest.raises(NetAggError, match="PERMISSION_DENIED"):
-        Worker(controller=plane.address, job=job.job_id, rank=0, token=BOB)
-    with pytest.raises(NetAggError, match="INVALID_ARGUMENT: rank 2 is outside"):
-        Worker(controller=plane.address, job=job.job_id, rank=2, token=ALICE)
-    with pytest.raises(NetAggError, match="UNAUTHENTICATED"):
-        Worker(controller=plane.address, job=job.job_id, rank=0, token="a-token-nobody-knows")
-    with pytest.raises(NetAggError, match="has 2 workers, but world_size=3"):
-        Worker(controller=plane.address, job=job.job_id, rank=0, world_size=3, token=ALICE)
-
-
-def test_tree_placement(tmp_path: Path) -> None:
-    """Three in-process switch agents registered as a spine and two leaves: a job with workers at both
-    leaves is installed as a tree, ranks map to leaves, and each switch's workers are pinned."""
-    planes, servers = {}, []
-    server, port, service = _start(tmp_path / "tree.db")
-    address = f"127.0.0.1:{port}"
-    try:
-        with channel(address, ADMIN) as ch:
-            stub = pb_grpc.ControllerStub(ch)
-            for i, (name, parent) in enumerate((("spine", ""), ("leaf1", "spine"), ("leaf2", "spine"))):
-                dp = Dataplane()
-                agent, agent_port = serve_agent(
-                    dp, threading.Lock(), "127.0.0.1:0", Tokens.single(ADMIN), total_slots=64
-                )
-                servers.append(agent)
-                planes[name] = dp
-                stub.RegisterSwitch(
-                    pb.RegisterSwitchRequest(
-                        switch_id=name,
-                        data_address=f"127.0.0.1:{47000 + i}",
-                        agent_address=f"127.0.0.1:{agent_port}",
-                        parent_switch_id=parent,
-                    )
-                )
-            tree_spec = spec(workers=4, slots=8, workers_at={"leaf1": 1, "leaf2": 3})
-            job = stub.CreateJob(pb.CreateJobRequest(spec=tree_spec))
-            assert {(p.switch_id, p.parent_switch_id) for p in job.placements} == {
-                ("spine", ""),
-                ("leaf1", "spine"),
-                ("leaf2", "spine"),
-            }
-            [root] = planes["spine"].jobs
-            [l1] = planes["leaf1"].jobs
-            [l2] = planes["leaf2"].jobs
-            assert (root.workers, root.total_workers, root.parent) == (2, 4, None)
-            assert root.addresses == (("127.0.0.1", 47001), ("127.0.0.1", 47002))  # pinned at once
-            assert (l1.workers, l1.parent, l1.parent_worker) == (1, ("127.0.0.1", 47000), 0)
-            assert (l2.workers, l2.parent, l2.parent_worker, l2.total_workers) == (
-                3,
-                ("127.0.0.1", 47000),
-                1,
-                4,
-            )
-            assert len({(c.slot_base, c.slots) for c in (root, l1, l2)}) == 1
-            joins = [
-                stub.JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=r, address=f"127.0.0.1:{6000 + r}"))
-                for r in range(4)
-            ]
-            assert [(j.switch_address, j.worker_id) for j in joins] == [
-                ("127.0.0.1:47001", 0),
-                ("127.0.0.1:47002", 0),
-                ("127.0.0.1:47002", 1),
-                ("127.0.0.1:47002", 2),
-            ]
-            assert planes["leaf2"].jobs[0].addresses == tuple(("127.0.0.1", 6001 + r) for r in range(3))
-            bad = spec(workers=4, workers_at={"leaf1": 1, "leaf2": 2})
-            code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
-            assert code == grpc.StatusCode.INVALID_ARGUMENT and "adds up to 3" in message
-            bad = spec(workers=2, workers_at={"leaf1": 1, "nowhere": 1})
-            code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
-            assert code == grpc.StatusCode.FAILED_PRECONDITION and "nowhere" in message
-            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id))
-            assert all(dp.jobs == [] for dp in planes.values())
-    finally:
-        server.stop(grace=None)
-        service.close()  # type: ignore[attr-defined]
-        for agent in servers:
-            agent.stop(grace=None)
+def test_answering_aborts_with_the_errors_code_and_message() -> None:
+    context = _Context()
+    with pytest.raises(RuntimeError, match="aborted"), answering(context):
+        place(spec(slots=41), [switch("sw1")], {})
+    [(code, message)] = context.aborted
+    assert code == EXHAUSTED and "sw1 has 40 free" in message
+    with pytest.raises(KeyError), answering(context):
+        raise KeyError("not a refusal: a bug, left to gRPC")
+    with answering(context):
+        pass
+    assert len(context.aborted) == 1

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS members (
 
 @dataclass(frozen=True)
 class SwitchRecord:
+    """A registered switch: where its data plane and its SwitchAgent are, what it takes, its parent."""
+
     switch_id: str
     data_address: str
     agent_address: str
@@ -65,6 +67,8 @@ class SwitchRecord:
 
 @dataclass(frozen=True)
 class Member:
+    """A worker that joined a job: its rank and the data-plane address it sends from."""
+
     rank: int
     address: str
 
