@@ -2,8 +2,8 @@
 
 Needs root, Mininet's Python package and its `mnexec` (apt-get install mininet; `make test` installs it
 where it runs as root with apt); skips saying which is missing otherwise, except in CI (CI=true), where
-a missing Mininet fails them: CI must run them. Mininet's cleanup runs before each test (`mn -c`
-semantics via mininet.clean)."""
+a missing Mininet fails them: CI must run them. Each test first removes links a crashed earlier run
+left behind, and stops its own network in a finally."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,17 +36,18 @@ pytestmark = pytest.mark.mininet
 
 @pytest.fixture(autouse=True)
 def clean() -> Iterator[None]:
-    """Skip (fail in CI) without Mininet; then Mininet's cleanup first (leftovers of an earlier run;
-    note that it also removes /tmp/*.log, as `mn -c` does); each test stops its own network by PID in a
-    finally."""
+    """Skip (fail in CI) without Mininet; then remove the links of this module's nodes (s1-eth1,
+    leaf2-eth3, ...) that a crashed earlier run left in the root namespace: a new network could not
+    create them. Not mininet.clean.cleanup() (`mn -c`): it kills every ping, controller and Mininet
+    node of the machine and deletes /tmp/*.log, which other work on a shared machine may own."""
     why = _why()
     if why is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI runs the Mininet tests, but this machine {why} (make sysdeps installs it)")
         pytest.skip(why)
-    from mininet.clean import cleanup
-
-    cleanup()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    for name in sorted(set(re.findall(r"^\d+: ((?:h|s|spine|leaf)\d+-eth\d+)[@:]", links, re.M))):
+        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
     yield
 
 
