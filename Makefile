@@ -17,8 +17,10 @@ sysdeps:
 	    apt-get update -qq && apt-get install -y -qq python3-venv python3-pip; \
 	  else echo "need python3-venv: apt-get install python3-venv" >&2; exit 1; fi; }
 	@# Tools the network tests use (they skip, saying why, without them): best effort, root only.
+	@# mininet: mnexec for the Mininet tests (its switch nodes are netagg's own, so Open vSwitch,
+	@# which the package pulls in, need not run); tc (iproute2) for their TCLinks.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for t in ip:iproute2 ping:iputils-ping nft:nftables; do \
+	  missing=""; for t in ip:iproute2 ping:iputils-ping nft:nftables mnexec:mininet; do \
 	    command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	  [ -z "$$missing" ] || { apt-get update -qq && apt-get install -y -qq $$missing; } || true; fi
 
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml netagg/_kernels.c | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,torch]"
+	$(BIN)/pip install -q -e ".[dev,torch,bmv2]"
 	touch $@
 
 install: $(STAMP)

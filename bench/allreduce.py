@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netagg import kernels
-from netagg.launch import SwitchProcess, free_port, run_workers
+from netagg.cli.launch import SwitchProcess, free_port, run_workers
 from netagg.protocol import MAX_ELEMENTS
 
 MIB = 1 << 20

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netagg import kernels
-from netagg.launch import SwitchProcess, free_port, run_workers
+from netagg.cli.launch import SwitchProcess, free_port, run_workers
 
 
 def make_model() -> Any:

@@ -23,7 +23,7 @@ from mininet.topo import Topo
 
 from mininet_topos.topology import TOPOS as DATA_TOPOS
 from mininet_topos.topology import Topology
-from netagg.launch import SwitchProcess
+from netagg.cli.launch import SwitchProcess
 
 __all__ = ["BMV2_WORKER_PORT", "TOPOS", "Bmv2Switch", "NetaggTopo", "PythonSwitch", "start_network"]
 
@@ -40,25 +40,25 @@ class NetaggTopo(Topo):
         """``bmv2``: names of switches to run as :class:`Bmv2Switch` (a root or single switch), the
         others being :class:`PythonSwitch` unless the network says otherwise."""
         self.topology = topology
-        total = len(topology.hosts)
         hosts = {h.name: h for h in topology.hosts}
         for sw in topology.switches:
-            parent = topology.switch(sw.parent) if sw.parent else None
+            role = topology.role(sw.name)
             children = [
                 (hosts[c].ip, BMV2_WORKER_PORT) if c in hosts else (topology.switch(c).ip, 47000)
-                for c in topology.children(sw.name)
+                for c in role.children
             ]
             extra: dict[str, Any] = {"cls": Bmv2Switch} if sw.name in bmv2 else {}
             self.addSwitch(
                 sw.name,
+                agg_role=role,
                 agg_children=children,
                 **extra,
                 agg_ip=sw.ip,
                 agg_mac=sw.mac,
-                agg_workers=len(topology.children(sw.name)),
-                agg_total=total,
-                agg_parent=f"{parent.ip}:47000" if parent else None,
-                agg_parent_worker=topology.children(parent.name).index(sw.name) if parent else 0,
+                agg_workers=role.workers,
+                agg_total=role.total_workers,
+                agg_parent=role.parent_address,
+                agg_parent_worker=role.parent_worker,
                 agg_elements=elements,
                 agg_slots=slots,
                 agg_hosts=[(h.ip, h.mac) for h in topology.hosts],
@@ -112,15 +112,7 @@ class PythonSwitch(Switch):
 
     def start(self, controllers: Any) -> None:
         ports = [intf.name for intf in self.intfList() if intf.name != "lo"]
-        extra = ["--ethernet", ",".join(ports), "--ip", self.agg["agg_ip"], "--mac", self.agg["agg_mac"],
-                 "--total-workers", str(self.agg["agg_total"])]  # fmt: skip
-        if self.agg.get("agg_parent"):
-            extra += [
-                "--parent",
-                self.agg["agg_parent"],
-                "--parent-worker",
-                str(self.agg["agg_parent_worker"]),
-            ]
+        extra = self.agg["agg_role"].switch_flags(ports)
         # starts it and waits until it serves (RuntimeError with its stderr if it does not)
         self.proc = SwitchProcess(
             self.agg["agg_workers"],

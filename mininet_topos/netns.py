@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from mininet_topos.topology import Topology
 
 if TYPE_CHECKING:
-    from netagg.launch import SwitchProcess
+    from netagg.cli.launch import SwitchProcess
 
 __all__ = ["NetnsNetwork", "nft_loss"]
 
@@ -160,34 +160,17 @@ class NetnsNetwork:
     ) -> None:
         """Start the Python switch on every switch node, configured as the topology's aggregation tree
         for one static job of all hosts (ranks in host order)."""
-        from netagg.launch import SwitchProcess
+        from netagg.cli.launch import SwitchProcess
 
-        total = len(self.topo.hosts)
         if self.loss_mode != "nftables+ingress":
             ingress_loss = 0.0
         for sw in self.topo.switches:
-            extra = [
-                "--ethernet",
-                ",".join(self.ports[sw.name]),
-                "--ip",
-                sw.ip,
-                "--mac",
-                sw.mac,
-                "--total-workers",
-                str(total),
-            ]
+            role = self.topo.role(sw.name)
+            extra = role.switch_flags(self.ports[sw.name])
             if ingress_loss:
                 extra += ["--ingress-loss", str(ingress_loss)]
-            if sw.parent is not None:
-                parent = self.topo.switch(sw.parent)
-                extra += [
-                    "--parent",
-                    f"{parent.ip}:47000",
-                    "--parent-worker",
-                    str(self.topo.children(sw.parent).index(sw.name)),
-                ]
             self.switch_procs[sw.name] = SwitchProcess(
-                len(self.topo.children(sw.name)),
+                role.workers,
                 elements=elements,
                 slots=slots,
                 job=job,
@@ -208,7 +191,7 @@ class NetnsNetwork:
             "--world-size",
             str(len(self.topo.hosts)),
             "--worker-id",
-            str(self.topo.children(sw.name).index(host.name)),
+            str(self.topo.worker_id(host.name)),
             "--no-batch",
         ]
 

@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["TOPOS", "Host", "Link", "Switch", "Topology", "leafspine", "star", "tree"]
+__all__ = ["TOPOS", "Host", "Link", "Role", "Switch", "Topology", "leafspine", "star", "tree"]
 
 SUBNET = "10.0.0"
+DATA_PORT = 47000
+"""The UDP port every switch aggregates on (``netagg.protocol.DEFAULT_PORT``; written out to keep this
+module free of imports: it is data)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,50 @@ class Link:
     loss_percent: float = 0.0
 
 
+@dataclass(frozen=True)
+class Role:
+    """A switch's place in the topology's aggregation tree, as every builder needs it.
+
+    Example::
+
+        >>> role = leafspine(2, 2).role("leaf2")
+        >>> role.children, role.parent_address, role.parent_worker
+        (('h3', 'h4'), '10.0.0.201:47000', 1)
+        >>> role.switch_flags(["eth0", "eth1", "eth2"])[:4]
+        ['--ethernet', 'eth0,eth1,eth2', '--ip', '10.0.0.203']
+    """
+
+    switch: Switch
+    children: tuple[str, ...]
+    """What it aggregates: its hosts, then its child switches; a child's worker id is its index here."""
+    parent: Switch | None
+    """The switch it sends each complete use's partial sum to (None: the root)."""
+    parent_worker: int
+    """Its worker id at the parent (0 at the root)."""
+    total_workers: int
+    """Workers of the whole job: every host of the topology."""
+
+    @property
+    def workers(self) -> int:
+        """Workers of its own static job: one per child."""
+        return len(self.children)
+
+    @property
+    def parent_address(self) -> str | None:
+        """``IP:PORT`` of the parent's aggregator, or None at the root."""
+        return f"{self.parent.ip}:{DATA_PORT}" if self.parent is not None else None
+
+    def switch_flags(self, interfaces: list[str]) -> list[str]:
+        """The ``netagg switch`` flags that make a raw-Ethernet switch node on ``interfaces`` play this
+        role (with ``--workers`` = :attr:`workers`, and the job's packet size and slots, which the
+        caller chooses)."""
+        flags = ["--ethernet", ",".join(interfaces), "--ip", self.switch.ip, "--mac", self.switch.mac]
+        flags += ["--total-workers", str(self.total_workers)]
+        if self.parent_address is not None:
+            flags += ["--parent", self.parent_address, "--parent-worker", str(self.parent_worker)]
+        return flags
+
+
 @dataclass
 class Topology:
     name: str
@@ -75,12 +122,37 @@ class Topology:
         self.links.append(Link(a, b))
 
     def switch(self, name: str) -> Switch:
-        return next(s for s in self.switches if s.name == name)
+        """The switch called ``name`` (KeyError if there is none)."""
+        for s in self.switches:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.name}: no switch {name!r}")
 
     def children(self, name: str) -> list[str]:
         """What a switch aggregates: its hosts, then its child switches (worker ids in that order)."""
         hosts = [h.name for h in self.hosts if h.switch == name]
         return hosts + [s.name for s in self.switches if s.parent == name]
+
+    def worker_id(self, name: str) -> int:
+        """A host's worker id at its switch, or a switch's at its parent."""
+        node = next((h.switch for h in self.hosts if h.name == name), None)
+        up = node if node is not None else self.switch(name).parent
+        if up is None:
+            raise ValueError(f"{self.name}: {name} is the root; it has no worker id")
+        return self.children(up).index(name)
+
+    def role(self, name: str) -> Role:
+        """Switch ``name``'s role in the aggregation tree: one static job of every host, ranks in host
+        order, aggregated along the switches' parents."""
+        sw = self.switch(name)
+        parent = self.switch(sw.parent) if sw.parent is not None else None
+        return Role(
+            switch=sw,
+            children=tuple(self.children(name)),
+            parent=parent,
+            parent_worker=self.worker_id(name) if parent is not None else 0,
+            total_workers=len(self.hosts),
+        )
 
     def root(self) -> Switch:
         roots = [s for s in self.switches if s.parent is None]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from netagg.launch import SwitchProcess
+from netagg.cli.launch import SwitchProcess
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from host_agent.worker import NetAggTimeout, Worker
-from netagg.launch import run_workers
+from netagg.cli.launch import run_workers
 from netagg.rpc import channel
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from host_agent import Worker
-from netagg.launch import run_workers
+from netagg.cli.launch import run_workers
 from tests.integration import workers as wk
 
 W = 4

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from netagg.cli import main as netagg_main
-from netagg.launch import ControllerProcess, free_port, run_workers
+from netagg.cli.launch import ControllerProcess, free_port, run_workers
 from netagg.protocol import HEADER, SET_BIT, VERSION, MsgType
 from netagg.rpc import channel
 from netagg.v1 import control_pb2 as pb

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from netagg.launch import free_port, run_workers
+from netagg.cli.launch import free_port, run_workers
 from netagg.protocol import scale_bits
 from tests.integration import ddp_workers as dw
 
@@ -40,7 +40,7 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
 
 
 def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
-    from netagg.launch import ControllerProcess
+    from netagg.cli.launch import ControllerProcess
     from netagg.rpc import channel
     from netagg.v1 import control_pb2 as pb
     from netagg.v1 import control_pb2_grpc as pb_grpc

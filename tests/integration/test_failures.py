@@ -9,7 +9,7 @@ import time
 import pytest
 
 from host_agent.worker import NetAggTimeout, Worker
-from netagg.launch import free_port, run_workers
+from netagg.cli.launch import free_port, run_workers
 from tests.integration import workers as wk
 
 
@@ -87,7 +87,7 @@ def test_switch_stops_gracefully_on_sigterm(switch_factory) -> None:
 
 
 def test_switch_that_cannot_start_says_why() -> None:
-    from netagg.launch import SwitchProcess
+    from netagg.cli.launch import SwitchProcess
 
     with pytest.raises(RuntimeError, match=r"switch failed to start: .*--workers: 0 is outside \[1, 32\]"):
         SwitchProcess(0)

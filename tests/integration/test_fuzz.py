@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from netagg.launch import run_workers
+from netagg.cli.launch import run_workers
 from netagg.protocol import HEADER, MsgType
 from tests.integration import workers as wk
 

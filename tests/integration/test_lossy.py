@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netagg.launch import run_workers
+from netagg.cli.launch import run_workers
 from netagg.testing import LossyRelay
 from tests.integration import workers as wk
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netagg.launch import SwitchProcess
+from netagg.cli.launch import SwitchProcess
 from tests.integration.netloss import add_loss, nft_dropped
 from tests.integration.nsworkers import allreduce_in
 

@@ -134,7 +134,7 @@ def test_other_topologies(network: NetnsNetwork) -> None:
 
 
 def test_experiment_command_writes_json_and_plot(tmp_path) -> None:
-    from netagg.experiment import run_experiment
+    from mininet_topos.experiment import run_experiment
 
     assert run_experiment("star", {"hosts": 2}, [0.05], [0.0], tmp_path, repeat=1) == 0
     summary = json.loads((tmp_path / "experiment.json").read_text())

@@ -21,7 +21,7 @@ class _NoSocket(socket.socket):
         raise AssertionError(f"socket.socket{args}: {_WHY}")
 
 
-class _NoPopen(subprocess.Popen):  # type: ignore[type-arg]
+class _NoPopen(subprocess.Popen):
     def __init__(self, args: object, *rest: object, **kwargs: object) -> None:
         raise AssertionError(f"subprocess {args!r}: {_WHY}")
 

@@ -1,4 +1,5 @@
-"""``make demo``: DDP training through a netagg switch on loopback, against the same training on gloo.
+"""``netagg demo`` (``make demo``): DDP training through a netagg switch on loopback, against the same
+training on gloo.
 
 Starts a switch, runs ``examples/train_ddp.py`` under torchrun with W worker processes twice (gradients
 through the switch, then plain gloo DDP; same seeds, same data), shows a progress bar, and ends with a
@@ -7,6 +8,7 @@ table (accuracy, loss, time per step, traffic per worker against a ring allreduc
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -14,11 +16,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netagg.launch import free_port
+from netagg.cli._common import _int_range
+from netagg.cli.launch import free_port
+from netagg.protocol import MAX_WORKERS
 
-__all__ = ["run_train_demo"]
+__all__ = ["add_parser", "run_train_demo"]
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_ddp.py"
+
+EXAMPLES = """\
+examples:
+  make demo                                          # sets up .venv first, then this
+  netagg demo --workers 4 --epochs 20 --out out/demo
+
+It writes train.json and train.png into --out and exits 1 if the accuracy differs from gloo's by more
+than one point."""
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``netagg demo`` to the subcommands ``sub``."""
+    d = sub.add_parser(
+        "demo", help="DDP training through a switch on loopback, against gloo (make demo)", epilog=EXAMPLES
+    )
+    d.add_argument(
+        "--workers", type=_int_range(1, MAX_WORKERS), default=4, help="worker processes (default 4)"
+    )
+    d.add_argument("--epochs", type=_int_range(1, 1000), default=20, help="epochs of training (default 20)")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON and PNG")
+    d.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_train_demo(workers=args.workers, epochs=args.epochs, out_dir=args.out)
 
 
 def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int) -> dict[str, Any]:
@@ -70,7 +99,7 @@ def _mib(n: float) -> str:
 
 
 def run_train_demo(workers: int = 4, epochs: int = 20, out_dir: Path = Path("out/demo")) -> int:
-    from netagg.launch import SwitchProcess
+    from netagg.cli.launch import SwitchProcess
 
     if not EXAMPLE.exists():
         raise FileNotFoundError(f"{EXAMPLE} not found: run the demo from a netagg checkout")

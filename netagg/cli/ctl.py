@@ -18,15 +18,28 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_ctl_parser", "run_ctl"]
+from netagg.cli._common import _auth_flags
+
+__all__ = ["add_parser", "run_ctl"]
 
 CONTROLLER_ENV = "NETAGG_CONTROLLER"
 
+EXAMPLES = """\
+examples:
+  netagg ctl --token-file tokens create --name resnet --workers 4 --slots 16
+  netagg ctl --token-file tokens create --name tree --workers 4 --workers-at leaf1=2,leaf2=2
+  netagg ctl jobs
+  netagg ctl --json get j-1a2b3c4d
+  netagg ctl delete j-1a2b3c4d
+  netagg ctl switches
+  netagg ctl stats --interval 1 --count 5 j-1a2b3c4d"""
 
-def add_ctl_parser(sub: Any, auth_flags: Callable[..., None]) -> None:
+
+def add_parser(sub: Any) -> None:
+    """Add ``netagg ctl`` and its verbs to the subcommands ``sub``."""
     from netagg.protocol import DEFAULT_CONTROLLER_PORT
 
-    p = sub.add_parser("ctl", help="talk to the controller: jobs, switches, stats")
+    p = sub.add_parser("ctl", help="talk to the controller: jobs, switches, stats", epilog=EXAMPLES)
     p.add_argument(
         "--controller",
         default=os.environ.get(CONTROLLER_ENV, f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"),
@@ -35,12 +48,19 @@ def add_ctl_parser(sub: Any, auth_flags: Callable[..., None]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
-    auth_flags(p, server=False)
+    _auth_flags(p, server=False)
+    p.set_defaults(run=run_ctl)
     verbs = p.add_subparsers(dest="verb", required=True, parser_class=type(p))
-    c = verbs.add_parser("create", help="create a job")
-    c.add_argument("--name", required=True)
-    c.add_argument("--workers", type=int, required=True)
-    c.add_argument("--type", choices=("float32", "int32"), default="float32")
+    c = verbs.add_parser(
+        "create",
+        help="create a job",
+        epilog="example:\n  netagg ctl create --name resnet --workers 4 --type float32 --slots 16",
+    )
+    c.add_argument("--name", required=True, help="the job's name (for people; the controller gives it an id)")
+    c.add_argument("--workers", type=int, required=True, help="workers (ranks) in the job")
+    c.add_argument(
+        "--type", choices=("float32", "int32"), default="float32", help="element type (default float32)"
+    )
     c.add_argument("--elements", type=int, default=0, help="elements per packet (default: the switch's)")
     c.add_argument(
         "--slots", type=int, default=0, help="slots = each worker's window (default: the controller's)"
@@ -51,15 +71,19 @@ def add_ctl_parser(sub: Any, auth_flags: Callable[..., None]) -> None:
         metavar="SWITCH=N,...",
         help="workers behind each leaf switch, for a job aggregated as a tree (e.g. leaf1=2,leaf2=2)",
     )
-    verbs.add_parser("jobs", help="list jobs")
-    g = verbs.add_parser("get", help="one job")
-    g.add_argument("job_id")
-    d = verbs.add_parser("delete", help="delete a job")
-    d.add_argument("job_id")
-    verbs.add_parser("switches", help="list switches")
-    s = verbs.add_parser("stats", help="stream job and switch statistics")
-    s.add_argument("job_ids", nargs="*")
-    s.add_argument("--interval", type=float, default=1.0)
+    verbs.add_parser("jobs", help="list jobs", epilog="example:\n  netagg ctl --json jobs")
+    g = verbs.add_parser("get", help="one job", epilog="example:\n  netagg ctl get j-1a2b3c4d")
+    g.add_argument("job_id", help="the job's id (j-...)")
+    d = verbs.add_parser("delete", help="delete a job", epilog="example:\n  netagg ctl delete j-1a2b3c4d")
+    d.add_argument("job_id", help="the job's id (j-...)")
+    verbs.add_parser("switches", help="list switches", epilog="example:\n  netagg ctl switches")
+    s = verbs.add_parser(
+        "stats",
+        help="stream job and switch statistics",
+        epilog="example:\n  netagg ctl stats --interval 2 --count 10 j-1a2b3c4d",
+    )
+    s.add_argument("job_ids", nargs="*", help="jobs to follow (default: every job the token sees)")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (default 1)")
     s.add_argument("--count", type=int, default=0, help="stop after this many snapshots (0: until Ctrl-C)")
 
 

@@ -1,4 +1,5 @@
-"""``make demo``: W workers allreduce float32 and int32 tensors through a switch on loopback.
+"""``netagg demo-allreduce`` (``make demo-allreduce``): W workers allreduce float32 and int32 tensors
+through a switch on loopback.
 
 Everything is real: the switch is a process serving UDP on 127.0.0.1, each worker is a process with
 its own socket. Every result is checked against numpy (int32 exactly, float32 within the documented
@@ -7,6 +8,7 @@ bound), and the report says what went over the wire compared with a ring allredu
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -15,7 +17,35 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo"]
+from netagg.cli._common import _int_range
+from netagg.protocol import MAX_WORKERS
+
+__all__ = ["add_parser", "run_demo"]
+
+EXAMPLES = """\
+examples:
+  make demo-allreduce
+  netagg demo-allreduce --workers 4 --mib 16 --out out/demo
+
+It writes allreduce.json and allreduce.png into --out and exits 1 if any result is wrong."""
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``netagg demo-allreduce`` to the subcommands ``sub``."""
+    da = sub.add_parser(
+        "demo-allreduce", help="W allreduces of 4 B-64 MiB through a switch, checked", epilog=EXAMPLES
+    )
+    da.add_argument(
+        "--workers", type=_int_range(1, MAX_WORKERS), default=4, help="worker processes (default 4)"
+    )
+    da.add_argument("--mib", type=_int_range(1, 1024), default=64, help="largest tensor, MiB of float32")
+    da.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON and PNG")
+    da.set_defaults(run=_demo_allreduce)
+
+
+def _demo_allreduce(args: argparse.Namespace) -> int:
+    return run_demo(workers=args.workers, max_mib=args.mib, out_dir=args.out)
+
 
 _REPEATS = 5
 
@@ -59,7 +89,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def run_demo(workers: int = 4, max_mib: int = 64, out_dir: Path = Path("out/demo")) -> int:
-    from netagg.launch import SwitchProcess, free_port, run_workers
+    from netagg.cli.launch import SwitchProcess, free_port, run_workers
 
     sizes = [s for s in (4, 4096, 1 << 20, 16 << 20, 64 << 20, 256 << 20) if s <= max_mib << 20]
     out_dir.mkdir(parents=True, exist_ok=True)

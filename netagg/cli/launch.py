@@ -1,8 +1,9 @@
 """Start the switch and workers as real processes (for the demo, the benchmarks and tests).
 
 :class:`SwitchProcess` runs ``netagg switch`` (and :class:`ControllerProcess` ``netagg controller``) and
-waits until it prints that it is serving (no sleep-and-hope); it is stopped by PID with SIGTERM and a
-switch's final counters are read from its output.
+waits for the JSON line it prints once it serves (``{"event": "ready", ...}``; no sleep-and-hope), from
+which it learns the addresses; it is stopped by PID with SIGTERM and a switch's final counters are read
+from its output.
 :func:`run_workers` runs one function per rank in spawned processes and returns their results in rank
 order, raising with the worker's traceback if any of them fails.
 """
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ControllerProcess", "SwitchProcess", "WorkerFailed", "free_port", "run_workers"]
+__all__ = ["ControllerProcess", "SwitchProcess", "WorkerFailed", "free_port", "ready_event", "run_workers"]
 
 
 def free_port(udp: bool = False) -> int:
@@ -34,13 +35,24 @@ def free_port(udp: bool = False) -> int:
         return int(s.getsockname()[1])
 
 
+def ready_event(line: str) -> dict[str, Any] | None:
+    """The ready event a serving ``netagg`` command prints (one JSON object with ``"event": "ready"``),
+    if ``line`` is one; else None (its counters at exit, or anything else)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and event.get("event") == "ready" else None
+
+
 class _ServiceProcess:
-    """A ``netagg`` subcommand in a child process, ready once it prints its banner line."""
+    """A ``netagg`` subcommand in a child process, ready once it prints its ready line."""
 
-    banner = ""
-    what = ""  # "switch", "controller": for error messages
+    what = ""  # "switch", "controller": the role in its ready line, and for error messages
 
-    def _start(self, cmd: list[str], ready_timeout: float, cpu: int | None = None) -> str:
+    def _start(self, cmd: list[str], ready_timeout: float, cpu: int | None = None) -> dict[str, Any]:
         # stderr goes to a file, not a pipe nobody drains while it runs (a full pipe would block it).
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the process; closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
@@ -50,19 +62,23 @@ class _ServiceProcess:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + ready_timeout
         line = ""
-        while time.monotonic() < deadline:  # it prints its address once it is bound
+        event = None
+        while time.monotonic() < deadline:  # it prints its addresses once it is bound
             line = self.proc.stdout.readline()
-            if line.startswith(self.banner):
+            event = ready_event(line)
+            if event is not None:
                 break
             if not line and self.proc.poll() is not None:
                 break
         else:
             self.stop()
             raise RuntimeError(f"{self.what} did not start within {ready_timeout}s")
-        if not line.startswith(self.banner):
+        if event is None or event.get("role") != self.what:
             self.proc.wait()
             raise RuntimeError(f"{self.what} failed to start: {self.stderr().strip() or line.strip()}")
-        return line
+        #: What it said when ready: ``{"event": "ready", "role": ..., <addresses>, "pid": ...}``.
+        self.ready = event
+        return event
 
     def stderr(self) -> str:
         """What the process wrote to stderr so far."""
@@ -109,7 +125,6 @@ class SwitchProcess(_ServiceProcess):
         extra: more ``netagg switch`` flags.
     """
 
-    banner = "netagg switch on "
     what = "switch"
 
     def __init__(
@@ -148,18 +163,17 @@ class SwitchProcess(_ServiceProcess):
             cmd += ["--stats-file", str(stats_file), "--stats-interval", "0.2"]
         cmd += list(extra)
         self.stats: dict[str, Any] | None = None
-        line = self._start(cmd, ready_timeout, cpu)
-        self.address = line.split()[3].rstrip(":")
+        ready = self._start(cmd, ready_timeout, cpu)
+        #: The data plane's "HOST:PORT".
+        self.address: str = ready["data"]
         #: The SwitchAgent's "HOST:PORT" when started with agent=... or controller=..., else None.
-        self.agent_address: str | None = None
-        if "SwitchAgent on " in line:
-            self.agent_address = line.split("SwitchAgent on ")[1].split()[0].rstrip(";")
+        self.agent_address: str | None = ready.get("agent")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:  # type: ignore[override]
         """SIGTERM, wait, and return the counters it printed on the way out (None if it died)."""
         out = super().stop(timeout)
         for line in reversed(out.splitlines()):
-            if line.startswith("{"):
+            if line.startswith("{") and ready_event(line) is None:
                 self.stats = json.loads(line)
                 break
         return self.stats
@@ -175,7 +189,6 @@ class ControllerProcess(_ServiceProcess):
     """``netagg controller`` in a child process (state in ``db``; port 0 picks a free port unless
     ``listen`` names one, which a restart on the same address needs)."""
 
-    banner = "netagg controller on "
     what = "controller"
 
     def __init__(
@@ -191,8 +204,9 @@ class ControllerProcess(_ServiceProcess):
         if token is not None:
             cmd += ["--token", token]
         cmd += list(extra)
-        line = self._start(cmd, ready_timeout)
-        self.address = line.split()[3].rstrip(":")
+        ready = self._start(cmd, ready_timeout)
+        #: The controller's "HOST:PORT".
+        self.address: str = ready["address"]
 
     def __enter__(self) -> ControllerProcess:
         return self

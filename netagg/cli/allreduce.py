@@ -1,0 +1,91 @@
+"""``netagg allreduce``: one worker's allreduces through a switch, timed and optionally checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from netagg.cli._common import _address, _int_range
+from netagg.protocol import MAX_WORKERS
+
+__all__ = ["add_parser"]
+
+EXAMPLES = """\
+examples:
+  netagg allreduce --switch 127.0.0.1:47000 --rank 0 --world-size 4 --size 1000000 --check
+  netagg allreduce --switch 10.0.0.201:47000 --rank 2 --world-size 4 --worker-id 0 --no-batch
+
+It prints one JSON line: rank, size, dtype, median_s, min_s, the worker's counters and, with
+--check, the check of the result against numpy."""
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``netagg allreduce`` to the subcommands ``sub``."""
+    a = sub.add_parser(
+        "allreduce", help="run allreduces as one worker (for experiments and checks)", epilog=EXAMPLES
+    )
+    a.add_argument(
+        "--switch", required=True, type=_address, metavar="HOST:PORT", help="the switch's data address"
+    )
+    a.add_argument("--rank", type=_int_range(0, MAX_WORKERS - 1), required=True, help="this worker's rank")
+    a.add_argument("--world-size", type=_int_range(1, MAX_WORKERS), required=True, help="workers in the job")
+    a.add_argument("--job", type=_int_range(0, 0xFFFF), default=1, help="the switch's job id (default 1)")
+    a.add_argument(
+        "--worker-id", type=_int_range(0, MAX_WORKERS - 1), help="id at the switch (default: the rank)"
+    )
+    a.add_argument("--size", type=_int_range(1, 1 << 30), default=1 << 20, help="elements per allreduce")
+    a.add_argument(
+        "--dtype", choices=("float32", "int32"), default="float32", help="element type (default float32)"
+    )
+    a.add_argument(
+        "--repeat", type=_int_range(1, 1_000_000), default=10, help="allreduces to time (default 10)"
+    )
+    a.add_argument("--timeout", type=float, default=10.0, help="seconds without progress before failing")
+    a.add_argument("--seed", type=int, default=0, help="inputs are netagg.verify.inputs(rank, size, seed)")
+    a.add_argument(
+        "--check",
+        action="store_true",
+        help="verify the first result against numpy (every rank rebuilds every input); exit 1 if wrong",
+    )
+    a.add_argument("--bind", metavar="HOST:PORT", help="local address to send from (default: any)")
+    a.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="no GSO/GRO runs of small packets (for switches that tap links with pcap, such as BMv2)",
+    )
+    a.set_defaults(run=_allreduce)
+
+
+def _allreduce(args: argparse.Namespace) -> int:
+    import time
+
+    from host_agent.worker import Worker
+    from netagg.verify import check, inputs
+
+    x = inputs(args.rank, (args.size,), args.dtype, args.seed)
+    host, port = args.switch
+    times = []
+    result: dict[str, object] = {"rank": args.rank, "size": args.size, "dtype": args.dtype}
+    with Worker(
+        f"{host}:{port}",
+        args.rank,
+        args.world_size,
+        job=args.job,
+        worker_id=args.worker_id,
+        timeout=args.timeout,
+        bind=args.bind,
+        batch=not args.no_batch,
+    ) as w:
+        for i in range(args.repeat):
+            t0 = time.perf_counter()
+            y = w.allreduce(x)
+            times.append(time.perf_counter() - t0)
+            if args.check and i == 0:
+                result["check"] = check(args.world_size, (args.size,), args.dtype, y, w.elements, args.seed)
+        result["worker"] = w.stats.as_dict()
+    times.sort()
+    result.update(median_s=times[len(times) // 2], min_s=times[0])
+    print(json.dumps(result), flush=True)
+    ok = not args.check or bool(result["check"]["ok"])  # type: ignore[index]
+    return 0 if ok else 1

@@ -1,0 +1,268 @@
+"""``netagg switch``: the Python aggregation switch (a static job, or jobs from the control plane)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from netagg.cli._common import (
+    TOKEN_ENV,
+    _address,
+    _auth_flags,
+    _fraction,
+    _int_range,
+    _listen_flag,
+    _ready,
+    _ready_flag,
+    _server_tokens,
+    _stop_on_signals,
+)
+from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+
+__all__ = ["add_parser"]
+
+EXAMPLES = """\
+examples:
+  netagg switch --workers 4                          # one job of 4 workers on 127.0.0.1:47000
+  netagg switch --workers 4 --multicast 239.255.0.1:47001 --stats-file stats.json
+  netagg switch --controller 127.0.0.1:47100 --token-file tokens --total-slots 1024
+  netagg switch --ethernet eth0,eth1,eth2 --ip 10.0.0.201 --workers 2 --total-workers 4 \\
+                --parent 10.0.0.203:47000 --parent-worker 0     # a leaf switch node of a tree
+
+Once serving it prints one JSON line on stdout (or into --ready-file):
+  {"event": "ready", "role": "switch", "data": "127.0.0.1:47000", "agent": null, "pid": 1234}
+and its counters as one JSON line when it stops (SIGINT/SIGTERM)."""
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``netagg switch`` to the subcommands ``sub``."""
+    s = sub.add_parser(
+        "switch", help="run the Python aggregation switch (static single-job mode)", epilog=EXAMPLES
+    )
+    _listen_flag(s, DEFAULT_PORT)
+    s.add_argument(
+        "--workers",
+        type=_int_range(1, MAX_WORKERS),
+        help="workers in the static job (omit with --agent to take jobs from the control plane only)",
+    )
+    s.add_argument(
+        "--agent",
+        type=_address,
+        metavar="HOST:PORT",
+        help="also serve the SwitchAgent gRPC API here (the control plane installs and removes jobs)",
+    )
+    s.add_argument("--job", type=_int_range(0, 0xFFFF), default=1, help="job id (default 1)")
+    s.add_argument(
+        "--slots",
+        type=_int_range(1, MAX_SLOTS),
+        default=None,
+        help="slots of the job = each worker's window (default: 16 for packets of 1024 elements or more, "
+        "1024 for smaller ones)",
+    )
+    s.add_argument(
+        "--elements",
+        type=_int_range(1, MAX_ELEMENTS),
+        default=MAX_ELEMENTS,
+        help=f"int32 elements per packet; 64 = SwitchML's size (default {MAX_ELEMENTS})",
+    )
+    s.add_argument(
+        "--multicast",
+        type=_address,
+        metavar="GROUP:PORT",
+        help="send each result once to this IPv4 multicast group (e.g. 239.255.0.1:47001) "
+        "instead of once per worker; workers join it",
+    )
+    s.add_argument(
+        "--ethernet",
+        metavar="IFACE[,IFACE...]",
+        help="be a switch node on these interfaces (raw Ethernet: L2 switching, ARP, aggregation for "
+        "--ip); instead of a UDP socket on --listen",
+    )
+    s.add_argument("--ip", help="with --ethernet: the aggregator's IPv4 address")
+    s.add_argument("--mac", help="with --ethernet: its MAC (default: the first interface's)")
+    s.add_argument(
+        "--ingress-loss",
+        type=_fraction,
+        default=0.0,
+        help="with --ethernet: drop each received frame with this probability (lossy links without netem)",
+    )
+    s.add_argument(
+        "--total-workers",
+        type=_int_range(1, 1 << 16),
+        help="workers in the whole job when this switch is part of a tree (default: --workers)",
+    )
+    s.add_argument(
+        "--parent",
+        type=_address,
+        metavar="HOST:PORT",
+        help="aggregation tree: send each complete use's partial sum to this parent switch",
+    )
+    s.add_argument(
+        "--parent-worker",
+        type=_int_range(0, MAX_WORKERS - 1),
+        default=0,
+        help="this switch's worker id at the parent",
+    )
+    s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
+    s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
+    s.add_argument(
+        "--total-slots",
+        type=_int_range(1, MAX_SLOTS),
+        default=MAX_SLOTS,
+        help=f"slots the control plane may give out on this switch (default {MAX_SLOTS})",
+    )
+    s.add_argument(
+        "--controller",
+        type=_address,
+        metavar="HOST:PORT",
+        help="register with this controller (implies --agent 127.0.0.1:0 unless --agent is given)",
+    )
+    s.add_argument("--switch-id", help="id to register under (default: HOST:PORT of the data plane)")
+    s.add_argument(
+        "--parent-switch",
+        metavar="SWITCH_ID",
+        help="register this switch as a child of that one in the fabric (a leaf's spine): the controller "
+        "builds aggregation trees along these links",
+    )
+    s.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="host name or address workers and the controller reach this switch at "
+        "(default: the --listen host; needed when listening on 0.0.0.0)",
+    )
+    _auth_flags(s, server=True)
+    _ready_flag(s)
+    s.set_defaults(run=_switch)
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from netagg.protocol import static_job_slots
+    from netagg.udpbatch import BATCH_BELOW_ELEMENTS
+    from switch.core import Dataplane, JobConfig
+    from switch.ethernet import EthernetSwitch
+    from switch.udp import UdpSwitch
+
+    if args.controller is not None and args.agent is None:
+        args.agent = ("127.0.0.1", 0)
+    if args.workers is None and args.agent is None:
+        raise ValueError(
+            "give --workers for a static job, or --agent/--controller to take jobs from the control plane"
+        )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tokens = None
+    if args.agent is not None:
+        tokens = _server_tokens(args)
+        if tokens is None:
+            raise ValueError(
+                f"--agent needs --token or --token-file (or ${TOKEN_ENV}): the SwitchAgent is authenticated"
+            )
+    jobs = []
+    if args.workers is not None:
+        slots = args.slots or static_job_slots(args.elements)
+        jobs.append(
+            JobConfig(
+                job_id=args.job,
+                workers=args.workers,
+                slots=slots,
+                elements=args.elements,
+                multicast=args.multicast,
+                total_workers=args.total_workers,
+                parent=args.parent,
+                parent_worker=args.parent_worker,
+            )
+        )
+    server: UdpSwitch | EthernetSwitch
+    if args.ethernet:
+        if not args.ip:
+            raise ValueError("--ethernet needs --ip (the aggregator's address)")
+        server = EthernetSwitch(
+            Dataplane(jobs), args.ethernet.split(","), args.ip, mac=args.mac, ingress_loss=args.ingress_loss
+        )
+    else:
+        server = UdpSwitch(
+            Dataplane(jobs),
+            *args.listen,
+            stats_file=args.stats_file,
+            stats_interval=args.stats_interval,
+            # Without a static job, jobs of any size may come: batched receives then, which cost large
+            # packets little (GRO only coalesces same-size runs).
+            gro=not jobs or jobs[0].elements < BATCH_BELOW_ELEMENTS,
+        )
+    agent = None
+    ready: dict[str, object] = {"agent": None}  # the ready line's fields beyond the data address
+    what = "no static job"
+    if jobs:
+        cfg = jobs[0]
+        what = f"job {cfg.job_id}, {cfg.workers} workers, {cfg.slots} slots, {cfg.elements} elements/packet"
+    try:
+        if args.agent is not None and tokens is not None:
+            from switch.agent import serve_agent
+
+            agent, agent_port = serve_agent(
+                server.dataplane,
+                server.lock,
+                f"{args.agent[0]}:{args.agent[1]}",
+                tokens,
+                total_slots=args.total_slots,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            )
+            what += f"; SwitchAgent on {args.agent[0]}:{agent_port}"
+            ready["agent"] = f"{args.agent[0]}:{agent_port}"
+            if args.controller is not None:
+                host = args.advertise or server.address[0]
+                agent_host = args.advertise or args.agent[0]
+                data = f"{host}:{server.address[1]}"
+                switch_id = args.switch_id or data
+                _register(args, switch_id, data, f"{agent_host}:{agent_port}")
+                what += f"; registered as {switch_id} with {args.controller[0]}:{args.controller[1]}"
+                ready["switch_id"] = switch_id
+        _stop_on_signals(server.stop)
+        bound = f"{server.address[0]}:{server.address[1]}"
+        _ready(args, "switch", f"netagg switch on {bound}: {what}", data=bound, **ready)
+        server.serve_forever()
+    finally:
+        if agent is not None:
+            agent.stop(grace=1.0)
+        if isinstance(server, UdpSwitch):
+            server.sock.close()
+    print(json.dumps(server.dataplane.stats()), flush=True)
+    return 0
+
+
+def _register(args: argparse.Namespace, switch_id: str, data: str, agent: str, wait: float = 30.0) -> None:
+    """Register with the controller, retrying while it is not up yet (for ``wait`` seconds)."""
+    import time
+
+    import grpc
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    token = read_token(args.token, args.token_file)
+    host, port = args.controller
+    deadline = time.monotonic() + wait
+    with channel(f"{host}:{port}", token, tls_ca=args.tls_ca) as ch:
+        stub = pb_grpc.ControllerStub(ch)
+        while True:
+            try:
+                stub.RegisterSwitch(
+                    pb.RegisterSwitchRequest(
+                        switch_id=switch_id,
+                        data_address=data,
+                        agent_address=agent,
+                        parent_switch_id=getattr(args, "parent_switch", None) or "",
+                    ),
+                    timeout=10,
+                )
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise ValueError(
+                        f"registering with the controller: {exc.code().name}: {exc.details()}"
+                    ) from None
+                time.sleep(0.5)
