@@ -22,18 +22,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from netagg.protocol import DEFAULT_PORT, MAX_SLOTS
-from netagg.rpc import Tokens
 from netagg.udpbatch import BATCH_BELOW_ELEMENTS
-from switch.agent import serve_backend
 from switch.backend import PythonBackend
 from switch.core import Dataplane, JobConfig
 from switch.ethernet import EthernetSwitch
 from switch.udp import UdpSwitch
+
+if TYPE_CHECKING:  # grpc is imported only by a switch that serves an agent: a static one starts faster
+    import grpc
+
+    from netagg.rpc import Tokens
 
 __all__ = [
     "AgentOptions",
@@ -87,6 +88,8 @@ class Registration:
 def register_switch(reg: Registration, switch_id: str, data: str, agent: str) -> None:
     """Register with the controller, retrying while it is not up yet (for ``reg.wait`` seconds).
     ValueError with the controller's answer if it refuses."""
+    import grpc
+
     from netagg.rpc import channel
     from netagg.v1 import control_pb2 as pb
     from netagg.v1 import control_pb2_grpc as pb_grpc
@@ -204,6 +207,8 @@ class PythonSwitch:
             what = "no static job"
         try:
             if o.agent is not None:
+                from switch.agent import serve_backend
+
                 self.agent, self.agent_port = serve_backend(
                     self.backend,
                     f"{o.agent.address[0]}:{o.agent.address[1]}",
@@ -327,6 +332,8 @@ class Bmv2Switch:
                 self.backend.install(cfg)
             what = f"simple_switch pid {self.process.pid}, thrift {self.process.thrift_port}"
             if o.agent is not None:
+                from switch.agent import serve_backend
+
                 self.agent, self.agent_port = serve_backend(
                     self.backend,
                     f"{o.agent.address[0]}:{o.agent.address[1]}",

@@ -212,3 +212,30 @@ def test_jobs_through_the_agent(switch_factory) -> None:
         stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=2))
     with pytest.raises(NetAggTimeout, match="did not answer JOIN"):
         Worker(sw.address, 0, 2, job=2, join_timeout=1.0)
+
+
+def test_an_assembled_switch_serves_its_agent_and_packets() -> None:
+    """switch.daemon.PythonSwitch (what `netagg switch --agent` runs): the UDP loop and the agent share
+    one dataplane."""
+    import socket
+
+    from switch.daemon import AgentOptions, PythonSwitch, PythonSwitchOptions
+
+    options = PythonSwitchOptions(
+        listen=("127.0.0.1", 0), agent=AgentOptions(("127.0.0.1", 0), Tokens.single(TOKEN))
+    )
+    with PythonSwitch(options) as sw:
+        sw.start()
+        assert "no static job; SwitchAgent on 127.0.0.1:" in sw.description
+        with channel(f"127.0.0.1:{sw.agent_port}", TOKEN) as ch:
+            stub = pb_grpc.SwitchAgentStub(ch)
+            stub.InstallJob(pb.InstallJobRequest(wire_job_id=3, workers=2, slots=4, elements_per_packet=8))
+            assert [c.job_id for c in sw.dataplane.jobs] == [3]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"\x01" * 10, sw.address)  # truncated
+                for _ in range(100):
+                    if stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 1:
+                        break
+                    threading.Event().wait(0.02)
+            assert stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 1
+    assert sw.agent is None

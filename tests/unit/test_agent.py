@@ -236,3 +236,22 @@ def test_without_thrift_the_error_names_the_extra(tmp_path: Path, monkeypatch) -
     with pytest.raises(Bmv2Error, match=r"pip install 'netagg\[bmv2\]'"):
         cli_command(str(cli), 9090)
     assert isinstance(Bmv2Error("x"), OSError) and isinstance(Bmv2Error("x"), BackendError)
+
+
+def test_switch_options_say_what_is_missing() -> None:
+    from netagg.rpc import Tokens
+    from switch.daemon import AgentOptions, Bmv2SwitchOptions, PythonSwitchOptions, Registration
+
+    with pytest.raises(ValueError, match="give --workers for a static job"):
+        PythonSwitchOptions()
+    with pytest.raises(ValueError, match="--ethernet needs --ip"):
+        PythonSwitchOptions(jobs=(job(),), ethernet=("eth0",))
+    agent = AgentOptions(("127.0.0.1", 0), Tokens.single("t" * 20), tls_cert=Path("cert.pem"))
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
+        PythonSwitchOptions(agent=agent)
+    with pytest.raises(ValueError, match="needs a SwitchAgent"):
+        PythonSwitchOptions(jobs=(job(),), register=Registration(("127.0.0.1", 1)))
+    with pytest.raises(ValueError, match="needs a SwitchAgent"):
+        Bmv2SwitchOptions(
+            Path("x.json"), {}, "10.0.0.1", "02:00:00:00:00:01", register=Registration(("h", 1))
+        )
