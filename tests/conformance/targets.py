@@ -103,8 +103,19 @@ def _incarnation(frames: list[tuple[int, bytes]], last: int) -> int:
     return last
 
 
-def _nonzero(counters: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    return {part: {k: v for k, v in values.items() if v} for part, values in counters.items()}
+#: Counters the implementations legitimately count differently, left out of the comparison. bytes_out:
+#: BMv2 counts a reply by standard_metadata.packet_length, the length of the packet it was made from (a
+#: PENDING made from a full CONTRIB counts the CONTRIB's bytes); the Python switch counts what it sends.
+#: packets_out is compared.
+NOT_COMPARED = frozenset({"bytes_out"})
+
+
+def _comparable(counters: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Every nonzero counter but :data:`NOT_COMPARED`."""
+    return {
+        part: {k: v for k, v in values.items() if v and k not in NOT_COMPARED}
+        for part, values in counters.items()
+    }
 
 
 def _runs(case: Case) -> Iterator[list[int]]:
@@ -144,8 +155,8 @@ class PythonTarget:
     addresses to the destination host's MAC, on the port that host is behind. (EthernetSwitch learns
     the MAC and port from the host's own frames, BMv2 has them in its tables: on this rig, where every
     host has sent before it is answered, both give the same.) Counters: the Python switch counts UDP
-    payload bytes, the P4 program whole frames: ``bytes_in``/``bytes_out`` are given here as frame bytes
-    (+42 per packet)."""
+    payload bytes, the P4 program whole frames: ``bytes_in`` is given here as frame bytes (+42 per
+    packet); ``bytes_out`` is not compared (:data:`NOT_COMPARED`)."""
 
     def __init__(self, *, batch: bool = False) -> None:
         self.batch = batch
@@ -180,9 +191,8 @@ class PythonTarget:
             per_send.append(_key(frames))
         counters = backend.counters()
         c = counters["counters"]
-        for way in ("in", "out"):
-            c[f"bytes_{way}"] = c.get(f"bytes_{way}", 0) + _FRAME_OVERHEAD * c.get(f"packets_{way}", 0)
-        return per_send, _nonzero(counters)
+        c["bytes_in"] = c.get("bytes_in", 0) + _FRAME_OVERHEAD * c.get("packets_in", 0)
+        return per_send, _comparable(counters)
 
 
 class Bmv2Target:
@@ -216,7 +226,7 @@ class Bmv2Target:
                 frames = self._collect(quiet, first_wait)
                 incarnation = _incarnation(frames, incarnation)
                 per_send.append(_key(frames))
-            return per_send, _nonzero(switch.backend.counters())
+            return per_send, _comparable(switch.backend.counters())
 
     def _collect(self, quiet: float, first_wait: float) -> list[tuple[int, bytes]]:
         """Frames from the switch until none came for ``quiet`` s (``first_wait``: the first)."""
