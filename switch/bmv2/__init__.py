@@ -47,6 +47,7 @@ __all__ = [
     "compile_p4",
     "find_binary",
     "p4_constants",
+    # the driver's reading of p4/include: tests/unit/test_p4_sources.py checks them against the sources
     "_JOB_JOINED_MASK",
     "_counter_names",
     "_short_names",
