@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from netagg.scapy_layer import NetAgg  # noqa: E402
-from netagg.testing import VethPorts  # noqa: E402
-from switch.bmv2 import LOG_LEVELS, Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
+from switch.bmv2 import LOG_LEVELS, Bmv2Backend, Bmv2Process, HostPort, compile_p4, find_binary  # noqa: E402
+from switch.bmv2.veth import VethPorts  # noqa: E402
+from switch.core import JobConfig  # noqa: E402
 from switch.ethernet import mac_bytes, udp_frame  # noqa: E402
 
 W = 4
@@ -142,12 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         "netagg": compile_p4(ROOT / "p4" / "netagg.p4", build),
         "forward": compile_p4(ROOT / "p4" / "forward.p4", build),
     }
-    from netagg.v1 import control_pb2 as pb
-
-    class Ctx:
-        def abort(self, code: object, details: str) -> None:
-            raise RuntimeError(details)
-
     rig = Rig()
     rates: dict[str, list[float]] = {"netagg": [], "forward": []}
     capacity: dict[str, list[float]] = {"netagg": [], "forward": []}
@@ -156,17 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, program in programs.items():
                 sw = Bmv2Process(program, rig.ports(), log_level=args.log_level)
                 try:
-                    agent = Bmv2Agent(sw, SWITCH_IP, SWITCH_MAC, HOSTS)
+                    backend = Bmv2Backend(sw, SWITCH_IP, SWITCH_MAC, HOSTS)
                     if name == "netagg":
-                        agent.InstallJob(
-                            pb.InstallJobRequest(
-                                wire_job_id=1,
+                        backend.install(
+                            JobConfig(
+                                job_id=1,
                                 workers=W,
                                 slots=SLOTS,
-                                elements_per_packet=N,
-                                worker_addresses=[f"{h.ip}:{UDP_PORT}" for h in HOSTS],
-                            ),
-                            Ctx(),  # type: ignore[arg-type]
+                                elements=N,
+                                addresses=tuple((h.ip, UDP_PORT) for h in HOSTS),
+                            )
                         )
                         join(rig)
                     frames = stream(args.frames, aggregate=name == "netagg")

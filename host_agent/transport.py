@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from host_agent.engine import Send
 from host_agent.session import Stats
 from netagg.protocol import parse_address
-from netagg.udpbatch import enable_gro, send_segments
-from switch.udp import set_socket_buffers  # TEMP: moves to netagg.udpbatch with the switch refactor
+from netagg.udpbatch import enable_gro, send_segments, set_socket_buffers
 
 __all__ = ["LOST_ON_SEND", "Transport"]
 

@@ -149,7 +149,8 @@ class Bmv2Switch(Switch):
 
     def start(self, controllers: Any) -> None:
         from netagg.v1 import control_pb2 as pb
-        from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
+        from switch.agent import job_config
+        from switch.bmv2 import Bmv2Backend, Bmv2Process, HostPort
 
         ports = {i + 1: intf.name for i, intf in enumerate(i for i in self.intfList() if i.name != "lo")}
         Bmv2Switch._devices += 1  # each simple_switch needs its own device id (and notification socket)
@@ -168,25 +169,21 @@ class Bmv2Switch(Switch):
                 for ip, mac in self.agg["agg_hosts"]:
                     if peer.IP() == ip:
                         hosts.append(HostPort(ip, mac, port))
-        agent = Bmv2Agent(self.bmv2, self.agg["agg_ip"], self.agg["agg_mac"], hosts)
+        backend = Bmv2Backend(self.bmv2, self.agg["agg_ip"], self.agg["agg_mac"], hosts)
         children = [f"{ip}:{port}" for ip, port in self.agg["agg_children"]]
-
-        class _Ctx:
-            def abort(self, code: Any, details: str) -> None:
-                raise RuntimeError(details)
-
-        agent.InstallJob(
-            pb.InstallJobRequest(
-                wire_job_id=1,
-                workers=self.agg["agg_workers"],
-                total_workers=self.agg["agg_total"],
-                slots=self.agg["agg_slots"],
-                elements_per_packet=self.agg["agg_elements"],
-                worker_addresses=children,
-                parent_address=self.agg.get("agg_parent") or "",
-                parent_worker_id=self.agg["agg_parent_worker"],
-            ),
-            _Ctx(),
+        backend.install(
+            job_config(
+                pb.InstallJobRequest(
+                    wire_job_id=1,
+                    workers=self.agg["agg_workers"],
+                    total_workers=self.agg["agg_total"],
+                    slots=self.agg["agg_slots"],
+                    elements_per_packet=self.agg["agg_elements"],
+                    worker_addresses=children,
+                    parent_address=self.agg.get("agg_parent") or "",
+                    parent_worker_id=self.agg["agg_parent_worker"],
+                )
+            )
         )
 
     def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 (Mininet's name)

@@ -1,11 +1,30 @@
-"""A serve-forever loop that can also run on a background thread (the switch, the relay)."""
+"""A serve-forever loop that can also run on a background thread (the switch, the relay), and the
+signals that stop it."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
+from collections.abc import Callable
 from typing import Self
 
-__all__ = ["BackgroundService"]
+__all__ = ["BackgroundService", "stop_on_signals"]
+
+log = logging.getLogger(__name__)
+
+
+def stop_on_signals(stop: Callable[[], object]) -> None:
+    """SIGINT/SIGTERM call ``stop`` (only from the main thread, where Python allows handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 class BackgroundService:

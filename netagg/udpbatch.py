@@ -12,7 +12,14 @@ from __future__ import annotations
 import socket
 import struct
 
-__all__ = ["BATCH_BELOW_ELEMENTS", "MAX_SEGMENTS", "enable_gro", "recv_batch", "send_segments"]
+__all__ = [
+    "BATCH_BELOW_ELEMENTS",
+    "MAX_SEGMENTS",
+    "enable_gro",
+    "recv_batch",
+    "send_segments",
+    "set_socket_buffers",
+]
 
 #: Jobs with fewer elements per packet than this are sent and received in batches; larger packets
 #: (up to 64 KiB each) gain nothing from it and go one per call.
@@ -84,3 +91,23 @@ def recv_batch(sock: socket.socket, buf: bytearray | memoryview, flags: int = 0)
         if level == SOL_UDP and kind == UDP_GRO:
             seg = struct.unpack("i", payload[:4])[0]
     return nbytes, seg, addr
+
+
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def set_socket_buffers(sock: socket.socket, rcvbuf: int, sndbuf: int) -> None:
+    """Ask for large kernel buffers: past ``net.core.rmem_max`` where we may (root), else up to it.
+
+    Every worker keeps up to ``slots`` packets in flight, so the switch's receive buffer must hold
+    ``workers * slots * datagram`` bytes or the kernel drops (docs/protocol.md, "Sizing").
+    """
+    for force, plain, size in (
+        (_SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+        (_SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)

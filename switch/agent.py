@@ -1,28 +1,55 @@
-"""The SwitchAgent gRPC service (proto/netagg/v1/control.proto) for the Python switch.
+"""The SwitchAgent gRPC service (proto/netagg/v1/control.proto) over any :class:`SwitchBackend`.
 
-The control plane installs and removes jobs and reads counters through it. Jobs change while packets
-flow: every call takes the same lock as the switch's packet loop, between two datagrams.
+The control plane installs and removes jobs and reads counters through it. The servicer is thin: it turns
+requests into :class:`~switch.core.JobConfig` and addresses (INVALID_ARGUMENT naming the field that is
+wrong), calls the backend, and maps the backend's exceptions (:mod:`switch.backend`) to status codes in
+:data:`STATUS` — the one place where that happens for every kind of switch.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
-from netagg import __version__
-from netagg.protocol import MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS, parse_address
+from netagg.protocol import MAX_SLOTS, parse_address
 from netagg.rpc import Tokens, make_server
 from netagg.v1 import control_pb2 as pb
 from netagg.v1 import control_pb2_grpc as pb_grpc
+from switch.backend import (
+    AlreadyExists,
+    BackendError,
+    Counters,
+    InvalidArgument,
+    NotFound,
+    PythonBackend,
+    ResourceExhausted,
+    SwitchBackend,
+    Unavailable,
+)
 from switch.core import Dataplane, JobConfig
 
-__all__ = ["SwitchAgentService", "job_config", "send_address", "serve_agent", "serve_switch_agent"]
+__all__ = [
+    "STATUS",
+    "SwitchAgentService",
+    "job_config",
+    "send_address",
+    "serve_agent",
+    "serve_backend",
+    "serve_switch_agent",
+]
 
-T = TypeVar("T")
+#: A backend's exception -> the status code the SwitchAgent answers with (the base class: INTERNAL).
+STATUS: dict[type[BackendError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def send_address(text: str, what: str) -> tuple[str, int]:
@@ -36,74 +63,69 @@ def send_address(text: str, what: str) -> tuple[str, int]:
     return host, port
 
 
+@contextmanager
+def _status(context: grpc.ServicerContext) -> Iterator[None]:
+    """Abort the call with the status code of a backend's exception (ValueError: INVALID_ARGUMENT)."""
+    try:
+        yield
+    except ValueError as exc:  # a request that does not make a JobConfig or an address
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except BackendError as exc:
+        code = next((c for t, c in STATUS.items() if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
+        context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else f"{type(exc).__name__}: {exc}")
+
+
 class SwitchAgentService(pb_grpc.SwitchAgentServicer):
-    """SwitchAgent over a :class:`Dataplane`; ``lock`` is the one the packet loop holds per datagram."""
+    """SwitchAgent over ``backend`` (:class:`switch.backend.PythonBackend`, :class:`switch.bmv2.Bmv2Backend`).
 
-    def __init__(self, dataplane: Dataplane, lock: threading.Lock, *, total_slots: int = MAX_SLOTS) -> None:
-        if not 1 <= total_slots <= MAX_SLOTS:
-            raise ValueError(f"total_slots must be 1-{MAX_SLOTS}, got {total_slots}")
-        self.dataplane = dataplane
-        self.lock = lock
-        self.total_slots = total_slots
+    Example::
 
-    def _locked(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-        with self.lock:
-            try:
-                return fn()
-            except ValueError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except KeyError as exc:
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else "not found")
-        raise AssertionError("unreachable")  # abort raises
+        service = SwitchAgentService(PythonBackend(Dataplane(), threading.Lock()))
+        server, port = serve_switch_agent(service, "127.0.0.1:0", Tokens.single("secret-token"))
+    """
+
+    def __init__(self, backend: SwitchBackend) -> None:
+        self.backend = backend
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.SwitchInfo:
+        with _status(context):
+            info = self.backend.info()
         return pb.SwitchInfo(
-            kind="python",
-            total_slots=self.total_slots,
-            min_elements_per_packet=1,
-            max_elements_per_packet=MAX_ELEMENTS,
-            max_workers=MAX_WORKERS,
-            version=__version__,
+            kind=info.kind,
+            total_slots=info.total_slots,
+            min_elements_per_packet=info.min_elements_per_packet,
+            max_elements_per_packet=info.max_elements_per_packet,
+            max_workers=info.max_workers,
+            version=info.version,
         )
 
     def InstallJob(
         self, request: pb.InstallJobRequest, context: grpc.ServicerContext
     ) -> pb.InstallJobResponse:
-        r = request
-        try:
-            if r.slot_base + r.slots > self.total_slots:
-                raise ValueError(
-                    f"slots [{r.slot_base}, {r.slot_base + r.slots}) lie outside this switch's "
-                    f"{self.total_slots} slots"
-                )
-            cfg = job_config(r)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        with self.lock:
-            if any(j.job_id == cfg.job_id for j in self.dataplane.jobs):
-                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"job {cfg.job_id} is already installed")
-        self._locked(context, lambda: self.dataplane.install(cfg))
+        with _status(context):
+            self.backend.install(job_config(request))
         return pb.InstallJobResponse()
 
     def RemoveJob(self, request: pb.RemoveJobRequest, context: grpc.ServicerContext) -> pb.RemoveJobResponse:
-        self._locked(context, lambda: self.dataplane.remove(request.wire_job_id))
+        with _status(context):
+            self.backend.remove(request.wire_job_id)
         return pb.RemoveJobResponse()
 
     def SetWorkers(
         self, request: pb.SetWorkersRequest, context: grpc.ServicerContext
     ) -> pb.SetWorkersResponse:
-        try:
-            addresses = tuple(send_address(a, "worker_addresses[]") for a in request.worker_addresses)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self._locked(context, lambda: self.dataplane.set_addresses(request.wire_job_id, addresses))
+        with _status(context):
+            addresses = [send_address(a, "worker_addresses[]") for a in request.worker_addresses]
+            self.backend.set_workers(request.wire_job_id, addresses)
         return pb.SetWorkersResponse()
 
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
-        return _counters(self._locked(context, self.dataplane.stats))
+        with _status(context):
+            return _counters(self.backend.counters())
 
     def ResetCounters(self, request: pb.ResetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
-        return _counters(self._locked(context, self.dataplane.reset_counters))
+        with _status(context):
+            return _counters(self.backend.counters(reset=True))
 
 
 def job_config(r: pb.InstallJobRequest) -> JobConfig:
@@ -125,11 +147,8 @@ def job_config(r: pb.InstallJobRequest) -> JobConfig:
     )
 
 
-def _counters(stats: dict[str, Any]) -> pb.Counters:
-    return pb.Counters(
-        counters={k: int(v) for k, v in stats["counters"].items()},
-        drops={k: int(v) for k, v in stats["drops"].items()},
-    )
+def _counters(counters: Counters) -> pb.Counters:
+    return pb.Counters(counters=counters["counters"], drops=counters["drops"])
 
 
 def serve_agent(
@@ -143,8 +162,22 @@ def serve_agent(
     tls_key: str | Path | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the Python switch's SwitchAgent on ``address``; returns (server, bound port)."""
-    service = SwitchAgentService(dataplane, lock, total_slots=total_slots)
-    return serve_switch_agent(service, address, tokens, tls_cert=tls_cert, tls_key=tls_key)
+    backend = PythonBackend(dataplane, lock, total_slots=total_slots)
+    return serve_backend(backend, address, tokens, tls_cert=tls_cert, tls_key=tls_key)
+
+
+def serve_backend(
+    backend: SwitchBackend,
+    address: str,
+    tokens: Tokens,
+    *,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+) -> tuple[grpc.Server, int]:
+    """Serve ``backend``'s SwitchAgent on ``address``; returns (server, bound port)."""
+    return serve_switch_agent(
+        SwitchAgentService(backend), address, tokens, tls_cert=tls_cert, tls_key=tls_key
+    )
 
 
 def serve_switch_agent(

@@ -12,31 +12,12 @@ import time
 from pathlib import Path
 
 from netagg.service import BackgroundService
-from netagg.udpbatch import enable_gro, recv_batch, send_segments
+from netagg.udpbatch import enable_gro, recv_batch, send_segments, set_socket_buffers
 from switch.core import Dataplane, Segments
 
-__all__ = ["UdpSwitch", "set_socket_buffers"]
+__all__ = ["UdpSwitch"]
 
 log = logging.getLogger(__name__)
-
-_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-
-
-def set_socket_buffers(sock: socket.socket, rcvbuf: int, sndbuf: int) -> None:
-    """Ask for large kernel buffers: past ``net.core.rmem_max`` where we may (root), else up to it.
-
-    Every worker keeps up to ``slots`` packets in flight, so the switch's receive buffer must hold
-    ``workers * slots * datagram`` bytes or the kernel drops (docs/protocol.md, "Sizing").
-    """
-    for force, plain, size in (
-        (_SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
-        (_SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf),
-    ):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 class UdpSwitch(BackgroundService):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -113,15 +111,6 @@ def _ready(args: argparse.Namespace, role: str, banner: str, **fields: object) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(line + "\n")
     tmp.replace(path)
-
-
-def _stop_on_signals(stop: object) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        logging.getLogger("netagg").info("signal %d: stopping", signum)
-        stop()  # type: ignore[operator]
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _server_tokens(args: argparse.Namespace) -> Tokens | None:

@@ -13,10 +13,8 @@ from netagg.cli._common import (
     _ready,
     _ready_flag,
     _server_tokens,
-    _stop_on_signals,
 )
-from netagg.cli.switch import _register
-from netagg.protocol import DEFAULT_PORT
+from netagg.cli.switch import _registration
 
 __all__ = ["add_parser"]
 
@@ -81,10 +79,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _bmv2(args: argparse.Namespace) -> int:
-    import threading
-
-    from switch.agent import serve_switch_agent
-    from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort
+    from switch.bmv2 import HostPort
+    from switch.daemon import AgentOptions, Bmv2SwitchOptions, run_bmv2_switch
 
     tokens = _server_tokens(args)
     if tokens is None:
@@ -101,34 +97,16 @@ def _bmv2(args: argparse.Namespace) -> int:
         if len(parts) != 3 or not parts[2].isdigit():
             raise ValueError(f"--host: expected IP,MAC,PORT, got {text!r}")
         hosts.append(HostPort(parts[0], parts[1], int(parts[2])))
-    sw = Bmv2Process(args.json, ports, log_file=args.log_file, log_level=args.log_level)
-    server = None
-    try:
-        agent = Bmv2Agent(sw, args.switch_ip, args.switch_mac, hosts)
-        server, port = serve_switch_agent(
-            agent, f"{args.agent[0]}:{args.agent[1]}", tokens, tls_cert=args.tls_cert, tls_key=args.tls_key
-        )
-        what = f"SwitchAgent on {args.agent[0]}:{port}; simple_switch pid {sw.pid}, thrift {sw.thrift_port}"
-        ready: dict[str, object] = {"agent": f"{args.agent[0]}:{port}", "simple_switch_pid": sw.pid}
-        if args.controller is not None:
-            switch_id = args.switch_id or f"bmv2-{args.switch_ip}"
-            _register(
-                args,
-                switch_id,
-                f"{args.switch_ip}:{DEFAULT_PORT}",
-                f"{args.advertise or args.agent[0]}:{port}",
-            )
-            what += f"; registered as {switch_id}"
-            ready["switch_id"] = switch_id
-        stop = threading.Event()
-        _stop_on_signals(stop.set)
-        data = f"{args.switch_ip}:{DEFAULT_PORT}"
-        _ready(args, "bmv2", f"netagg bmv2 on {data}: {what}", data=data, **ready)
-        while not stop.wait(0.5):
-            if not sw.alive():
-                raise OSError(f"simple_switch (pid {sw.pid}) exited")
-    finally:
-        if server is not None:
-            server.stop(grace=1.0)
-        sw.stop()
+    options = Bmv2SwitchOptions(
+        json_path=args.json,
+        interfaces=ports,
+        switch_ip=args.switch_ip,
+        switch_mac=args.switch_mac,
+        hosts=tuple(hosts),
+        log_file=args.log_file,
+        log_level=args.log_level,
+        agent=AgentOptions(args.agent, tokens, tls_cert=args.tls_cert, tls_key=args.tls_key),
+        register=_registration(args),
+    )
+    run_bmv2_switch(options, lambda banner, fields: _ready(args, "bmv2", banner, **fields))
     return 0

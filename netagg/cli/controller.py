@@ -12,9 +12,9 @@ from netagg.cli._common import (
     _ready,
     _ready_flag,
     _server_tokens,
-    _stop_on_signals,
 )
 from netagg.protocol import DEFAULT_CONTROLLER_PORT
+from netagg.service import stop_on_signals
 
 __all__ = ["add_parser"]
 
@@ -79,7 +79,7 @@ def _controller(args: argparse.Namespace) -> int:
         agent_tls_ca=str(args.agent_tls_ca) if args.agent_tls_ca else None,
     )
     stop = threading.Event()
-    _stop_on_signals(stop.set)
+    stop_on_signals(stop.set)
     tls = " (TLS)" if args.tls_cert else ""
     address = f"{args.listen[0]}:{port}"
     banner = f"netagg controller on {address}{tls}: db {args.db}{note}"

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from netagg.cli._common import _address, _fraction, _ready, _ready_flag, _stop_on_signals
+from netagg.cli._common import _address, _fraction, _ready, _ready_flag
+from netagg.service import stop_on_signals
 
 __all__ = ["add_parser"]
 
@@ -45,7 +46,7 @@ def _relay(args: argparse.Namespace) -> int:
     relay = LossyRelay(
         args.listen, args.upstream, loss=args.loss, dup=args.dup, reorder=args.reorder, seed=args.seed
     )
-    _stop_on_signals(relay.stop)
+    stop_on_signals(relay.stop)
     address = f"{relay.address[0]}:{relay.address[1]}"
     upstream = f"{args.upstream[0]}:{args.upstream[1]}"
     _ready(args, "relay", f"netagg relay {address} -> {upstream}", address=address, upstream=upstream)

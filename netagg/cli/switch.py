@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netagg.cli._common import (
     TOKEN_ENV,
@@ -17,9 +17,11 @@ from netagg.cli._common import (
     _ready,
     _ready_flag,
     _server_tokens,
-    _stop_on_signals,
 )
 from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
+
+if TYPE_CHECKING:
+    from switch.daemon import Registration
 
 __all__ = ["add_parser"]
 
@@ -139,10 +141,8 @@ def add_parser(sub: Any) -> None:
 
 def _switch(args: argparse.Namespace) -> int:
     from netagg.protocol import static_job_slots
-    from netagg.udpbatch import BATCH_BELOW_ELEMENTS
-    from switch.core import Dataplane, JobConfig
-    from switch.ethernet import EthernetSwitch
-    from switch.udp import UdpSwitch
+    from switch.core import JobConfig
+    from switch.daemon import AgentOptions, PythonSwitchOptions, run_python_switch
 
     if args.controller is not None and args.agent is None:
         args.agent = ("127.0.0.1", 0)
@@ -152,13 +152,14 @@ def _switch(args: argparse.Namespace) -> int:
         )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
-    tokens = None
+    agent = None
     if args.agent is not None:
         tokens = _server_tokens(args)
         if tokens is None:
             raise ValueError(
                 f"--agent needs --token or --token-file (or ${TOKEN_ENV}): the SwitchAgent is authenticated"
             )
+        agent = AgentOptions(args.agent, tokens, tls_cert=args.tls_cert, tls_key=args.tls_key)
     jobs = []
     if args.workers is not None:
         slots = args.slots or static_job_slots(args.elements)
@@ -174,95 +175,38 @@ def _switch(args: argparse.Namespace) -> int:
                 parent_worker=args.parent_worker,
             )
         )
-    server: UdpSwitch | EthernetSwitch
-    if args.ethernet:
-        if not args.ip:
-            raise ValueError("--ethernet needs --ip (the aggregator's address)")
-        server = EthernetSwitch(
-            Dataplane(jobs), args.ethernet.split(","), args.ip, mac=args.mac, ingress_loss=args.ingress_loss
-        )
-    else:
-        server = UdpSwitch(
-            Dataplane(jobs),
-            *args.listen,
-            stats_file=args.stats_file,
-            stats_interval=args.stats_interval,
-            # Without a static job, jobs of any size may come: batched receives then, which cost large
-            # packets little (GRO only coalesces same-size runs).
-            gro=not jobs or jobs[0].elements < BATCH_BELOW_ELEMENTS,
-        )
-    agent = None
-    ready: dict[str, object] = {"agent": None}  # the ready line's fields beyond the data address
-    what = "no static job"
-    if jobs:
-        cfg = jobs[0]
-        what = f"job {cfg.job_id}, {cfg.workers} workers, {cfg.slots} slots, {cfg.elements} elements/packet"
-    try:
-        if args.agent is not None and tokens is not None:
-            from switch.agent import serve_agent
-
-            agent, agent_port = serve_agent(
-                server.dataplane,
-                server.lock,
-                f"{args.agent[0]}:{args.agent[1]}",
-                tokens,
-                total_slots=args.total_slots,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
-            )
-            what += f"; SwitchAgent on {args.agent[0]}:{agent_port}"
-            ready["agent"] = f"{args.agent[0]}:{agent_port}"
-            if args.controller is not None:
-                host = args.advertise or server.address[0]
-                agent_host = args.advertise or args.agent[0]
-                data = f"{host}:{server.address[1]}"
-                switch_id = args.switch_id or data
-                _register(args, switch_id, data, f"{agent_host}:{agent_port}")
-                what += f"; registered as {switch_id} with {args.controller[0]}:{args.controller[1]}"
-                ready["switch_id"] = switch_id
-        _stop_on_signals(server.stop)
-        bound = f"{server.address[0]}:{server.address[1]}"
-        _ready(args, "switch", f"netagg switch on {bound}: {what}", data=bound, **ready)
-        server.serve_forever()
-    finally:
-        if agent is not None:
-            agent.stop(grace=1.0)
-        if isinstance(server, UdpSwitch):
-            server.sock.close()
-    print(json.dumps(server.dataplane.stats()), flush=True)
+    if args.ethernet and not args.ip:
+        raise ValueError("--ethernet needs --ip (the aggregator's address)")
+    options = PythonSwitchOptions(
+        jobs=tuple(jobs),
+        listen=args.listen,
+        ethernet=tuple(args.ethernet.split(",")) if args.ethernet else (),
+        ip=args.ip,
+        mac=args.mac,
+        ingress_loss=args.ingress_loss,
+        stats_file=args.stats_file,
+        stats_interval=args.stats_interval,
+        total_slots=args.total_slots,
+        agent=agent,
+        register=_registration(args) if agent is not None else None,
+    )
+    stats = run_python_switch(options, lambda banner, fields: _ready(args, "switch", banner, **fields))
+    print(json.dumps(stats), flush=True)
     return 0
 
 
-def _register(args: argparse.Namespace, switch_id: str, data: str, agent: str, wait: float = 30.0) -> None:
-    """Register with the controller, retrying while it is not up yet (for ``wait`` seconds)."""
-    import time
+def _registration(args: argparse.Namespace) -> Registration | None:
+    """--controller and the flags that go with it, for switch.daemon (None without --controller)."""
+    if args.controller is None:
+        return None
+    from netagg.rpc import read_token
+    from switch.daemon import Registration
 
-    import grpc
-
-    from netagg.rpc import channel, read_token
-    from netagg.v1 import control_pb2 as pb
-    from netagg.v1 import control_pb2_grpc as pb_grpc
-
-    token = read_token(args.token, args.token_file)
-    host, port = args.controller
-    deadline = time.monotonic() + wait
-    with channel(f"{host}:{port}", token, tls_ca=args.tls_ca) as ch:
-        stub = pb_grpc.ControllerStub(ch)
-        while True:
-            try:
-                stub.RegisterSwitch(
-                    pb.RegisterSwitchRequest(
-                        switch_id=switch_id,
-                        data_address=data,
-                        agent_address=agent,
-                        parent_switch_id=getattr(args, "parent_switch", None) or "",
-                    ),
-                    timeout=10,
-                )
-                return
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise ValueError(
-                        f"registering with the controller: {exc.code().name}: {exc.details()}"
-                    ) from None
-                time.sleep(0.5)
+    return Registration(
+        controller=args.controller,
+        token=read_token(args.token, args.token_file),
+        tls_ca=args.tls_ca,
+        switch_id=args.switch_id,
+        advertise=args.advertise,
+        parent_switch=getattr(args, "parent_switch", None),
+    )

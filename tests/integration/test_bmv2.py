@@ -1,6 +1,7 @@
 """netagg's P4 program on real BMv2: 4 hosts in network namespaces around one simple_switch, allreduces
-through host_agent (exact against numpy, with and without loss), ordinary traffic, the SwitchAgent, and
-the conformance harness against the Python switch.
+through host_agent (exact against numpy, with and without loss), ordinary traffic, and the table driver
+(:class:`switch.bmv2.Bmv2Backend`). The conformance suite against the Python switch is
+tests/conformance/.
 
 Needs p4c-bm2-ss and simple_switch (on PATH or under $NETAGG_P4_PREFIX/bin), root and `ip netns`;
 skips saying which is missing otherwise. The program is compiled into build/p4/ (as `make p4` does).
@@ -14,11 +15,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from netagg import conformance
-from switch.bmv2 import Bmv2Agent, Bmv2Process, HostPort, compile_p4, find_binary
+from switch.agent import job_config
+from switch.bmv2 import Bmv2Backend, Bmv2Process, HostPort, compile_p4, find_binary
 from tests.integration.netloss import add_loss, nft_dropped
 from tests.integration.nsworkers import allreduce_in
 
@@ -93,27 +93,27 @@ def hosts() -> Iterator[Hosts]:
         h.down()
 
 
-class _Ctx:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise RuntimeError(f"{code.name}: {details}")
-
-
-def _switch(hosts: Hosts, program: Path) -> tuple[Bmv2Process, Bmv2Agent]:
+def _switch(hosts: Hosts, program: Path) -> tuple[Bmv2Process, Bmv2Backend]:
     sw = Bmv2Process(program, hosts.ports)
     args = list(sw.proc.args)  # type: ignore[arg-type]
     assert args[args.index("--log-level") + 1] == "off"  # simple_switch's default, trace, halves its rate
-    return sw, Bmv2Agent(sw, SWITCH_IP, SWITCH_MAC, hosts.hosts)
+    return sw, Bmv2Backend(sw, SWITCH_IP, SWITCH_MAC, hosts.hosts)
 
 
-def _install(agent: Bmv2Agent, job: int = 1, slots: int = 128, elements: int = 64) -> list[str]:
+def _install(agent: Bmv2Backend, job: int = 1, slots: int = 128, elements: int = 64) -> list[str]:
     from netagg.v1 import control_pb2 as pb
 
     addresses = [f"{h.ip}:{41000 + i}" for i, h in enumerate(agent.hosts.values())]
-    agent.InstallJob(
-        pb.InstallJobRequest(
-            wire_job_id=job, workers=W, slots=slots, elements_per_packet=elements, worker_addresses=addresses
-        ),
-        _Ctx(),
+    agent.install(
+        job_config(
+            pb.InstallJobRequest(
+                wire_job_id=job,
+                workers=W,
+                slots=slots,
+                elements_per_packet=elements,
+                worker_addresses=addresses,
+            )
+        )
     )
     return addresses
 
@@ -140,9 +140,9 @@ def test_allreduce_exact_through_bmv2(hosts: Hosts, program: Path) -> None:
         addresses = _install(agent)
         for size, dtype in ((1, "int32"), (20_000, "int32"), (12_345, "float32")):
             _allreduce(hosts, addresses, size, dtype)
-        counters = agent._counters(reset=False)
-        assert counters.counters["completions"] > 0
-        assert counters.drops["wrong_source"] == 0 and counters.drops["unknown_job"] == 0
+        counters = agent.counters()
+        assert counters["counters"]["completions"] > 0
+        assert counters["drops"]["wrong_source"] == 0 and counters["drops"]["unknown_job"] == 0
     finally:
         sw.stop()
 
@@ -184,21 +184,7 @@ def test_allreduce_exact_with_5_percent_loss(hosts: Hosts, program: Path) -> Non
         if how == {"nftables"}:  # the rules did drop packets
             assert all(nft_dropped(ns) > 0 for ns in hosts.names)
         # the workers retransmitted what was lost, and the switch answered repeats
-        counters = agent._counters(reset=False)
-        assert counters.counters["retransmissions"] > 0
+        counters = agent.counters()
+        assert counters["counters"]["retransmissions"] > 0
     finally:
         sw.stop()
-
-
-def test_conformance_with_the_python_switch(program: Path) -> None:
-    target = conformance.Bmv2Target(program)
-    python = conformance.PythonTarget()
-    failures = []
-    try:
-        for case in conformance.CASES:
-            diffs = conformance.compare(python.run(case), target.run(case))
-            if diffs:
-                failures.append(f"{case.name}:\n" + "\n".join(diffs))
-    finally:
-        target.close()
-    assert not failures, "\n\n".join(failures)

@@ -137,7 +137,7 @@ def test_veth_ports_carry_frames_and_clean_up() -> None:
     """The raw veth ports the BMv2 tests and bench drive: frames from the switch's end come out of
     received(), frames sent out of this end do not (the kernel shows a raw socket the frames other
     sockets send on its interface), and every pair is gone after close()."""
-    from netagg.testing import VethPorts
+    from switch.bmv2.veth import VethPorts
 
     tag = f"nv{os.getpid() % 100000}"
     frame = bytes.fromhex("02000000000102000000000288b5") + b"netagg".ljust(
@@ -164,7 +164,7 @@ def test_veth_ports_carry_frames_and_clean_up() -> None:
 
 
 def test_veth_ports_half_made_are_deleted() -> None:
-    from netagg.testing import VethPorts
+    from switch.bmv2.veth import VethPorts
 
     tag = f"nw{os.getpid() % 100000}"
     sh("ip", "link", "add", f"{tag}c1", "type", "veth", "peer", "name", f"{tag}x1")  # in the way of pair 1

@@ -1,183 +1,257 @@
-"""The Python switch's SwitchAgent gRPC service, in process on port 0, over a real Dataplane."""
+"""The switch's control interface without gRPC or sockets: the Python backend over a real Dataplane, the
+one place backend exceptions become status codes (the servicer called in process), and how the BMv2
+driver runs simple_switch_CLI. (The servicer over a real gRPC server: tests/integration/test_agent.py.)"""
 
 from __future__ import annotations
 
-import random
+import sys
 import threading
-from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from netagg.rpc import Tokens, channel
+from netagg.protocol import HEADER, VERSION, MsgType
 from netagg.v1 import control_pb2 as pb
-from netagg.v1 import control_pb2_grpc as pb_grpc
-from switch.agent import serve_agent
-from switch.core import Dataplane
+from switch.agent import SwitchAgentService
+from switch.backend import (
+    AlreadyExists,
+    BackendError,
+    InvalidArgument,
+    NotFound,
+    PythonBackend,
+    ResourceExhausted,
+    SwitchBackend,
+    SwitchInfo,
+    Unavailable,
+)
+from switch.bmv2 import Bmv2Error, cli_command
+from switch.core import Dataplane, JobConfig
 
-TOKEN = "agent-test-token-0123456789"
 
-
-@pytest.fixture
-def agent() -> Iterator[tuple[pb_grpc.SwitchAgentStub, Dataplane, str]]:
-    """(stub with the token, the dataplane it programs, the server's address)."""
+def backend(total_slots: int = 4096) -> tuple[PythonBackend, Dataplane]:
     dataplane = Dataplane()
-    server, port = serve_agent(
-        dataplane, threading.Lock(), "127.0.0.1:0", Tokens.single(TOKEN), total_slots=4096
+    return PythonBackend(dataplane, threading.Lock(), total_slots=total_slots), dataplane
+
+
+def job(**kw) -> JobConfig:
+    return JobConfig(**{**dict(job_id=7, workers=4, slots=16, elements=64), **kw})
+
+
+def test_it_is_a_switch_backend() -> None:
+    b, _ = backend()
+    assert isinstance(b, SwitchBackend)
+    info = b.info()
+    assert (info.kind, info.total_slots, info.max_elements_per_packet, info.max_workers) == (
+        "python",
+        4096,
+        16370,
+        32,
     )
-    ch = channel(f"127.0.0.1:{port}", TOKEN)
-    try:
-        yield pb_grpc.SwitchAgentStub(ch), dataplane, f"127.0.0.1:{port}"
-    finally:
-        ch.close()
-        server.stop(grace=None)
+    with pytest.raises(ValueError, match="total_slots must be 1-"):
+        PythonBackend(Dataplane(), threading.Lock(), total_slots=0)
 
 
-def job(**kw) -> pb.InstallJobRequest:
-    base = dict(wire_job_id=7, workers=4, slots=16, elements_per_packet=64)
-    return pb.InstallJobRequest(**{**base, **kw})
-
-
-def code_of(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code()
-
-
-def test_info_and_health(agent) -> None:
-    stub, _, target = agent
-    info = stub.GetInfo(pb.GetInfoRequest())
-    assert info.kind == "python" and info.max_workers == 32 and info.max_elements_per_packet == 16370
-    assert info.total_slots == 4096
-    with channel(target, None) as ch:  # health needs no token
-        health = health_pb2_grpc.HealthStub(ch)
-        reply = health.Check(health_pb2.HealthCheckRequest(service="netagg.v1.SwitchAgent"))
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_install_remove_and_counters(agent) -> None:
-    stub, dataplane, _ = agent
-    stub.InstallJob(
-        job(worker_addresses=[f"127.0.0.1:{5000 + i}" for i in range(4)], multicast_group="239.255.0.9:47009")
-    )
+def test_install_remove_and_counters() -> None:
+    b, dataplane = backend()
+    b.install(job(addresses=tuple(("127.0.0.1", 5000 + i) for i in range(4))))
     [cfg] = dataplane.jobs
     assert (cfg.job_id, cfg.workers, cfg.slots, cfg.elements) == (7, 4, 16, 64)
-    assert cfg.addresses == tuple(("127.0.0.1", 5000 + i) for i in range(4))
-    assert cfg.multicast == ("239.255.0.9", 47009)
-    assert code_of(lambda: stub.InstallJob(job())) == grpc.StatusCode.ALREADY_EXISTS
-    overlap = code_of(lambda: stub.InstallJob(job(wire_job_id=8, slot_base=8)))
-    assert overlap == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(AlreadyExists, match="job 7 is already installed"):
+        b.install(job())
+    with pytest.raises(InvalidArgument, match="overlap"):
+        b.install(job(job_id=8, slot_base=8))
+    with pytest.raises(InvalidArgument, match="outside this switch's 4096 slots"):
+        b.install(job(job_id=9, slot_base=4094, slots=4))
     dataplane.handle(b"\x01" * 10, ("127.0.0.1", 9))  # one truncated datagram
-    assert stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 1
-    assert stub.ResetCounters(pb.ResetCountersRequest()).drops["truncated"] == 1
-    assert stub.GetCounters(pb.GetCountersRequest()).drops["truncated"] == 0
-    stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=7))
+    counters = b.counters()
+    assert counters["drops"]["truncated"] == 1 and counters["counters"]["packets_in"] == 1
+    assert b.counters(reset=True)["drops"]["truncated"] == 1
+    assert b.counters()["drops"]["truncated"] == 0 and b.counters()["counters"] == {}
+    b.remove(7)
     assert dataplane.jobs == []
-    assert code_of(lambda: stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=7))) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(NotFound, match="job 7 is not installed"):
+        b.remove(7)
 
 
-@pytest.mark.parametrize(
-    ("kw", "message"),
-    [
-        (dict(workers=0), "workers must be 1-32"),
-        (dict(workers=33), "workers must be 1-32"),
-        (dict(slots=0), "slots"),
-        (dict(elements_per_packet=0), "elements must be"),
-        (dict(elements_per_packet=20000), "elements must be"),
-        (dict(wire_job_id=70000), "wire_job_id must be 0-65535"),
-        (dict(slot_base=4094, slots=4), "outside this switch's 4096 slots"),
-        (dict(slots=2048, elements_per_packet=16370), "64 MiB window"),
-        (dict(total_workers=2), "total_workers"),
-        (dict(worker_addresses=["nowhere"]), "worker_addresses[]: expected HOST:PORT, got 'nowhere'"),
-        (dict(worker_addresses=["127.0.0.1:0"] * 4), "port 0 is not an address"),
-        (dict(worker_addresses=["127.0.0.1:1"]), "1 addresses for 4 workers"),
-        (dict(multicast_group="10.0.0.1:5"), "multicast"),
-    ],
-)
-def test_bad_install_requests_say_what_is_wrong(agent, kw, message) -> None:
-    stub, dataplane, _ = agent
-    with pytest.raises(grpc.RpcError) as err:
-        stub.InstallJob(job(**kw))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in err.value.details()
-    assert dataplane.jobs == []
-
-
-def test_hundreds_of_generated_bad_requests_leave_it_serving(agent) -> None:
-    stub, dataplane, _ = agent
-    stub.InstallJob(job(wire_job_id=1, slot_base=0, slots=8))
-    rng = random.Random(5)
-    codes: dict[grpc.StatusCode, int] = {}
-    for _ in range(300):
-        kind = rng.randrange(3)
-        method: object
-        if kind == 0:
-            method = stub.InstallJob
-            req: object = job(
-                wire_job_id=rng.choice([1, 70000, rng.randrange(2, 100)]),
-                workers=rng.choice([0, 4, 40]),
-                slots=rng.choice([0, 8, 40000]),
-                slot_base=rng.choice([0, 4, 32766]),
-                elements_per_packet=rng.choice([0, 64, 99999]),
-            )
-        elif kind == 1:
-            method, req = stub.RemoveJob, pb.RemoveJobRequest(wire_job_id=rng.randrange(1000, 2000))
-        else:
-            method, req = stub.InstallJob, job(wire_job_id=1)  # already installed
-        try:
-            method(req)  # type: ignore[operator]
-            code = grpc.StatusCode.OK
-        except grpc.RpcError as exc:
-            code = exc.code()
-        codes[code] = codes.get(code, 0) + 1
-        if code == grpc.StatusCode.OK:  # a generated request that happened to be valid: undo it
-            for cfg in dataplane.jobs:
-                if cfg.job_id != 1:
-                    dataplane.remove(cfg.job_id)
-    assert set(codes) <= {
-        grpc.StatusCode.OK,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS,
-    }
-    assert codes[grpc.StatusCode.INVALID_ARGUMENT] > 50 and codes[grpc.StatusCode.NOT_FOUND] > 50
-    assert [c.job_id for c in dataplane.jobs] == [1]
-    assert stub.GetInfo(pb.GetInfoRequest()).kind == "python"
-
-
-def test_calls_without_a_valid_token_are_refused(agent) -> None:
-    _, dataplane, target = agent
-    for token, word in ((None, "no bearer token"), ("wrong-token-0123456789", "not valid")):
-        with channel(target, token) as other:
-            stub = pb_grpc.SwitchAgentStub(other)
-            with pytest.raises(grpc.RpcError) as err:
-                stub.InstallJob(job())
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and word in err.value.details()
-            # health stays open, for probes
-            health = health_pb2_grpc.HealthStub(other)
-            assert (
-                health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
-            )
-    assert dataplane.jobs == []
-
-
-def test_set_workers_pins_addresses(agent) -> None:
-    stub, dataplane, _ = agent
-    stub.InstallJob(job(workers=2))
-    addresses = ["127.0.0.1:5000", "127.0.0.1:5001"]
-    stub.SetWorkers(pb.SetWorkersRequest(wire_job_id=7, worker_addresses=addresses))
+def test_set_workers_pins_addresses() -> None:
+    b, dataplane = backend()
+    b.install(job(workers=2))
+    b.set_workers(7, [("127.0.0.1", 5000), ("127.0.0.1", 5001)])
     [cfg] = dataplane.jobs
     assert cfg.addresses == (("127.0.0.1", 5000), ("127.0.0.1", 5001))
-    from netagg.protocol import HEADER, VERSION, MsgType
-
     join = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, 7, 1, 0, 0, 99, 0, 0, 0)
     assert dataplane.handle(join, ("127.0.0.1", 6666)) == []  # not worker 1's address
     assert dataplane.drops["wrong_source"] == 1
-    assert dataplane.handle(join, ("127.0.0.1", 5001))  # PENDING: worker 0 has not joined
-    bad = pb.SetWorkersRequest(wire_job_id=7, worker_addresses=addresses[:1])
-    assert code_of(lambda: stub.SetWorkers(bad)) == grpc.StatusCode.INVALID_ARGUMENT
-    bad = pb.SetWorkersRequest(wire_job_id=7, worker_addresses=["x", "y"])
-    assert code_of(lambda: stub.SetWorkers(bad)) == grpc.StatusCode.INVALID_ARGUMENT
-    missing = pb.SetWorkersRequest(wire_job_id=8, worker_addresses=addresses)
-    assert code_of(lambda: stub.SetWorkers(missing)) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(InvalidArgument, match="1 addresses for 2 workers"):
+        b.set_workers(7, [("127.0.0.1", 5000)])
+    with pytest.raises(NotFound):
+        b.set_workers(8, [("127.0.0.1", 5000), ("127.0.0.1", 5001)])
+
+
+def test_the_dataplane_lock_is_held_while_a_job_changes() -> None:
+    dataplane = Dataplane()
+    lock = threading.Lock()
+    b = PythonBackend(dataplane, lock)
+    seen = []
+    original = dataplane.install
+
+    def install(cfg: JobConfig) -> None:
+        seen.append(lock.locked())
+        original(cfg)
+
+    dataplane.install = install  # type: ignore[method-assign]
+    b.install(job())
+    assert seen == [True] and not lock.locked()
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code, self.details = code, details
+
+
+class _Context:
+    """grpc.ServicerContext's abort, enough to call the servicer without a server."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _Failing:
+    """A backend whose every call raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def info(self) -> SwitchInfo:
+        raise self.exc
+
+    def install(self, cfg: JobConfig) -> None:
+        raise self.exc
+
+    def remove(self, job_id: int) -> None:
+        raise self.exc
+
+    def set_workers(self, job_id: int, addresses: object) -> None:
+        raise self.exc
+
+    def counters(self, *, reset: bool = False) -> dict[str, dict[str, int]]:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (InvalidArgument("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound("gone"), grpc.StatusCode.NOT_FOUND),
+        (AlreadyExists("there"), grpc.StatusCode.ALREADY_EXISTS),
+        (ResourceExhausted("full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (Unavailable("exited"), grpc.StatusCode.UNAVAILABLE),
+        (BackendError("odd"), grpc.StatusCode.INTERNAL),
+        (Bmv2Error("runtime said no"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_every_backend_error_has_its_status_code(exc: BackendError, code: grpc.StatusCode) -> None:
+    service = SwitchAgentService(_Failing(exc))
+    calls = [
+        lambda ctx: service.GetInfo(pb.GetInfoRequest(), ctx),
+        lambda ctx: service.InstallJob(
+            pb.InstallJobRequest(wire_job_id=1, workers=2, slots=4, elements_per_packet=8), ctx
+        ),
+        lambda ctx: service.RemoveJob(pb.RemoveJobRequest(wire_job_id=1), ctx),
+        lambda ctx: service.SetWorkers(
+            pb.SetWorkersRequest(wire_job_id=1, worker_addresses=["10.0.0.1:5"]), ctx
+        ),
+        lambda ctx: service.GetCounters(pb.GetCountersRequest(), ctx),
+        lambda ctx: service.ResetCounters(pb.ResetCountersRequest(), ctx),
+    ]
+    for call in calls:
+        with pytest.raises(_Aborted) as err:
+            call(_Context())
+        assert err.value.code == code and str(exc) in err.value.details
+
+
+def test_bad_requests_never_reach_the_backend() -> None:
+    b, dataplane = backend()
+    service = SwitchAgentService(b)
+    for request, message in (
+        (pb.InstallJobRequest(wire_job_id=70000, workers=2, slots=4, elements_per_packet=8), "wire_job_id"),
+        (pb.InstallJobRequest(wire_job_id=1, workers=0, slots=4, elements_per_packet=8), "workers must be"),
+        (
+            pb.InstallJobRequest(
+                wire_job_id=1, workers=1, slots=4, elements_per_packet=8, worker_addresses=["x"]
+            ),
+            "worker_addresses[]",
+        ),
+    ):
+        with pytest.raises(_Aborted) as err:
+            service.InstallJob(request, _Context())
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details
+    with pytest.raises(_Aborted) as err:
+        service.SetWorkers(pb.SetWorkersRequest(wire_job_id=1, worker_addresses=["10.0.0.1:0"]), _Context())
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "port 0" in err.value.details
+    assert dataplane.jobs == []
+    service.InstallJob(
+        pb.InstallJobRequest(wire_job_id=1, workers=2, slots=4, elements_per_packet=8), _Context()
+    )
+    assert service.GetInfo(pb.GetInfoRequest(), _Context()).kind == "python"
+    assert service.GetCounters(pb.GetCountersRequest(), _Context()).drops["truncated"] == 0
+
+
+def _prefix(tmp_path: Path, first_line: str) -> Path:
+    """A fake BMv2 install prefix: bin/simple_switch_CLI and lib/python3.X/site-packages."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib" / "python3.99" / "site-packages").mkdir(parents=True)
+    cli = tmp_path / "bin" / "simple_switch_CLI"
+    cli.write_text(first_line + "\n")
+    cli.chmod(0o755)
+    return cli
+
+
+def test_simple_switch_cli_runs_with_netaggs_interpreter(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("NETAGG_P4_PREFIX", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    cli = _prefix(tmp_path, "#!/usr/bin/env python3")
+    cmd, env = cli_command(str(cli), 9090)
+    assert cmd == [sys.executable, str(cli), "--thrift-port", "9090"]
+    site = str(tmp_path / "lib" / "python3.99" / "site-packages")
+    assert env["PYTHONPATH"].split(":") == [site, "/elsewhere"]
+
+
+def test_a_wrapper_script_picks_its_own_python(tmp_path: Path) -> None:
+    cli = _prefix(tmp_path, "#!/bin/sh")
+    cmd, _ = cli_command(str(cli), 9090)
+    assert cmd == [str(cli), "--thrift-port", "9090"]
+
+
+def test_without_thrift_the_error_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    cli = _prefix(tmp_path, "#!/usr/bin/python3")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "thrift" else real(name, *a)
+    )
+    with pytest.raises(Bmv2Error, match=r"pip install 'netagg\[bmv2\]'"):
+        cli_command(str(cli), 9090)
+    assert isinstance(Bmv2Error("x"), OSError) and isinstance(Bmv2Error("x"), BackendError)
+
+
+def test_switch_options_say_what_is_missing() -> None:
+    from netagg.rpc import Tokens
+    from switch.daemon import AgentOptions, Bmv2SwitchOptions, PythonSwitchOptions, Registration
+
+    with pytest.raises(ValueError, match="give --workers for a static job"):
+        PythonSwitchOptions()
+    with pytest.raises(ValueError, match="--ethernet needs --ip"):
+        PythonSwitchOptions(jobs=(job(),), ethernet=("eth0",))
+    agent = AgentOptions(("127.0.0.1", 0), Tokens.single("t" * 20), tls_cert=Path("cert.pem"))
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
+        PythonSwitchOptions(agent=agent)
+    with pytest.raises(ValueError, match="needs a SwitchAgent"):
+        PythonSwitchOptions(jobs=(job(),), register=Registration(("127.0.0.1", 1)))
+    with pytest.raises(ValueError, match="needs a SwitchAgent"):
+        Bmv2SwitchOptions(
+            Path("x.json"), {}, "10.0.0.1", "02:00:00:00:00:01", register=Registration(("h", 1))
+        )

@@ -1,6 +1,6 @@
-"""What can be checked of the P4 program and the conformance harness without BMv2: the constants the
-driver reads from p4/include/config.p4 agree with the Python switch, and the harness's cases mean what
-they say on the Python switch (the BMv2 comparison is tests/integration/test_bmv2.py)."""
+"""What can be checked of the P4 program without BMv2: the constants the driver reads from
+p4/include/config.p4 agree with the Python switch (the conformance cases, on the Python switch and on
+BMv2, are tests/conformance/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from netagg import conformance
 from switch.bmv2 import _JOB_JOINED_MASK, LOG_LEVELS, P4_DIR, Bmv2Process, _counter_names, p4_constants
 from switch.core import DROP_REASONS
 
@@ -48,30 +47,6 @@ def test_a_bad_log_level_is_refused_before_simple_switch_is_looked_for() -> None
     assert "off" in LOG_LEVELS and "trace" in LOG_LEVELS
     with pytest.raises(ValueError, match="log_level must be one of trace, debug"):
         Bmv2Process(Path("nowhere.json"), {}, log_level="loud")
-
-
-def test_conformance_cases_on_the_python_switch() -> None:
-    target = conformance.PythonTarget()
-    by_name = {c.name: target.run(c) for c in conformance.CASES}
-    outs, drops = by_name["malformed headers"]
-    assert drops == {
-        "truncated": 1,
-        "bad_version": 1,
-        "bad_type": 2,
-        "bad_reserved": 1,
-        "bad_length": 3,
-        "bad_set": 1,
-        "bad_incarnation": 1,
-        "stale_epoch": 1,
-    }
-    assert all(o == [] for o in outs[2:-1]) and len(outs[-1]) == 2  # only the good pair gives a RESULT
-    outs, drops = by_name["foreign jobs, workers, slots and sources"]
-    assert drops == {"unknown_job": 1, "bad_worker": 1, "bad_slot": 2, "wrong_source": 2}
-    assert outs[-1] == by_name["malformed headers"][0][-1]  # the same sum as without the forgeries
-    outs, drops = by_name["set flips, reuse and late packets"]
-    assert drops == {"stale_seq": 1, "count_mismatch": 1}
-    assert len(outs[-1]) == 1 and outs[-1][0][1].startswith("010402")  # version 1, RESULT, UNICAST
-    assert by_name["contributions before the job is joined"][1] == {"not_joined": 2}
 
 
 def test_the_cli_offers_the_drivers_log_levels() -> None:

@@ -1,0 +1,186 @@
+"""The cross-implementation suite: every case of tests/conformance/cases.py through the Python switch
+(one datagram at a time, and in GRO-like batches: the two must agree) and, where BMv2 is installed,
+through simple_switch, every frame and every counter compared.
+
+The Python target runs everywhere (CI included); the BMv2 comparison needs p4c-bm2-ss, simple_switch and
+simple_switch_CLI (on PATH or under $NETAGG_P4_PREFIX/bin) and root, and skips saying which is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netagg.protocol import MsgType
+from netagg.scapy_layer import NetAgg
+from switch.bmv2 import compile_p4, find_binary
+from tests.conformance import cases
+from tests.conformance.targets import Bmv2Target, Outcome, PythonTarget, batched, compare
+
+ROOT = Path(__file__).resolve().parents[2]
+BY_NAME = {c.name: c for c in cases.CASES}
+_PAYLOAD_HEX = 2 * (14 + 20 + 8)  # where the netagg header starts in a frame's hex
+
+
+def _one_by_one() -> dict[str, Outcome]:
+    target = PythonTarget()
+    return {c.name: target.run(c) for c in cases.CASES}
+
+
+@pytest.fixture(scope="module")
+def python() -> dict[str, Outcome]:
+    return _one_by_one()
+
+
+@pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.name)
+def test_batched_receives_give_what_one_at_a_time_gives(case: cases.Case, python) -> None:
+    """Dataplane.handle_batch (runs of same-size datagrams from one host, as GRO delivers them) sends the
+    same frames and counts the same as Dataplane.handle on each datagram in turn."""
+    diffs = compare(batched(case, python[case.name]), PythonTarget(batch=True).run(case), ("one", "batch"))
+    assert not diffs, "\n".join(diffs)
+
+
+def test_the_bursts_take_the_vectorized_batch_route(monkeypatch) -> None:
+    """The burst case reaches Dataplane's vectorized path (not only its one-at-a-time fallback)."""
+    from switch.core import Dataplane
+
+    taken = []
+    original = Dataplane._contribute_batch
+
+    def spy(self, view, seg, k, src):
+        outs = original(self, view, seg, k, src)
+        taken.append(outs is not None)
+        return outs
+
+    monkeypatch.setattr(Dataplane, "_contribute_batch", spy)
+    PythonTarget(batch=True).run(BY_NAME["full packets in bursts (one GRO batch per worker)"])
+    assert taken.count(True) >= 2, taken
+
+
+def _results(outs: list[tuple[int, str]]) -> list[tuple[int, NetAgg]]:
+    return [(port, NetAgg(bytes.fromhex(h[_PAYLOAD_HEX:]))) for port, h in outs]
+
+
+def _int32_sum(*vectors: list[int]) -> list[int]:
+    return np.sum(np.array(vectors, dtype=np.int64), axis=0).astype(np.uint32).astype(np.int32).tolist()
+
+
+def test_full_packets_sum_every_lane_with_int32_wraparound(python) -> None:
+    """An oracle independent of both switches for the wide path: numpy's int32 sum."""
+    outs, counters = python["full packets: the wide path, its stored result, set flips"]
+    complete = _results(outs[4])  # w1's first contribution completes use 0: the sum to both
+    assert sorted(p for p, _ in complete) == [1, 2]
+    for _, pkt in complete:
+        assert pkt.type == MsgType.RESULT and pkt.count == cases.ELEMENTS and pkt.exp == 1040
+        assert list(pkt.values) == _int32_sum(cases.BIG_A, cases.BIG_B)
+    [(port, stored)] = _results(outs[5])  # the repeat: the stored wide result, to w1 only
+    assert port == 2 and list(stored.values) == _int32_sum(cases.BIG_A, cases.BIG_B)
+    [(_, late)] = _results(outs[-1])  # use 1's result, still kept after use 2
+    assert list(late.values) == _int32_sum(cases.BIG_B, cases.BIG_A)
+    assert counters["drops"] == {}
+    c = counters["counters"]
+    assert c["completions"] == 3 and c["repeats"] == 3 and c["packets_in"] == 11
+
+
+def test_the_frames_are_the_ethernet_backends(python) -> None:
+    """The Python target's frames: from the switch's MAC/IP and port 47000, to the host's MAC/IP/port,
+    IPv4 with DF, TTL 64 and a valid checksum, UDP checksum 0, on the host's port."""
+    outs, _ = python["first contributions, completion, repeats"]
+    for port, h in outs[4]:
+        frame = bytes.fromhex(h)
+        ip, udp_port, mac = list(cases.HOSTS.values())[port - 1]
+        assert frame[:6].hex(":") == mac and frame[6:12].hex(":") == cases.SWITCH_MAC
+        assert frame[12:14] == b"\x08\x00" and frame[14] == 0x45 and frame[22] == 64 and frame[23] == 17
+        assert frame[20:22] == b"\x40\x00"  # DF
+        assert sum(int.from_bytes(frame[i : i + 2], "big") for i in range(14, 34, 2)) % 0xFFFF == 0
+        assert int.from_bytes(frame[34:36], "big") == 47000
+        assert int.from_bytes(frame[36:38], "big") == udp_port and frame[40:42] == b"\0\0"
+        assert frame[30:34] == bytes(int(x) for x in ip.split("."))
+
+
+def test_compare_sees_every_field() -> None:
+    """What the comparison covers: a different egress port, one header byte, a frame that should not be
+    there, and any counter (not only drops) each make a difference."""
+    base = _one_by_one()["first contributions, completion, repeats"]
+    per_send, counters = base
+
+    def changed(fn) -> Outcome:
+        sends = [list(x) for x in per_send]
+        new_counters = {k: dict(v) for k, v in counters.items()}
+        fn(sends, new_counters)
+        return sends, new_counters
+
+    def other_port(s, c):
+        s[4][0] = (3, s[4][0][1])
+
+    def ttl(s, c):
+        port, h = s[4][0]
+        s[4][0] = (port, h[:44] + "3f" + h[46:])
+
+    def leak(s, c):
+        s[2].append((3, "ff" * 6 + "02" * 6 + "0806"))
+
+    def counter(s, c):
+        c["counters"]["repeats"] += 1
+
+    assert not compare(base, changed(lambda s, c: None))
+    for fn in (other_port, ttl, leak, counter):
+        assert compare(base, changed(fn)), fn.__name__
+
+
+def test_the_cases_mean_what_they_say(python) -> None:
+    outs, counters = python["malformed headers"]
+    assert counters["drops"] == {
+        "truncated": 1,
+        "bad_version": 1,
+        "bad_type": 2,
+        "bad_reserved": 1,
+        "bad_length": 3,
+        "bad_set": 1,
+        "bad_incarnation": 1,
+        "stale_epoch": 1,
+    }
+    assert all(o == [] for o in outs[2:-1]) and len(outs[-1]) == 2  # only the good pair gives a RESULT
+    outs, counters = python["foreign jobs, workers, slots and sources"]
+    assert counters["drops"] == {"unknown_job": 1, "bad_worker": 1, "bad_slot": 2, "wrong_source": 2}
+    assert outs[-1] == python["malformed headers"][0][-1]  # the same sum as without the forgeries
+    outs, counters = python["set flips, reuse and late packets"]
+    assert counters["drops"] == {"stale_seq": 1, "count_mismatch": 1}
+    # version 1, RESULT, UNICAST
+    assert len(outs[-1]) == 1 and outs[-1][0][1][_PAYLOAD_HEX:].startswith("010402")
+    assert python["contributions before the job is joined"][1]["drops"] == {"not_joined": 2}
+
+
+# -- BMv2 ------------------------------------------------------------------------------------------------
+def _bmv2_missing() -> str | None:
+    for binary in ("p4c-bm2-ss", "simple_switch", "simple_switch_CLI"):
+        if find_binary(binary) is None:
+            return f"{binary} not found (on PATH or in $NETAGG_P4_PREFIX/bin; see README, BMv2)"
+    if os.geteuid() != 0:
+        return "needs root (veth pairs, raw sockets)"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip"
+    return None
+
+
+_WHY = _bmv2_missing()
+
+
+@pytest.mark.bmv2
+@pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+def test_bmv2_conforms_to_the_python_switch(python) -> None:
+    program = compile_p4(ROOT / "p4" / "netagg.p4", ROOT / "build" / "p4")
+    target = Bmv2Target(program)
+    failures = []
+    try:
+        for case in cases.CASES:
+            diffs = compare(python[case.name], target.run(case))
+            if diffs:
+                failures.append(f"{case.name}:\n" + "\n".join(diffs))
+    finally:
+        target.close()
+    assert not failures, "\n\n".join(failures)
