@@ -38,7 +38,8 @@ def grads(
     bucket_cap_mb: float,
     steps: int = 2,
 ) -> dict[str, Any]:
-    """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients.
+    """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients, and
+    with a switch what the hook sent and got for every bucket ("buckets": {"step/index": (sent, mean)}).
 
     ``switch``: the switch's address, or the NetAggState arguments (e.g. controller=, job=, token=), or
     None for DDP's default allreduce."""
@@ -53,13 +54,29 @@ def grads(
     try:
         model = DDP(_model(0), bucket_cap_mb=bucket_cap_mb)
         state = None
+        buckets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        now = {"step": 0}
+
+        def recording_hook(state, bucket):  # unannotated: DDP checks a hook's annotations as objects
+            """netagg_hook, keeping a copy of what went in and what came out."""
+            sent = bucket.buffer().detach().numpy().copy()
+            key = f"{now['step']}/{bucket.index()}"
+
+            def keep(fut):
+                mean = fut.value()
+                buckets[key] = (sent, mean.detach().numpy().copy())
+                return mean
+
+            return netagg_hook(state, bucket).then(keep)
+
         if switch is not None:
             state = NetAggState(switch=switch) if isinstance(switch, str) else NetAggState(**switch)
-            model.register_comm_hook(state, netagg_hook)
+            model.register_comm_hook(state, recording_hook)
         local = _model(0)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         local_opt = torch.optim.SGD(local.parameters(), lr=0.1)
         for step in range(steps):
+            now["step"] = step
             x, y = _batch(rank, step)
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -72,6 +89,7 @@ def grads(
         out = {"averaged": averaged, "local_max": max(float(np.abs(g).max()) for g in own)}
         if state is not None:
             out["stats"] = vars(state.stats).copy()
+            out["buckets"] = buckets
             state.close()
         return out
     finally:

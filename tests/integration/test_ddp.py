@@ -8,14 +8,15 @@ import pytest
 pytest.importorskip("torch")
 
 from netagg.launch import free_port, run_workers
-from netagg.protocol import scale_bits
+from netagg.protocol import MAX_ELEMENTS, scale_bits
+from netagg.verify import allreduce_error_bound
 from tests.integration import ddp_workers as dw
 
 
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("bucket_cap_mb", [0.01, 0.2, 25.0])
 def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_mb: float) -> None:
-    sw = switch_factory(world)
+    sw = switch_factory(world, elements=MAX_ELEMENTS)  # the default, named for the bound below
     netagg = run_workers(dw.grads, world, world, free_port(), sw.address, bucket_cap_mb, timeout=300)
     gloo = run_workers(dw.grads, world, world, free_port(), None, bucket_cap_mb, timeout=300)
     # Each element is off by at most W * 2**(E-B-1) / W (docs/protocol.md, "Quantization"), where
@@ -37,6 +38,18 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
     # All ranks hold the same averaged gradient.
     for ours, theirs in zip(netagg[0]["averaged"], netagg[-1]["averaged"], strict=True):
         np.testing.assert_array_equal(ours, theirs)
+    # Each bucket's mean is within the documented bound of the exact mean, with the block exponent
+    # taken from what the ranks sent (netagg.verify), not from the implementation.
+    assert netagg[0]["buckets"]
+    for key, (_, mean) in netagg[0]["buckets"].items():
+        sent = [r["buckets"][key][0] for r in netagg]
+        exact = np.mean([s.astype(np.float64) for s in sent], axis=0)
+        # the mean's bound is the sum's divided by W (W is a power of two: mean * W is the sum)
+        bound = allreduce_error_bound(sent, mean * world, MAX_ELEMENTS) / world
+        err = np.abs(mean - exact)
+        assert np.all(err <= bound), (key, float((err / bound).max()))
+        for r in netagg:
+            np.testing.assert_array_equal(r["buckets"][key][1], mean)
 
 
 def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
