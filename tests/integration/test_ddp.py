@@ -87,6 +87,27 @@ def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
         assert "error" not in r, r
         assert r["stats"]["fallbacks"] > 0, r
     assert out[0]["checksum"] == out[1]["checksum"]  # the ranks stayed in step
+    import torch
+
+    # A bucket that fell back is gloo's mean, bit for bit; one through the switch is within the
+    # documented bound of the exact mean (2**(E-1) <= the largest local gradient, so the bound of
+    # W * 2**(E-B-1) / W is at most 2**-B * max|local|, plus 2**-24 relative for the float32 result).
+    gmax = max(step["local_max"] for r in out for step in r["steps"])
+    for r in out:
+        # steps 0-1 through the switch; the switch dies before step 2, whose first bucket times out
+        counts = [(s["buckets"], s["fallbacks"]) for s in r["steps"]]
+        assert [f for _, f in counts] == [0, 0] + [b for b, _ in counts[2:]], counts
+        for step in r["steps"]:
+            for ours, gloo, exact in zip(step["averaged"], step["gloo"], step["exact"], strict=True):
+                if step["fallbacks"]:
+                    torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(gloo), rtol=0, atol=0)
+                else:
+                    torch.testing.assert_close(
+                        torch.from_numpy(ours).double(),
+                        torch.from_numpy(exact),
+                        atol=2.0 ** -scale_bits(2) * gmax * (1 + 2**-20),
+                        rtol=2**-23,
+                    )
 
 
 def test_switch_killed_with_fallback_error_fails_fast(switch_factory) -> None:
