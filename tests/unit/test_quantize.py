@@ -120,9 +120,9 @@ def test_exact_for_values_representable_at_scale() -> None:
     np.testing.assert_array_equal(result, np.sum(inputs, axis=0))
 
 
-# Exact ties k + 1/2 (k even and odd, both signs), their neighbours one float32 step away, and values
-# that are already integers: (scaled value, what round-half-to-even gives). Python's round() is the
-# oracle: it rounds a float half to even, exactly.
+# Scaled values x * 2**(B-E) to round: exact ties k + 1/2 (k even and odd, both signs), their
+# neighbours one float32 step away, and a few others. Python's round() is the oracle: it rounds a
+# float to the nearest integer, half to even, exactly.
 TIES = [k + 0.5 for k in (0, 1, 2, 3, 4, 5, 100, 101, 2**20, 2**20 + 1, 2**22 - 2, 2**22 - 1)]
 NEIGHBOURS = [float(np.nextafter(np.float32(t), np.float32(to))) for t in TIES for to in (0, 2**23)]
 SCALED = sorted({*TIES, *NEIGHBOURS, 0.0, 1.0, 2.0, 0.25, 0.75, 2.0**22, 2.0**23 - 1})
