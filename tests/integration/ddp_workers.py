@@ -101,7 +101,7 @@ def survive_switch_death(
 ) -> dict[str, Any]:
     """Train 6 steps; rank 0 kills the switch after step 2. Report how it ended and, per step, the
     averaged gradients, gloo's mean of the same local gradients (all_reduce, then / W, as the hook's
-    fallback does; with W = 2 also bit for bit what DDP's allreduce_hook gives), their exact mean
+    fallback does; DDP's allreduce_hook divides first, the same but for denormals), their exact mean
     (float64) and how many of the step's buckets fell back."""
     import torch
     import torch.distributed as dist
