@@ -5,8 +5,8 @@
 ...     total = w.allreduce(gradient)
 """
 
-from host_agent.quantize import block_exponents, dequantize, error_bound, quantize
 from host_agent.worker import NetAggError, NetAggTimeout, NonFiniteError, Worker, parse_address
+from netagg.quantize import block_exponents, dequantize, error_bound, quantize
 
 __all__ = [
     "NetAggError",

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from host_agent.errors import NetAggTimeout, NonFiniteError
-from host_agent.quantize import chunk_exponents, dequantize, quantize
 from host_agent.schedule import Schedule
 from host_agent.session import Session
 from netagg import kernels
@@ -43,6 +42,7 @@ from netagg.protocol import (
     MsgType,
     record_dtype,
 )
+from netagg.quantize import chunk_exponents, dequantize, quantize
 
 __all__ = ["DatagramEngine", "Engine", "RunEngine", "Schedule", "Send", "make_engine"]
 

@@ -1,19 +1,22 @@
 """Deterministic per-rank inputs and the check of an allreduce result against numpy.
 
 Every rank can rebuild every other rank's input from (seed, rank, shape), so each worker can verify its
-own result without moving data: int32 must be exactly numpy's sum, float32 within the bound of
+own result without moving data: int32 must be exactly numpy's (wrapping) sum, float32 within the bound of
 docs/protocol.md ("Quantization"). Used by ``netagg allreduce --check``, the demo and the tests.
+
+The float32 bound here is an oracle: it takes the block exponent from the inputs alone, by the
+definition in docs/protocol.md, never from the code under test (``netagg.quantize``, ``netagg.kernels``),
+so that an implementation that agrees on a wrong exponent cannot widen its own tolerance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from host_agent.quantize import allreduce_error_bound
-
-__all__ = ["check", "inputs"]
+__all__ = ["agreed_exponents", "allreduce_error_bound", "check", "inputs"]
 
 
 def inputs(rank: int, shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
@@ -23,6 +26,36 @@ def inputs(rank: int, shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.n
         return rng.integers(-(2**20), 2**20, shape, dtype=np.int32)
     scale = 10.0 ** rng.uniform(-3, 3)
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def agreed_exponents(inputs: Sequence[np.ndarray], elements: int) -> np.ndarray:
+    """The exponent E every worker must agree on for each block of an allreduce of ``inputs`` (one flat
+    array of finite float32 values per worker) in packets of ``elements``: ``np.frexp``'s exponent of
+    the block's largest magnitude at any worker, so that ``2**(E-1) <= max|x| < 2**E``; ``-inf`` for a
+    block that is zero at every worker. Computed from the inputs alone (float64, exact for float32)."""
+    total = inputs[0].size
+    nblocks = -(-total // elements)
+    mags = np.zeros(nblocks * elements)
+    for x in inputs:
+        flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        if not np.isfinite(flat).all():
+            raise ValueError("the bound is for finite inputs")
+        np.maximum(mags[:total], np.abs(flat), out=mags[:total])
+    top = mags.reshape(nblocks, elements).max(axis=1, initial=0.0)
+    _, e = np.frexp(top)
+    return np.where(top > 0, e.astype(np.float64), -np.inf)
+
+
+def allreduce_error_bound(inputs: Sequence[np.ndarray], result: np.ndarray, elements: int) -> np.ndarray:
+    """The documented per-element bound on ``|result - exact_sum|`` for an allreduce of ``inputs`` (one
+    flat float32 array per worker, ``W = len(inputs)``) in packets of ``elements``, evaluated at
+    ``result``: ``W * 2**(E-B-1) + 2**-24 * |result| + 2**-150`` with ``B = 30 - ceil(log2(W))`` and E
+    from :func:`agreed_exponents`."""
+    world = len(inputs)
+    bits = 30 - (world - 1).bit_length()  # ceil(log2(W)) is the bit length of W - 1
+    quant = world * np.exp2(agreed_exponents(inputs, elements) - bits - 1)  # 0 for an all-zero block
+    per_element = np.repeat(quant, elements)[: inputs[0].size]
+    return per_element + np.abs(np.asarray(result, dtype=np.float64).reshape(-1)) * 2.0**-24 + 2.0**-150
 
 
 def check(

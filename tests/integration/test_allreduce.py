@@ -1,4 +1,5 @@
-"""4 worker processes and a switch process on loopback: exact int32, float32 within the bound."""
+"""4 worker processes and a switch process on loopback: exact int32 (wrapping on overflow), float32
+within the bound."""
 
 from __future__ import annotations
 
@@ -51,6 +52,39 @@ def test_small_packets_switchml_size(switch_factory) -> None:
 def test_average_is_the_sum_divided_by_the_world_size(switch_factory, elements: int) -> None:
     sw = switch_factory(W, elements=elements, slots=16 if elements > 64 else 128)
     assert run_workers(wk.average, W, sw.address, W, elements, timeout=120) == [[True] * 3] * W
+
+
+def wrapping_inputs(rank: int, size: int) -> np.ndarray:
+    """Rank ``rank``'s int32 input for the wrap-around test: int32's extremes and uniform values over
+    its whole range, so that most sums of 4 overflow."""
+    x = np.random.default_rng([7, rank]).integers(-(2**31), 2**31, size, dtype=np.int32)
+    x[:4] = [2**31 - 1, -(2**31), 2**31 - 1 - rank, -(2**31) + rank]
+    return x
+
+
+def wrapping(rank: int, address: str, world: int, size: int) -> np.ndarray:
+    """Worker body (module level, so spawned processes can import it): allreduce wrapping_inputs."""
+    with Worker(address, rank, world, timeout=30) as w:
+        return w.allreduce(wrapping_inputs(rank, size))
+
+
+@pytest.mark.parametrize(("elements", "slots"), [(None, None), (64, 128)], ids=["large", "small"])
+def test_int32_sums_wrap_like_numpy(switch_factory, elements: int | None, slots: int | None) -> None:
+    """docs/protocol.md: int32 is sent as is and sums wrap mod 2**32, like numpy's int32 sum, on both
+    of the switch's adding paths (one packet at a time and runs of small packets)."""
+    sw = switch_factory(W, elements=elements, slots=slots)
+    size = 100_003  # many chunks per slot: every slot is reused
+    out = run_workers(wrapping, W, sw.address, W, size, timeout=120)
+    everyone = [wrapping_inputs(r, size) for r in range(W)]
+    wide = np.sum(everyone, axis=0, dtype=np.int64)
+    assert (np.abs(wide) > 2**31 - 1).mean() > 0.3  # the test does overflow
+    expected = np.sum(everyone, axis=0, dtype=np.int32)
+    np.testing.assert_array_equal(expected, ((wide + 2**31) % 2**32 - 2**31).astype(np.int32))
+    for got in out:
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
+    stats = sw.stop()
+    assert stats and not any(stats["drops"].values()), stats
 
 
 def test_torch_tensors(switch_factory) -> None:

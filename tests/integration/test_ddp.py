@@ -8,18 +8,20 @@ import pytest
 pytest.importorskip("torch")
 
 from netagg.cli.launch import free_port, run_workers
-from netagg.protocol import scale_bits
+from netagg.protocol import MAX_ELEMENTS, scale_bits
+from netagg.verify import allreduce_error_bound
 from tests.integration import ddp_workers as dw
 
 
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("bucket_cap_mb", [0.01, 0.2, 25.0])
 def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_mb: float) -> None:
-    sw = switch_factory(world)
+    sw = switch_factory(world, elements=MAX_ELEMENTS)  # the default, named for the bound below
     netagg = run_workers(dw.grads, world, world, free_port(), sw.address, bucket_cap_mb, timeout=300)
     gloo = run_workers(dw.grads, world, world, free_port(), None, bucket_cap_mb, timeout=300)
     # Each element is off by at most W * 2**(E-B-1) / W (docs/protocol.md, "Quantization"), where
-    # 2**(E-1) <= the largest local gradient magnitude in its block: so atol = 2**(1-B) * max|local|.
+    # 2**(E-1) <= the largest local gradient magnitude in its block: at most 2**-B * max|local|. Against
+    # gloo, whose own float32 sums round too, twice that; the bound itself is checked per bucket below.
     gmax = max(r["local_max"] for r in netagg)
     atol = 2.0 ** (1 - scale_bits(world)) * gmax
     import torch
@@ -37,6 +39,18 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
     # All ranks hold the same averaged gradient.
     for ours, theirs in zip(netagg[0]["averaged"], netagg[-1]["averaged"], strict=True):
         np.testing.assert_array_equal(ours, theirs)
+    # Each bucket's mean is within the documented bound of the exact mean, with the block exponent
+    # taken from what the ranks sent (netagg.verify), not from the implementation.
+    assert netagg[0]["buckets"]
+    for key, (_, mean) in netagg[0]["buckets"].items():
+        sent = [r["buckets"][key][0] for r in netagg]
+        exact = np.mean([s.astype(np.float64) for s in sent], axis=0)
+        # the mean's bound is the sum's divided by W (W is a power of two: mean * W is the sum)
+        bound = allreduce_error_bound(sent, mean * world, MAX_ELEMENTS) / world
+        err = np.abs(mean - exact)
+        assert np.all(err <= bound), (key, float((err / bound).max()))
+        for r in netagg:
+            np.testing.assert_array_equal(r["buckets"][key][1], mean)
 
 
 def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
@@ -74,6 +88,27 @@ def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
         assert "error" not in r, r
         assert r["stats"]["fallbacks"] > 0, r
     assert out[0]["checksum"] == out[1]["checksum"]  # the ranks stayed in step
+    import torch
+
+    # A bucket that fell back is gloo's mean, bit for bit; one through the switch is within the
+    # documented bound of the exact mean (2**(E-1) <= the largest local gradient, so the bound of
+    # W * 2**(E-B-1) / W is at most 2**-B * max|local|, plus 2**-24 relative for the float32 result).
+    gmax = max(step["local_max"] for r in out for step in r["steps"])
+    for r in out:
+        # steps 0-1 through the switch; the switch dies before step 2, whose first bucket times out
+        counts = [(s["buckets"], s["fallbacks"]) for s in r["steps"]]
+        assert [f for _, f in counts] == [0, 0] + [b for b, _ in counts[2:]], counts
+        for step in r["steps"]:
+            for ours, gloo, exact in zip(step["averaged"], step["gloo"], step["exact"], strict=True):
+                if step["fallbacks"]:
+                    torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(gloo), rtol=0, atol=0)
+                else:
+                    torch.testing.assert_close(
+                        torch.from_numpy(ours).double(),
+                        torch.from_numpy(exact),
+                        atol=2.0 ** -scale_bits(2) * gmax * (1 + 2**-20),
+                        rtol=2**-23,
+                    )
 
 
 def test_switch_killed_with_fallback_error_fails_fast(switch_factory) -> None:

@@ -111,6 +111,7 @@ def test_allreduce_across_namespaces(topo: Topo, multicast: str | None) -> None:
         for dtype in ("int32", "float32"):
             for r in allreduce_in(topo.hosts[1:], f"{SWITCH_IP}:47000", 1_000_003, dtype):
                 assert r["check"]["ok"], r
+                assert r["check"]["repetitions"] == 2, r  # the second use of every slot too
         stats = sw.stop()
     assert stats is not None and stats["counters"]["completions"] > 0
 
@@ -123,6 +124,7 @@ def test_allreduce_with_5_percent_loss(topo: Topo) -> None:
         for dtype in ("int32", "float32"):
             for res in allreduce_in(topo.hosts[1:], f"{SWITCH_IP}:47000", 200_000, dtype):
                 assert res["check"]["ok"], res
+                assert res["check"]["repetitions"] == 2, res
                 assert res["worker"]["retransmissions"] > 0
         sw.stop()
     if how == {"nftables"}:

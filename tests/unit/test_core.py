@@ -156,6 +156,91 @@ def test_count_mismatch_and_not_joined() -> None:
     assert dp.drops["count_mismatch"] == 1
 
 
+# The switch's checks of a CONTRIB, in docs/protocol.md's order ("Switch rules", 1.): each defect
+# below makes a packet fail exactly one check; a packet with two is charged to the earlier check.
+CHECK_ORDER = [
+    "truncated",
+    "bad_version",
+    "bad_reserved",
+    "bad_length/datagram",  # length != 24 + 4 * count
+    "bad_type",
+    "unknown_job",
+    "bad_worker",
+    "bad_slot",
+    "bad_length/count",  # count > the job's elements
+    "bad_set",
+    "not_joined",
+    "stale_epoch",
+    "wrong_source",
+]
+
+
+def reason(defect: str) -> str:
+    """The drop counter a defect is charged to."""
+    return defect.partition("/")[0]
+
+
+def with_defects(defects: set[str]) -> tuple[Dataplane, bytes, str]:
+    """A joined 3-worker switch (its round open again for "not_joined") and worker 0's first
+    contribution to slot 0, with ``defects`` from CHECK_ORDER, and where it comes from."""
+    dp = joined(3)
+    if "not_joined" in defects:
+        join(dp, 0, incarnation=555)  # a new incarnation opens a new round
+    values = [1] * (5 if "bad_length/count" in defects else 1)  # the job takes 4 elements
+    slot = 4 if "bad_slot" in defects else 0  # the job owns slots 0-3
+    pkt = (
+        HEADER.pack(
+            9 if "bad_version" in defects else 1,
+            MsgType.RESULT if "bad_type" in defects else MsgType.CONTRIB,
+            0,
+            9 if "stale_epoch" in defects else 1,
+            99 if "unknown_job" in defects else JOB,
+            3 if "bad_worker" in defects else 0,
+            slot | (0x8000 if "bad_set" in defects else 0),  # use 0 belongs in set 0
+            len(values),
+            0,
+            0,
+            1 if "bad_reserved" in defects else 0,
+            0,
+        )
+        + np.asarray(values, ">i4").tobytes()
+    )
+    if "bad_length/datagram" in defects:
+        pkt = pkt[:-1]
+    if "truncated" in defects:
+        pkt = pkt[:10]
+    return dp, pkt, "evil" if "wrong_source" in defects else "w0"
+
+
+@pytest.mark.parametrize(
+    ("first", "later"),
+    [(a, b) for i, a in enumerate(CHECK_ORDER) for b in CHECK_ORDER[i + 1 :] if reason(a) != reason(b)],
+)
+@pytest.mark.parametrize("path", ["handle", "handle_batch"])
+def test_a_packet_bad_in_two_ways_is_charged_to_the_earlier_check(first: str, later: str, path: str) -> None:
+    dp, pkt, src = with_defects({first, later})
+    before = dict(dp.drops)
+    if path == "handle":
+        assert dp.handle(pkt, src) == []
+    else:  # a GRO run of two such datagrams: the batch path must charge each like handle() does
+        assert dp.handle_batch(pkt + pkt, len(pkt), src) == []
+    charged = {r: n - before[r] for r, n in dp.drops.items() if n != before[r]}
+    assert charged == {reason(first): 1 if path == "handle" else 2}
+    check_accounting(dp)
+
+
+@pytest.mark.parametrize("defect", CHECK_ORDER)
+def test_each_defect_alone_fails_its_own_check(defect: str) -> None:
+    """The vectors above are sound: each defect alone is charged to its own check."""
+    dp, pkt, src = with_defects({defect})
+    before = dict(dp.drops)
+    assert dp.handle(pkt, src) == []
+    assert {r: n - before[r] for r, n in dp.drops.items() if n != before[r]} == {reason(defect): 1}
+    # and without a defect the same packet is a contribution
+    dp, pkt, src = with_defects(set())
+    assert dp.handle(pkt, src) == [] and dp.counters["contributions"] == 1 and not any(dp.drops.values())
+
+
 def test_new_incarnation_starts_a_new_epoch() -> None:
     dp = joined(2)
     dp.handle(contrib(0, 0, 0, [1] * 4), "w0")

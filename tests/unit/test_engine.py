@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from host_agent.engine import DatagramEngine, Engine, RunEngine, Send, make_engine
 from host_agent.join import JoinHandshake
-from host_agent.quantize import allreduce_error_bound
 from host_agent.session import JobParams, Rto, Session
 from netagg.protocol import HEADER_SIZE, MsgType, decode, pack_header, slot_field
+from netagg.verify import allreduce_error_bound
 from switch.core import Dataplane, JobConfig, Segments
 
 JOB = 7

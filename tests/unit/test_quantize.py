@@ -1,4 +1,7 @@
-"""Block-wise quantization: overflow-free by construction and within the documented error bound."""
+"""Block-wise quantization: overflow-free by construction and within the documented error bound.
+
+The oracle (:mod:`netagg.verify`) takes each block's exponent from the inputs alone (``np.frexp``, as
+docs/protocol.md defines it), never from the code under test."""
 
 from __future__ import annotations
 
@@ -8,14 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from host_agent.quantize import (
-    allreduce_error_bound,
-    block_exponents,
-    dequantize,
-    error_bound,
-    quantize,
-)
 from netagg.protocol import EXP_BIAS, EXP_NONE, EXP_NONFINITE, scale_bits
+from netagg.quantize import block_exponents, chunk_exponents, dequantize, error_bound, quantize
+from netagg.verify import agreed_exponents, allreduce_error_bound
 
 F32 = np.finfo(np.float32)
 EDGE = [0.0, -0.0, F32.tiny, -F32.tiny, 1e-45, -1e-45, 1e-40, F32.max, -F32.max, 1.0, -1.0, 3e38, 1e-38]
@@ -50,15 +48,38 @@ def test_sum_never_overflows_and_stays_within_bound(workers: int, elements: int,
     inputs = [data.draw(hnp.arrays(np.float32, shape, elements=floats)) for _ in range(workers)]
     exact = np.sum([x.astype(np.float64) for x in inputs], axis=0)
     result, exps, sums = simulate(inputs, elements)
+    oracle = agreed_exponents(inputs, elements)
+    expected = np.where(np.isinf(oracle), EXP_NONE, np.nan_to_num(oracle, neginf=0) + EXP_BIAS)
+    np.testing.assert_array_equal(exps, expected.astype(np.uint16))
+    bits = scale_bits(workers)
+    for x in inputs:  # |q| <= 2**B at every worker: what makes the sum overflow-free
+        assert np.abs(quantize(x.reshape(-1, elements), exps, bits).astype(np.int64)).max() <= 2**bits
     assert np.all(np.abs(sums) <= 2**30), "the int32 sum could overflow"
     # Where the exact sum is beyond float32's range, the result saturates as a float32 sum would.
     fits = np.abs(exact) < F32.max
     assert np.all(np.sign(result[~fits]) == np.sign(exact[~fits]))
     assert np.all(np.abs(result[~fits]) >= F32.max * 0.999)
     err = np.abs(result.astype(np.float64) - exact)
-    bound = error_bound(exps, scale_bits(workers), workers, result.reshape(nblocks, elements)).reshape(-1)
+    bound = allreduce_error_bound(inputs, result, elements)
     assert np.all(err[fits] <= bound[fits]), (err[fits].max(), bound[fits][err[fits].argmax()])
-    np.testing.assert_array_equal(bound, allreduce_error_bound(inputs, result, elements))
+    # The implementation's own bound (from the exponents it agreed on) is the oracle's.
+    ours = error_bound(exps, bits, workers, result.reshape(nblocks, elements)).reshape(-1)
+    np.testing.assert_array_equal(ours, bound)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=floats),
+    elements=st.integers(1, 64),
+)
+def test_chunk_exponents_are_the_documented_ones(x: np.ndarray, elements: int) -> None:
+    """The worker's exponent scan (netagg.kernels: C where built) gives frexp's exponent of each
+    chunk's largest magnitude, the last chunk possibly shorter: |x| < 2**E, and 2**(E-1) <= max|x|."""
+    oracle = agreed_exponents([x], elements)
+    got = chunk_exponents(x, elements)
+    zero = np.isinf(oracle)
+    assert np.all(got[zero] == EXP_NONE)
+    np.testing.assert_array_equal(got[~zero].astype(np.int64) - EXP_BIAS, oracle[~zero].astype(np.int64))
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -97,6 +118,33 @@ def test_exact_for_values_representable_at_scale() -> None:
     inputs = [rng.integers(-1000, 1000, 64).astype(np.float32) for _ in range(4)]
     result, _, _ = simulate(inputs, 64)
     np.testing.assert_array_equal(result, np.sum(inputs, axis=0))
+
+
+# Scaled values x * 2**(B-E) to round: exact ties k + 1/2 (k even and odd, both signs), their
+# neighbours one float32 step away, and a few others. Python's round() is the oracle: it rounds a
+# float to the nearest integer, half to even, exactly.
+TIES = [k + 0.5 for k in (0, 1, 2, 3, 4, 5, 100, 101, 2**20, 2**20 + 1, 2**22 - 2, 2**22 - 1)]
+NEIGHBOURS = [float(np.nextafter(np.float32(t), np.float32(to))) for t in TIES for to in (0, 2**23)]
+SCALED = sorted({*TIES, *NEIGHBOURS, 0.0, 1.0, 2.0, 0.25, 0.75, 2.0**22, 2.0**23 - 1})
+SCALED += [-v for v in SCALED]
+
+
+def exact_at(shift: int) -> tuple[np.ndarray, list[float]]:
+    """The float32 x with x * 2**shift in SCALED, those that float32 holds exactly (all ties do)."""
+    x = np.array([np.ldexp(v, -shift) for v in SCALED], np.float32)
+    back = np.ldexp(x.astype(np.float64), shift)
+    kept = [v for v, b in zip(SCALED, back, strict=True) if v == b]
+    assert set(TIES) <= set(kept) and {-t for t in TIES} <= set(kept)
+    return x[back == SCALED], kept
+
+
+@pytest.mark.parametrize(("exp", "bits"), [(5, 28), (1, 30), (-100, 28)])
+def test_quantize_rounds_exact_ties_to_even(exp: int, bits: int) -> None:
+    """q = round(x * 2**(B-E)), half to even (docs/protocol.md, "Quantization"), also for the tiny
+    blocks that are scaled in float64 (E = -100: a scale of 2**128, beyond float32)."""
+    x, scaled = exact_at(bits - exp)
+    got = quantize(x.reshape(1, -1), np.array([exp + EXP_BIAS], np.uint16), bits)
+    assert got.reshape(-1).tolist() == [round(v) for v in scaled]
 
 
 def test_quantize_writes_network_order() -> None:

@@ -1,5 +1,8 @@
 """Block-wise float32 <-> int32 quantization that cannot overflow the switch's int32 sums.
 
+Part of the wire protocol (docs/protocol.md, "Quantization"): every worker must quantize a block with
+the same agreed exponent and scale, so this lives in the shared core beside :mod:`netagg.protocol`.
+
 Each block (one packet's worth of elements) is scaled by a power of two chosen from the *largest*
 exponent any worker has for that block, so every worker uses the same scale and the integer sum means
 something. With ``B = scale_bits(W)`` and every ``|x| < 2**E`` (E = agreed block exponent), each
@@ -21,7 +24,6 @@ from netagg import kernels
 from netagg.protocol import EXP_BIAS, EXP_NONE, EXP_NONFINITE
 
 __all__ = [
-    "allreduce_error_bound",
     "block_exponents",
     "chunk_exponents",
     "dequantize",
@@ -120,17 +122,3 @@ def error_bound(exps: np.ndarray, bits: int, total_workers: int, result: np.ndar
     quant = total_workers * np.ldexp(1.0, (e - bits - 1).astype(np.int64))
     quant = np.where((exps == EXP_NONE) | (exps == EXP_NONFINITE), 0.0, quant)
     return quant[:, None] + np.abs(result.astype(np.float64)) * 2.0**-24 + 2.0**-150
-
-
-def allreduce_error_bound(inputs: list[np.ndarray], result: np.ndarray, elements: int) -> np.ndarray:
-    """The documented per-element bound for an allreduce of ``inputs`` (one flat float32 array per
-    worker) with ``elements`` per packet, evaluated at ``result``: what tests and the demo check."""
-    from netagg.protocol import scale_bits
-
-    total = inputs[0].size
-    nblocks = -(-total // elements)
-    pad = nblocks * elements - total
-    exps = np.maximum.reduce([chunk_exponents(x.astype(np.float32, copy=False), elements) for x in inputs])
-    res = np.concatenate([result.astype(np.float32), np.zeros(pad, np.float32)]).reshape(nblocks, elements)
-    bound = error_bound(exps, scale_bits(len(inputs)), len(inputs), res)
-    return bound.reshape(-1)[:total]
