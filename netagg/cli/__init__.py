@@ -15,8 +15,6 @@ stderr and one JSON line for programs on stdout (or into ``--ready-file``) once 
     {"event": "ready", "role": "switch", "data": "127.0.0.1:47000", "agent": null, "pid": 1234}
 """
 
-# _build: for tests that inspect the parser (tests/unit/test_p4_sources.py)
-from netagg.cli.main import _build as _build
-from netagg.cli.main import main
+from netagg.cli.main import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

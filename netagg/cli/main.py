@@ -32,7 +32,7 @@ examples:
 SUBCOMMANDS = (switch, controller, bmv2, experiment, ctl, allreduce, relay, demo, demo_allreduce)
 
 
-def _build() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="netagg", description="In-network aggregation emulator (SwitchML-style).", epilog=EXAMPLES
     )
@@ -46,7 +46,7 @@ def _build() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``netagg`` with ``argv`` (default: the process's arguments); returns the exit status."""
-    args = _build().parse_args(argv)
+    args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

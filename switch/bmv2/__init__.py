@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from switch.bmv2.driver import _JOB_JOINED_MASK, Bmv2Backend, HostPort, _counter_names, _short_names
+from switch.bmv2.driver import JOB_JOINED_MASK, Bmv2Backend, HostPort, counter_names, short_names
 from switch.bmv2.process import (
     LOG_LEVELS,
     P4_DIR,
@@ -47,10 +47,11 @@ __all__ = [
     "compile_p4",
     "find_binary",
     "p4_constants",
-    # the driver's reading of p4/include: tests/unit/test_p4_sources.py checks them against the sources
-    "_JOB_JOINED_MASK",
-    "_counter_names",
-    "_short_names",
+    # the driver's reading of p4/include and the compiled program (tests/unit/test_p4_sources.py checks
+    # them against the sources)
+    "JOB_JOINED_MASK",
+    "counter_names",
+    "short_names",
 ]
 
 

@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _counter_names(prefix: str, constants: Mapping[str, int]) -> dict[int, str]:
+def counter_names(prefix: str, constants: Mapping[str, int]) -> dict[int, str]:
     return {v: k[len(prefix) :].lower() for k, v in constants.items() if k.startswith(prefix)}
 
 
-def _short_names(json_path: Path) -> dict[str, str]:
+def short_names(json_path: Path) -> dict[str, str]:
     """Table and action names of a compiled program by their last component ("jobs" ->
     "NetaggIngress.validate.jobs"), as simple_switch_CLI wants them in full."""
     import json
@@ -81,7 +81,7 @@ _HANDLE = re.compile(r"handle (\d+)")
 _COUNTER = re.compile(r"\((\d+) bytes, (\d+) packets\)")
 # ... and register_read with "reg_job[0]= 1099511627776"
 _REGISTER = re.compile(r"\]=\s*(\d+)")
-_JOB_JOINED_MASK = 0xFF  # reg_job's low byte (JOB_JOINED in p4/include/state.p4)
+JOB_JOINED_MASK = 0xFF  # reg_job's low byte (JOB_JOINED in p4/include/state.p4)
 
 
 def _handle(out: str) -> int:
@@ -124,12 +124,12 @@ class Bmv2Backend:
         self.slots = self.constants["NETAGG_SLOTS"]
         self.elements = self.constants["NETAGG_ELEMENTS"]
         self.max_jobs = self.constants["NETAGG_MAX_JOBS"]
-        self.drop_names = _counter_names("DROP_", self.constants)
-        self.event_names = _counter_names("EV_", self.constants)
+        self.drop_names = counter_names("DROP_", self.constants)
+        self.event_names = counter_names("EV_", self.constants)
         self.hosts = {h.ip: h for h in hosts}
         self._jobs: dict[int, _Job] = {}
         self._lock = threading.Lock()
-        self._names = _short_names(switch.json_path)
+        self._names = short_names(switch.json_path)
         ports = sorted({h.port for h in hosts})
         commands = []
         if "switch_addr" in self._names:  # the forwarding-only program has no aggregator address
@@ -199,7 +199,7 @@ class Bmv2Backend:
         # the epoch and its tag kept (reg_job packs epoch, tag and joined; p4/include/state.p4).
         state = self._register_read("reg_job", job.index)
         cmds = [
-            f"register_write reg_job {job.index} {state & ~_JOB_JOINED_MASK}",
+            f"register_write reg_job {job.index} {state & ~JOB_JOINED_MASK}",
             f"register_write reg_members {job.index} 0",
         ]
         group = self._group(job)

@@ -13,7 +13,7 @@ import pytest
 import netagg
 from netagg.cli import main
 from netagg.cli.launch import ready_event
-from netagg.cli.main import _build
+from netagg.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE_PACKAGES = {"switch", "host_agent", "controller", "mininet_topos"}
@@ -30,7 +30,7 @@ def _parsers(
 
 
 def test_every_subcommand_shows_an_example_and_describes_every_flag() -> None:
-    parsers = dict(_parsers(_build()))
+    parsers = dict(_parsers(build_parser()))
     assert {"netagg switch", "netagg bmv2", "netagg controller", "netagg ctl create", "netagg demo"} <= set(
         parsers
     )

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from switch.bmv2 import _JOB_JOINED_MASK, LOG_LEVELS, P4_DIR, Bmv2Process, _counter_names, p4_constants
+from switch.bmv2 import JOB_JOINED_MASK, LOG_LEVELS, P4_DIR, Bmv2Process, counter_names, p4_constants
 from switch.core import DROP_REASONS
 
 
 def test_drop_reasons_are_the_python_switchs() -> None:
     constants = p4_constants()
-    names = _counter_names("DROP_", constants)
+    names = counter_names("DROP_", constants)
     assert [names[i] for i in range(constants["NUM_DROP_REASONS"])] == list(DROP_REASONS)
 
 
 def test_events_and_sizes() -> None:
     constants = p4_constants()
-    events = _counter_names("EV_", constants)
+    events = counter_names("EV_", constants)
     assert sorted(events) == list(range(constants["NUM_EVENTS"]))
     assert {"packets_in", "contributions", "completions", "repeats", "epochs"} <= set(events.values())
     assert constants["NETAGG_ELEMENTS"] % 8 == 0 and 8 <= constants["NETAGG_ELEMENTS"] <= 64
@@ -40,7 +40,7 @@ def test_the_driver_clears_the_joined_field_where_the_program_keeps_it() -> None
     m = re.search(r"#define JOB_JOINED\(s\) s\[(\d+):(\d+)\]", state)
     assert m is not None, "JOB_JOINED not found in state.p4"
     hi, lo = int(m[1]), int(m[2])
-    assert ((1 << (hi - lo + 1)) - 1) << lo == _JOB_JOINED_MASK
+    assert ((1 << (hi - lo + 1)) - 1) << lo == JOB_JOINED_MASK
 
 
 def test_a_bad_log_level_is_refused_before_simple_switch_is_looked_for() -> None:
@@ -52,6 +52,6 @@ def test_a_bad_log_level_is_refused_before_simple_switch_is_looked_for() -> None
 def test_the_cli_offers_the_drivers_log_levels() -> None:
     from netagg import cli  # its --log-level choices are written out (importing switch.bmv2 pulls in grpc)
 
-    sub = next(a for a in cli._build()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     flag = next(a for a in sub.choices["bmv2"]._actions if "--log-level" in a.option_strings)
     assert flag.choices is not None and tuple(flag.choices) == LOG_LEVELS
