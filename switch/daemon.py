@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from netagg.protocol import DEFAULT_PORT, MAX_SLOTS
 from netagg.service import stop_on_signals
 from netagg.udpbatch import BATCH_BELOW_ELEMENTS
-from switch.backend import PythonBackend
+from switch.backend import PythonBackend, SwitchBackend
 from switch.core import Dataplane, JobConfig
 from switch.ethernet import EthernetSwitch
 from switch.udp import UdpSwitch
@@ -66,6 +66,15 @@ class AgentOptions:
     """PEM certificate to serve TLS with (with ``tls_key``); plain gRPC without."""
     tls_key: Path | None = None
     """Its private key."""
+
+    def serve(self, backend: SwitchBackend) -> tuple[grpc.Server, int]:
+        """Serve ``backend``'s SwitchAgent at :attr:`address`; (server, bound port)."""
+        from switch.agent import serve_backend
+
+        host, port = self.address
+        return serve_backend(
+            backend, f"{host}:{port}", self.tokens, tls_cert=self.tls_cert, tls_key=self.tls_key
+        )
 
 
 @dataclass(frozen=True)
@@ -200,15 +209,7 @@ class PythonSwitch:
             what = "no static job"
         try:
             if o.agent is not None:
-                from switch.agent import serve_backend
-
-                self.agent, self.agent_port = serve_backend(
-                    self.backend,
-                    f"{o.agent.address[0]}:{o.agent.address[1]}",
-                    o.agent.tokens,
-                    tls_cert=o.agent.tls_cert,
-                    tls_key=o.agent.tls_key,
-                )
+                self.agent, self.agent_port = o.agent.serve(self.backend)
                 self.agent_address = f"{o.agent.address[0]}:{self.agent_port}"
                 what += f"; SwitchAgent on {self.agent_address}"
                 if o.register is not None:
@@ -338,15 +339,7 @@ class Bmv2Switch:
                 self.backend.install(cfg)
             what = f"simple_switch pid {self.process.pid}, thrift {self.process.thrift_port}"
             if o.agent is not None:
-                from switch.agent import serve_backend
-
-                self.agent, self.agent_port = serve_backend(
-                    self.backend,
-                    f"{o.agent.address[0]}:{o.agent.address[1]}",
-                    o.agent.tokens,
-                    tls_cert=o.agent.tls_cert,
-                    tls_key=o.agent.tls_key,
-                )
+                self.agent, self.agent_port = o.agent.serve(self.backend)
                 what = f"SwitchAgent on {o.agent.address[0]}:{self.agent_port}; {what}"
                 self.ready["agent"] = f"{o.agent.address[0]}:{self.agent_port}"
                 if o.register is not None:
