@@ -10,12 +10,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import secrets
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,189 +20,35 @@ from netagg.kernels import add_net
 from netagg.protocol import (
     HEADER,
     HEADER_SIZE,
-    MAX_ELEMENTS,
-    MAX_SLOTS,
-    MAX_WINDOW_ELEMENTS,
-    MAX_WORKERS,
     OFF_FLAGS,
     OFF_WORKER,
-    PAYLOAD_DTYPE,
     SET_BIT,
     VERSION,
     Flag,
     MsgType,
-    join_ack_packet,
     join_packet,
     pending_packet,
     record_dtype,
 )
-
-__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments", "check_disjoint"]
-
-#: Where a datagram came from or goes: anything hashable that the backend understands ((host, port) for UDP).
-Address = Any
-#: What to send: the bytes (a view that is valid until the next call) and the addresses to send them to.
-Output = tuple["memoryview | bytes | bytearray | Segments", list[Address]]
-
-
-class Segments(NamedTuple):
-    """Datagrams of ``size`` bytes back to back in ``data`` (the last may be shorter): one GSO send."""
-
-    data: memoryview | bytes
-    size: int
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def datagrams(self) -> int:
-        return -(-len(self.data) // self.size)
-
-
-#: Every reason a datagram is dropped; the counters have one entry each.
-DROP_REASONS = (
-    "truncated",  # shorter than the header
-    "bad_version",  # version field is not ours
-    "bad_type",  # unknown message type, or one a switch never receives (RESULT, ...)
-    "bad_reserved",  # reserved field not zero
-    "bad_length",  # datagram length disagrees with count, or count exceeds the job's elements
-    "unknown_job",  # no job with that id is installed
-    "bad_worker",  # worker id outside the job
-    "bad_slot",  # slot index outside the job's range
-    "bad_set",  # set bit disagrees with the low bit of seq
-    "bad_incarnation",  # JOIN with incarnation 0
-    "not_joined",  # a contribution before every worker has joined
-    "stale_epoch",  # a contribution from an earlier epoch of the job
-    "wrong_source",  # a contribution from an address other than the one the worker joined from
-    "stale_seq",  # a contribution to a use of the slot that has been superseded
-    "count_mismatch",  # count differs from the other contributions to the same use
+from switch.jobs import (
+    DROP_REASONS,
+    SEQ_NONE,
+    Address,
+    JobConfig,
+    JobState,
+    Output,
+    Segments,
+    check_disjoint,
 )
+
+# JobConfig and the rest are the dataplane's vocabulary: importable from here as before.
+__all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments", "check_disjoint"]
 
 _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
 # Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
 _RETX, _UNICAST = int(Flag.RETX), int(Flag.UNICAST)
 _RESULT, _PENDING, _CONTRIB = int(MsgType.RESULT), int(MsgType.PENDING), int(MsgType.CONTRIB)
-
-
-_SEQ_NONE = -1
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """One job's share of the switch."""
-
-    job_id: int
-    """Job id carried in every packet (0-65535)."""
-    workers: int
-    """Children whose contributions this switch adds for the job (1-32)."""
-    slots: int
-    """Slots the job owns; each worker keeps at most one packet per slot in flight (its window)."""
-    elements: int
-    """Elements per packet (N): 64 is SwitchML's 256-byte payload; up to MAX_ELEMENTS on loopback."""
-    slot_base: int = 0
-    """First switch slot index of the job: the job owns ``[slot_base, slot_base + slots)``."""
-    total_workers: int | None = None
-    """Workers whose values end up in the sum (for the quantization scale); default ``workers``."""
-    addresses: tuple[Address, ...] | None = None
-    """Fixed worker addresses (index = worker id); None learns them from each worker's JOIN."""
-    multicast: tuple[str, int] | None = None
-    """IPv4 group and port to send each result to once, instead of once per worker (workers learn it
-    from JOIN_ACK and join the group). A P4 switch replicates a result with a multicast group; over
-    UDP, IP multicast does the same, and on loopback it saves the switch W-1 copies per result."""
-    parent: Address | None = None
-    """In an aggregation tree, the parent switch's address: when a use is complete here, its partial
-    sum goes up to the parent as one contribution, and the parent's RESULT comes down to the workers
-    (docs/protocol.md, "Aggregation trees"). None for a root or a single switch."""
-    parent_worker: int = 0
-    """This switch's worker id in the job at the parent."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.job_id <= 0xFFFF:
-            raise ValueError(f"job_id must be 0-65535, got {self.job_id}")
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise ValueError(f"workers must be 1-{MAX_WORKERS}, got {self.workers}")
-        if not 1 <= self.elements <= MAX_ELEMENTS:
-            raise ValueError(f"elements must be 1-{MAX_ELEMENTS}, got {self.elements}")
-        if self.slots < 1 or self.slot_base < 0 or self.slot_base + self.slots > MAX_SLOTS:
-            raise ValueError(
-                f"slots [{self.slot_base}, {self.slot_base + self.slots}) must lie in [0, {MAX_SLOTS})"
-            )
-        if self.slots * self.elements > MAX_WINDOW_ELEMENTS:
-            raise ValueError(
-                f"slots x elements = {self.slots * self.elements} exceeds {MAX_WINDOW_ELEMENTS} "
-                "(a 64 MiB window per job); use fewer slots"
-            )
-        if not 0 <= self.parent_worker < MAX_WORKERS:
-            raise ValueError(f"parent_worker must be 0-{MAX_WORKERS - 1}, got {self.parent_worker}")
-        total = self.total_workers if self.total_workers is not None else self.workers
-        if total < self.workers:
-            raise ValueError(f"total_workers ({total}) must be >= workers ({self.workers})")
-        if self.addresses is not None and len(self.addresses) != self.workers:
-            raise ValueError(f"{len(self.addresses)} addresses for {self.workers} workers")
-        if self.multicast is not None:
-            group, port = self.multicast
-            first = int(group.split(".")[0]) if group.count(".") == 3 and group.split(".")[0].isdigit() else 0
-            if not 224 <= first <= 239 or not 0 < port < 65536:
-                raise ValueError(
-                    f"multicast must be an IPv4 group (224-239.x.x.x) and port, got {self.multicast}"
-                )
-
-
-def check_disjoint(cfg: JobConfig, others: Iterable[JobConfig]) -> None:
-    """ValueError if ``cfg``'s slot range overlaps one of ``others``' (every switch keeps jobs disjoint)."""
-    lo, hi = cfg.slot_base, cfg.slot_base + cfg.slots
-    for other in others:
-        olo, ohi = other.slot_base, other.slot_base + other.slots
-        if lo < ohi and olo < hi:
-            raise ValueError(f"slots [{lo}, {hi}) of job {cfg.job_id} overlap job {other.job_id}'s")
-
-
-@dataclass
-class _Job:
-    """Per-job state: membership plus the slot arrays (index = slot - slot_base, set)."""
-
-    cfg: JobConfig
-    addrs: list[Address | None]
-    incarnation: list[int]
-    join_time: list[float]
-    joined: bool = False
-    epoch: int = 0
-    full: int = 0
-    parent_incarnation: int = 0  # this switch's incarnation at its parent (0: not asked to join)
-    parent_epoch: int | None = None  # the job's epoch at the parent, once it acknowledged the JOIN
-    # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
-    # packet path reads and writes single values (numpy scalars cost ~10x more there).
-    seq: list[int] = field(init=False)
-    bitmap: list[int] = field(init=False)
-    nelem: list[int] = field(init=False)
-    expmax: list[int] = field(init=False)
-    ready: list[bool] = field(init=False)  # the set's RESULT is known (complete, or came from the parent)
-    out_all: np.ndarray = field(init=False)
-    out_view: list[memoryview] = field(init=False)
-    out_payload_all: np.ndarray = field(init=False)
-    result_dests: list[Address] = field(init=False)
-
-    def __post_init__(self) -> None:
-        c = self.cfg
-        self.full = (1 << c.workers) - 1
-        pairs = 2 * c.slots
-        self.result_dests = []
-        self.reset_slots()
-        # One datagram per slot and set (header + payload in network order): its payload is the
-        # accumulator while a use is open and, once complete, the RESULT sent and kept for repeats.
-        # 2-D arrays for the batch path, a memoryview per row for the one-packet path.
-        self.out_all = np.zeros((pairs, HEADER_SIZE + 4 * c.elements), dtype=np.uint8)
-        self.out_payload_all = self.out_all[:, HEADER_SIZE:].view(PAYLOAD_DTYPE)
-        self.out_view = [row.data for row in self.out_all]
-
-    def reset_slots(self) -> None:
-        pairs = 2 * self.cfg.slots
-        self.seq = [_SEQ_NONE] * pairs
-        self.bitmap = [0] * pairs
-        self.nelem = [0] * pairs
-        self.expmax = [0] * pairs
-        self.ready = [False] * pairs
 
 
 class Dataplane:
@@ -220,7 +63,7 @@ class Dataplane:
     ) -> None:
         """``join_refresh``: a worker counts towards a JOIN round only if it has (re)sent its JOIN within
         this many seconds, so members that died or were forged age out; ``clock`` is for tests."""
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, JobState] = {}
         self.join_refresh = join_refresh
         self._clock = clock
         self.counters: collections.Counter[str] = collections.Counter()
@@ -235,7 +78,7 @@ class Dataplane:
             raise ValueError(f"job {cfg.job_id} is already installed")
         check_disjoint(cfg, [j.cfg for j in self._jobs.values()])
         addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
-        self._jobs[cfg.job_id] = _Job(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
+        self._jobs[cfg.job_id] = JobState(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
 
     def set_addresses(self, job_id: int, addresses: tuple[Address, ...]) -> None:
         """Fix a job's worker addresses (index = worker id). If they differ from the addresses its
@@ -371,7 +214,7 @@ class Dataplane:
             return None
         cur = np.array([job.seq[x] for x in key_list], dtype=np.int64)
         diff = (seq - cur) & 0xFFFFFFFF
-        newer = (cur == _SEQ_NONE) | ((diff != 0) & (diff < 0x80000000))
+        newer = (cur == SEQ_NONE) | ((diff != 0) & (diff < 0x80000000))
         same = ~newer & (diff == 0)
         bitmap = np.array([job.bitmap[x] for x in key_list], dtype=np.int64)
         nelem = np.array([job.nelem[x] for x in key_list], dtype=np.int64)
@@ -427,7 +270,7 @@ class Dataplane:
         c["completions"] += int(dk.size)
         return self._emit([(Segments(raw.reshape(-1).data, seg), job.result_dests)])
 
-    def _join(self, job: _Job, src: Address, worker: int, incarnation: int) -> list[Output]:
+    def _join(self, job: JobState, src: Address, worker: int, incarnation: int) -> list[Output]:
         if incarnation == 0:
             return self._drop("bad_incarnation")
         cfg = job.cfg
@@ -438,8 +281,8 @@ class Dataplane:
         if job.incarnation[worker] == incarnation:  # a repeat of a JOIN we have
             job.join_time[worker] = now
             if job.joined:
-                return self._emit([(self._join_ack(job, worker), [src])])
-            return self._emit([(self._pending_join(job, worker, incarnation), [src])])
+                return self._emit([(job.join_ack(worker), [src])])
+            return self._emit([(job.pending_join(worker, incarnation), [src])])
         if job.joined:  # a new incarnation after a complete round: a new round begins
             job.joined = False
             job.incarnation = [0] * cfg.workers
@@ -454,13 +297,13 @@ class Dataplane:
                 job.incarnation[w] = 0
                 self.counters["join_expired"] += 1
         if not all(job.incarnation):
-            return self._emit([(self._pending_join(job, worker, incarnation), [src])])
+            return self._emit([(job.pending_join(worker, incarnation), [src])])
         job.joined = True
         job.epoch = (job.epoch + 1) & 0xFF
         job.reset_slots()
         job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
         self.counters["epochs"] += 1
-        outs: list[Output] = [(self._join_ack(job, w), [job.addrs[w]]) for w in range(cfg.workers)]
+        outs: list[Output] = [(job.join_ack(w), [job.addrs[w]]) for w in range(cfg.workers)]
         if cfg.parent is not None:  # a new round here is a new round of this switch at its parent
             job.parent_incarnation = secrets.randbits(32) or 1
             job.parent_epoch = None
@@ -468,13 +311,13 @@ class Dataplane:
         return self._emit(outs)
 
     # -- aggregation trees ---------------------------------------------------------------------
-    def _parent_join(self, job: _Job) -> Output:
+    def _parent_join(self, job: JobState) -> Output:
         c = job.cfg
         pkt = join_packet(c.job_id, c.parent_worker, job.parent_incarnation)
         self.counters["parent_joins_sent"] += 1
         return (pkt, [c.parent])
 
-    def _up(self, job: _Job, k: int, slot: int, seq: int, count: int, *, retx: bool) -> list[Output]:
+    def _up(self, job: JobState, k: int, slot: int, seq: int, count: int, *, retx: bool) -> list[Output]:
         """The partial sum of a complete use, as this switch's contribution at the parent (or, before
         the parent has acknowledged this switch's JOIN, the JOIN again)."""
         c = job.cfg
@@ -500,7 +343,7 @@ class Dataplane:
 
     def _from_parent(
         self,
-        job: _Job,
+        job: JobState,
         data: bytes | bytearray | memoryview,
         mtype: int,
         epoch: int,
@@ -534,7 +377,7 @@ class Dataplane:
         job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
         return self._result(job, k, slot, count, seq, exp)
 
-    def _result(self, job: _Job, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
+    def _result(self, job: JobState, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
         """The set's RESULT is known: its header goes in front of the payload already in
         ``job.out_view[k]`` (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
@@ -562,30 +405,9 @@ class Dataplane:
         counters["bytes_out"] += size * len(dests)
         return [(out[:size], dests)]
 
-    def _join_ack(self, job: _Job, worker: int) -> bytes:
-        c = job.cfg
-        total = c.total_workers if c.total_workers is not None else c.workers
-        group, port = (0, 0)
-        if c.multicast is not None:
-            group, port = int.from_bytes(socket.inet_aton(c.multicast[0]), "big"), c.multicast[1]
-        params = {
-            "slot_base": c.slot_base,
-            "slots": c.slots,
-            "elements": c.elements,
-            "fanin": c.workers,
-            "total_workers": total,
-            "group": group,
-            "group_port": port,
-        }
-        return join_ack_packet(job.epoch, c.job_id, worker, job.incarnation[worker], job.full, params)
-
-    def _pending_join(self, job: _Job, worker: int, incarnation: int) -> bytes:
-        joined = sum(1 << w for w, inc in enumerate(job.incarnation) if inc)
-        return pending_packet(job.epoch, job.cfg.job_id, worker, incarnation, joined)
-
     def _contribute(
         self,
-        job: _Job,
+        job: JobState,
         data: bytes | bytearray | memoryview,
         src: Address,
         flags: int,
@@ -615,7 +437,7 @@ class Dataplane:
             self.counters["retransmissions"] += 1
         k = 2 * i + setbit
         cur = job.seq[k]
-        if cur == _SEQ_NONE or 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
+        if cur == SEQ_NONE or 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
             # A newer use of this set: by the protocol every worker has the result of the use it
             # replaces (docs/protocol.md, "Slot reuse"), so its state can go.
             job.seq[k] = seq

@@ -28,7 +28,7 @@ from switch.backend import (
     Unavailable,
 )
 from switch.bmv2.process import Bmv2Error, Bmv2Process, p4_constants
-from switch.core import Address, JobConfig, check_disjoint
+from switch.jobs import Address, JobConfig, check_disjoint
 
 __all__ = ["Bmv2Backend", "HostPort"]
 
