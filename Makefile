@@ -51,7 +51,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest tests/unit tests/conformance -q
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest
