@@ -68,6 +68,7 @@ class Engine:
         self.stats = session.stats
         self.flat, self.out, self.factor = flat, out, factor
         self.is_float = flat.dtype == np.float32
+        self.bits = p.bits  # read on every packet: not recomputed there
         self.schedule = s = Schedule.of(flat.size, p.elements, p.slots, self.is_float)
         self.remaining = s.window
         self.last_progress = now
@@ -179,7 +180,7 @@ class DatagramEngine(Engine):
 
     def _send(self, j: int, k: int, now: float) -> Send:
         """Use k of slot j: quantize its chunk (none for an exponent-only use) and send it."""
-        s, flat, bits = self.schedule, self.flat, self.params.bits
+        s, flat, bits = self.schedule, self.flat, self.bits
         n, window, boot = s.elements, s.window, s.boot
         c = -1 if k < boot else j + (k - boot) * window
         cnt = 0
@@ -298,12 +299,12 @@ class DatagramEngine(Engine):
             if self.is_float:
                 e = self._agreed[c]
                 rare = e in (EXP_NONE, EXP_NONFINITE)  # zero or inf/NaN; tiny sums (below) too
-                scale = 0.0 if rare else math.ldexp(self.factor, e - EXP_BIAS - p.bits)
+                scale = 0.0 if rare else math.ldexp(self.factor, e - EXP_BIAS - self.bits)
                 if rare or scale < 2.0**-126:  # these go through float64
                     dequantize(
                         got.reshape(1, -1),
                         np.array([e], np.uint16),
-                        p.bits,
+                        self.bits,
                         out=dst.reshape(1, -1),
                         factor=self.factor,
                     )

@@ -23,25 +23,25 @@ class Schedule:
     elements: int
     window: int
     boot: int
+    nchunks: int
+    """Chunks of the call (the last may be short)."""
+    nfull: int
+    """Chunks of exactly ``elements`` (all but a short last one)."""
+    tail: int
+    """Elements of the short last chunk (0 if there is none)."""
 
     @classmethod
     def of(cls, total: int, elements: int, slots: int, is_float: bool) -> Schedule:
-        nchunks = -(-total // elements)
-        return cls(total, elements, min(slots, nchunks), 1 if is_float else 0)
-
-    @property
-    def nchunks(self) -> int:
-        return -(-self.total // self.elements)
-
-    @property
-    def nfull(self) -> int:
-        """Chunks of exactly ``elements`` (all but a short last one)."""
-        return self.total // self.elements
-
-    @property
-    def tail(self) -> int:
-        """Elements of the short last chunk (0 if there is none)."""
-        return self.total - self.nfull * self.elements
+        nchunks, nfull = -(-total // elements), total // elements
+        return cls(
+            total,
+            elements,
+            min(slots, nchunks),
+            1 if is_float else 0,
+            nchunks,
+            nfull,
+            total - nfull * elements,
+        )
 
     def uses(self) -> list[int]:
         """Uses of each slot in this call (its chunks, plus the exponent-only use of a float call)."""
