@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
         "--seed",
         type=int,
         default=0,
-        help="repetition i allreduces netagg.verify.inputs(rank, size, seed + i)",
+        help="repetitions alternate between netagg.verify.inputs(rank, size, seed) and (..., seed + 1)",
     )
     a.add_argument(
         "--check",
@@ -68,6 +68,11 @@ def _allreduce(args: argparse.Namespace) -> int:
     from host_agent.worker import Worker
     from netagg.verify import check, inputs
 
+    # Repetitions alternate between two inputs (seeds seed and seed + 1), made before any is timed: each
+    # reuse of a slot carries other data than its last use, and no rank makes inputs while others wait.
+    xs = [
+        (s, inputs(args.rank, (args.size,), args.dtype, s)) for s in (args.seed, args.seed + 1)[: args.repeat]
+    ]
     host, port = args.switch
     times = []
     checks: list[dict[str, Any]] = []
@@ -82,13 +87,13 @@ def _allreduce(args: argparse.Namespace) -> int:
         bind=args.bind,
         batch=not args.no_batch,
     ) as w:
-        for i in range(args.repeat):  # repetition i: seed + i, so each reuse of a slot has new data
-            x = inputs(args.rank, (args.size,), args.dtype, args.seed + i)
+        for i in range(args.repeat):
+            seed, x = xs[i % len(xs)]
             t0 = time.perf_counter()
             y = w.allreduce(x)
             times.append(time.perf_counter() - t0)
             if args.check:
-                checks.append(check(args.world_size, (args.size,), args.dtype, y, w.elements, args.seed + i))
+                checks.append(check(args.world_size, (args.size,), args.dtype, y, w.elements, seed))
         result["worker"] = w.stats.as_dict()
     if checks:  # every repetition checked; the worst of them, and which failed
         failed = [i for i, c in enumerate(checks) if not c["ok"]]
