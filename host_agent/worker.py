@@ -71,7 +71,7 @@ class Worker:
             needed): a result arriving then wakes the thread without preempting what runs on that CPU
             (the switch, another worker, training compute), and the thread handles every result that
             came in meanwhile at its next turn. On a machine with more processes than CPUs this cuts
-            context switches several-fold (README, "Measured"). Ignored where the OS lacks it.
+            context switches several-fold (docs/measurements.md). Ignored where the OS lacks it.
     """
 
     def __init__(

@@ -339,11 +339,11 @@ def scale_bits(total_workers: int) -> int:
 def static_job_slots(elements: int) -> int:
     """Slots of a static job on the Python switch (``netagg switch --workers`` without ``--slots``).
 
-    Measured on the 2-core loopback setup (README, docs/protocol.md "Sizing"): 16 large packets keep the
-    data in flight cache-sized; small packets go in GSO runs of 64 and need many runs in flight (128
-    slots: 1.2 s for 16 MiB at W=4; 1024: 0.66 s). Jobs the controller places without a slot count get
-    its own default instead (``controller.placement.placement_slots``, a ~1 MiB window per worker, as
-    proto/netagg/v1/control.proto documents).
+    Measured on the 2-core loopback setup (docs/measurements.md, docs/protocol.md "Sizing"): 16 large
+    packets keep the data in flight cache-sized; small packets go in GSO runs of 64 and need many runs
+    in flight (128 slots: 1.2 s for 16 MiB at W=4; 1024: 0.66 s). Jobs the controller places without a
+    slot count get its own default instead (``controller.placement.placement_slots``, a ~1 MiB window
+    per worker, as proto/netagg/v1/control.proto documents).
 
     Example::
 

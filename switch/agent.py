@@ -70,9 +70,11 @@ def _status(context: grpc.ServicerContext) -> Iterator[None]:
         yield
     except ValueError as exc:  # a request that does not make a JobConfig or an address
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise  # abort() raises; a context whose abort returns must not turn the error into a reply
     except BackendError as exc:
         code = next((c for t, c in STATUS.items() if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
         context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else f"{type(exc).__name__}: {exc}")
+        raise
 
 
 class SwitchAgentService(pb_grpc.SwitchAgentServicer):

@@ -476,7 +476,9 @@ class SwitchAgentServicer:
     """
 
     def GetInfo(self, request, context):
-        """Kind and capacity.
+        """Every call answers UNAVAILABLE when the switch itself is gone (BMv2: simple_switch has exited) and
+        INTERNAL, naming the failure, when programming it failed.
+        Kind and capacity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -485,7 +487,8 @@ class SwitchAgentServicer:
     def InstallJob(self, request, context):
         """Install a job's configuration: its slot range, its workers' addresses and the result fan-out.
         ALREADY_EXISTS if the wire job id is installed; INVALID_ARGUMENT if the slots overlap another job's,
-        lie outside the switch, or the elements per packet are not supported (the message says what is).
+        lie outside the switch, or the elements per packet are not supported (the message says what is);
+        RESOURCE_EXHAUSTED if the switch holds no more jobs (BMv2's job table is full).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
