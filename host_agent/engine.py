@@ -383,16 +383,16 @@ class RunEngine(Engine):
         return sends
 
     def _prepare(self, js: np.ndarray, now: float) -> list[Send]:
-        s, p, sh, sp = self.schedule, self.params, self.sh, self.sp
+        s, p, sh, sp, bits = self.schedule, self.params, self.sh, self.sp, self.bits
         k = self.pos[js]
         c = s.chunks(js, k)
         full = (c >= 0) & (c < s.nfull)
         if full.any():
             jf, cf = js[full], c[full]
-            sp[jf] = quantize(self.flat2d[cf], self._agreed[cf], p.bits) if self.is_float else self.flat2d[cf]
+            sp[jf] = quantize(self.flat2d[cf], self._agreed[cf], bits) if self.is_float else self.flat2d[cf]
         for j in js[c == s.nfull]:
             last = self.flat[s.nfull * s.elements :].reshape(1, -1)
-            sp[j, : s.tail] = quantize(last, self._agreed[s.nfull :], p.bits)[0] if self.is_float else last[0]
+            sp[j, : s.tail] = quantize(last, self._agreed[s.nfull :], bits)[0] if self.is_float else last[0]
         seq = (self.base[js] + k) & 0xFFFFFFFF
         if self.is_float:
             has_next = k + 1 < self.nuses[js]
@@ -446,7 +446,7 @@ class RunEngine(Engine):
         c = c[sel]
         got = rec["p"][sel]
         full = (c >= 0) & (c < s.nfull)
-        bits, factor = p.bits, self.factor
+        bits, factor = self.bits, self.factor
         if full.any():
             cf = c[full]
             self.out2d[cf] = (

@@ -27,6 +27,7 @@ class JoinHandshake:
         self.packet = join_packet(job, worker_id, self.incarnation)
         self.heard = False  # the switch answered something for this JOIN
         self.joined_bitmap = 0  # who had joined, from the last PENDING
+        self.stale = 0  # datagrams that answered no JOIN of this handshake
         self._wait = 0.02
 
     def next_wait(self) -> float:
@@ -37,10 +38,15 @@ class JoinHandshake:
 
     def on_datagram(self, buf: Any, nbytes: int) -> JobParams | None:
         """The job's parameters once the JOIN_ACK for this JOIN arrives; None for anything else (a
-        PENDING records who is in). Returns None, too, for what belongs to another JOIN (stale)."""
-        if not self.accepts(buf, nbytes):
+        PENDING records who is in; what belongs to another JOIN is counted in :attr:`stale`)."""
+        if nbytes < HEADER_SIZE:
+            self.stale += 1
             return None
-        _, mtype, _, epoch, _, _, _, _, _, _, _, bitmap = HEADER.unpack_from(buf)
+        _, mtype, _, epoch, job, worker, _, _, seq, _, _, bitmap = HEADER.unpack_from(buf)
+        if job != self.job or worker != self.worker_id or seq != self.incarnation:
+            self.stale += 1
+            return None
+        self.heard = True
         if mtype == _PENDING:
             self.joined_bitmap = bitmap
         elif mtype == _JOIN_ACK and (ack := parse_join_ack(buf, nbytes)) is not None:
@@ -57,15 +63,6 @@ class JoinHandshake:
                 group_port=ack["group_port"],
             )
         return None
-
-    def accepts(self, buf: Any, nbytes: int) -> bool:
-        """Whether the datagram answers this JOIN (job, worker id and incarnation match)."""
-        if nbytes < HEADER_SIZE:
-            return False
-        _, _, _, _, job, worker, _, _, seq, _, _, _ = HEADER.unpack_from(buf)
-        ok = job == self.job and worker == self.worker_id and seq == self.incarnation
-        self.heard |= ok
-        return ok
 
     def timeout_error(self, switch: str, world_size: int, join_timeout: float) -> NetAggTimeout:
         if not self.heard:

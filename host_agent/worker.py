@@ -227,19 +227,20 @@ class Worker:
         handshake = JoinHandshake(self.job, self.worker_id)
         transport = self._transport
         deadline = time.monotonic() + self.join_timeout
-        while True:
-            transport.send_one(handshake.packet)
-            end = min(deadline, time.monotonic() + handshake.next_wait())
-            while (n := transport.recv_until(end)) is not None:
-                if not handshake.accepts(transport.buf, n):
-                    self.stats.stale += 1
-                    continue
-                params = handshake.on_datagram(transport.buf, n)
-                if params is not None:
-                    self._configure(params, expected_elements=elements)
-                    return
-            if time.monotonic() >= deadline:
-                raise handshake.timeout_error(_fmt(*self.switch), self.world_size, self.join_timeout)
+        try:
+            while True:
+                transport.send_one(handshake.packet)
+                end = min(deadline, time.monotonic() + handshake.next_wait())
+                while (n := transport.recv_until(end)) is not None:
+                    params = handshake.on_datagram(transport.buf, n)
+                    if params is not None:
+                        self._configure(params, expected_elements=elements)
+                        return
+                if time.monotonic() >= deadline:
+                    switch = format_address(*self.switch)
+                    raise handshake.timeout_error(switch, self.world_size, self.join_timeout)
+        finally:
+            self.stats.stale += handshake.stale
 
     def _configure(self, params: JobParams, *, expected_elements: int | None) -> None:
         if params.total_workers != self.world_size:
@@ -289,7 +290,7 @@ class Worker:
             raise
 
     def _stalled(self, engine: Engine) -> NetAggTimeout:
-        return engine.stalled(f"worker {self.rank}", self.timeout, _fmt(*self.switch))
+        return engine.stalled(f"worker {self.rank}", self.timeout, format_address(*self.switch))
 
     def _drive(self, engine: DatagramEngine) -> None:
         """One datagram at a time. This is the hot loop: results are read off the group's socket
@@ -387,10 +388,6 @@ class Worker:
                     if now >= limit:
                         raise self._stalled(engine)
                     transport.wait_readable(min(engine.next_deadline(), limit) - now)
-
-
-def _fmt(host: str, port: int) -> str:
-    return format_address(host, port)
 
 
 def _io_thread_policy() -> None:

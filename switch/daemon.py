@@ -197,9 +197,8 @@ class PythonSwitch:
         self.backend = PythonBackend(self.server.dataplane, self.server.lock, total_slots=o.total_slots)
         self.agent: grpc.Server | None = None
         self.agent_port: int | None = None
-        self.agent_address: str | None = None
-        self.switch_id: str | None = None
-        """The id it registered with the controller under (None without registration)."""
+        self.ready: dict[str, object] = {"data": f"{self.address[0]}:{self.address[1]}", "agent": None}
+        """What the CLI's ready line says beyond the role: where to send, the agent, the id."""
         if o.jobs:
             cfg = o.jobs[0]
             what = (
@@ -210,31 +209,22 @@ class PythonSwitch:
         try:
             if o.agent is not None:
                 self.agent, self.agent_port = o.agent.serve(self.backend)
-                self.agent_address = f"{o.agent.address[0]}:{self.agent_port}"
-                what += f"; SwitchAgent on {self.agent_address}"
+                self.ready["agent"] = f"{o.agent.address[0]}:{self.agent_port}"
+                what += f"; SwitchAgent on {self.ready['agent']}"
                 if o.register is not None:
                     reg = o.register
                     data = f"{reg.advertise or self.address[0]}:{self.address[1]}"
-                    switch_id = self.switch_id = reg.switch_id or data
+                    switch_id = reg.switch_id or data
                     register_switch(
                         reg, switch_id, data, f"{reg.advertise or o.agent.address[0]}:{self.agent_port}"
                     )
                     what += f"; registered as {switch_id} with {reg.controller[0]}:{reg.controller[1]}"
+                    self.ready["switch_id"] = switch_id
         except BaseException:
             self.close()
             raise
         self.description = what
         """What it serves, in one line (the CLI's banner says it)."""
-
-    def ready_fields(self) -> dict[str, object]:
-        """What the CLI's ready line says beyond the role: where to send, the agent, the id."""
-        fields: dict[str, object] = {
-            "data": f"{self.address[0]}:{self.address[1]}",
-            "agent": self.agent_address,
-        }
-        if self.switch_id is not None:
-            fields["switch_id"] = self.switch_id
-        return fields
 
     @property
     def address(self) -> tuple[str, int]:
@@ -278,7 +268,7 @@ def run_python_switch(options: PythonSwitchOptions, announce: Announce) -> dict[
     sw = PythonSwitch(options)
     try:
         stop_on_signals(sw.stop)
-        announce(f"netagg switch on {sw.address[0]}:{sw.address[1]}: {sw.description}", sw.ready_fields())
+        announce(f"netagg switch on {sw.address[0]}:{sw.address[1]}: {sw.description}", sw.ready)
         sw.serve_forever()
     finally:
         sw.close()
