@@ -43,6 +43,12 @@ __all__ = [
     "OFF_SEQ",
     "OFF_WORKER",
     "ProtocolError",
+    "Reason",
+    "JOIN_WORDS",
+    "format_key",
+    "parse_join",
+    "parse_key",
+    "refuse_packet",
     "decode",
     "encode",
     "join_ack_packet",
@@ -138,6 +144,7 @@ class MsgType(enum.IntEnum):
     CONTRIB = 3  #: worker -> switch: one worker's contribution to one use of a slot
     RESULT = 4  #: switch -> worker: the completed sum of one use of a slot
     PENDING = 5  #: switch -> worker: answer to a repeat of an incomplete use; bitmap = who is in
+    REFUSE = 6  #: switch -> sender: its JOIN or CONTRIB was dropped for a reason it can act on (exp)
 
 
 class Flag(enum.IntFlag):
@@ -146,6 +153,21 @@ class Flag(enum.IntFlag):
     NONE = 0
     RETX = 0x01  #: a retransmission by the sender (informational; counted by the switch)
     UNICAST = 0x02  #: a RESULT sent to one worker in answer to its repeat, not to all
+    RESUME = 0x04  #: JOIN_ACK: the round continues every member's previous round (docs "Recovery")
+    OFFER = 0x08  #: CONTRIB: carries a use's result (held by the sender), not a contribution
+    FINAL = 0x10  #: RESULT/OFFER: the payload is the result's final values, copied as they are
+
+
+class Reason(enum.IntEnum):
+    """Why a switch refused a packet: a REFUSE's ``exp`` field (docs/protocol.md, "Refusals"). The
+    names are the switch's drop reasons."""
+
+    not_joined = 1  #: the job's round is not complete: rejoin
+    stale_epoch = 2  #: the packet's epoch is not the job's: rejoin
+    unknown_job = 3  #: no such job at the switch
+    count_mismatch = 4  #: another worker sent this use with another count (REFUSE bitmap = that count)
+    wrong_source = 5  #: the job takes this worker's packets from another address
+    bad_key = 6  #: the JOIN's key is not the job's
 
 
 class ProtocolError(ValueError):
@@ -210,9 +232,52 @@ def pack_header(
 
 
 # -- the cold-path messages, by name (docs/protocol.md, "Messages") ---------------------------------
-def join_packet(job: int, worker: int, incarnation: int) -> bytes:
-    """JOIN: ``worker`` of ``job`` asks to join; ``incarnation`` (non-zero) names this attempt."""
-    return pack_header(MsgType.JOIN, job=job, worker=worker, seq=incarnation)
+#: JOIN's payload words, when it has any (docs/protocol.md, "Message types").
+JOIN_WORDS = 3
+
+
+def join_packet(job: int, worker: int, incarnation: int, *, key: int = 0, prev_round: int = 0) -> bytes:
+    """JOIN: ``worker`` of ``job`` asks to join; ``incarnation`` (non-zero) names this attempt, ``key``
+    is the job's 64-bit key (0: none) and ``prev_round`` the round it continues (0: none)."""
+    if not 0 <= key < 1 << 64:
+        raise ValueError(f"a job key is 64 bits, got {key:#x}")
+    hdr = pack_header(MsgType.JOIN, job=job, worker=worker, count=JOIN_WORDS, seq=incarnation)
+    return hdr + struct.pack("!III", key >> 32, key & 0xFFFFFFFF, prev_round)
+
+
+def parse_join(datagram: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(key, prev_round) of a JOIN (0, 0 for one without payload), or None if its length is wrong."""
+    n = len(datagram)
+    if n == HEADER_SIZE:
+        return 0, 0
+    if n != HEADER_SIZE + 4 * JOIN_WORDS:
+        return None
+    hi, lo, prev = struct.unpack_from("!III", datagram, HEADER_SIZE)
+    return hi << 32 | lo, prev
+
+
+def refuse_packet(
+    reason: int, epoch: int, job: int, worker: int, slot: int, seq: int, detail: int = 0
+) -> bytes:
+    """REFUSE: the switch dropped a packet of ``job``/``worker`` (its raw ``slot`` field and ``seq``
+    copied) for ``reason`` (:class:`Reason`); ``epoch`` is the job's at the switch, ``detail`` the
+    count the use has for ``count_mismatch``."""
+    return pack_header(
+        MsgType.REFUSE, epoch=epoch, job=job, worker=worker, slot=slot, seq=seq, exp=reason, bitmap=detail
+    )
+
+
+def parse_key(text: str) -> int:
+    """A job key from its text form (16 hex digits, ``0x`` allowed; docs/protocol.md "Job keys")."""
+    t = text.strip().lower().removeprefix("0x")
+    if not t or len(t) > 16 or any(ch not in "0123456789abcdef" for ch in t):
+        raise ValueError("a job key is up to 16 hex digits (64 bits)")
+    return int(t, 16)
+
+
+def format_key(key: int) -> str:
+    """A job key's text form: 16 hex digits."""
+    return f"{key:016x}"
 
 
 def pending_packet(epoch: int, job: int, worker: int, seq: int, bitmap: int, *, slot: int = 0) -> bytes:
@@ -224,16 +289,34 @@ def pending_packet(epoch: int, job: int, worker: int, seq: int, bitmap: int, *, 
 
 
 #: JOIN_ACK's payload words, in order (docs/protocol.md, "JOIN_ACK").
-JOIN_ACK_PARAMS = ("slot_base", "slots", "elements", "fanin", "total_workers", "group", "group_port")
+JOIN_ACK_PARAMS = (
+    "slot_base",
+    "slots",
+    "elements",
+    "fanin",
+    "total_workers",
+    "group",
+    "group_port",
+    "round",
+)
 
 
 def join_ack_packet(
-    epoch: int, job: int, worker: int, incarnation: int, bitmap: int, params: dict[str, int]
+    epoch: int,
+    job: int,
+    worker: int,
+    incarnation: int,
+    bitmap: int,
+    params: dict[str, int],
+    *,
+    resume: bool = False,
 ) -> bytes:
-    """JOIN_ACK: every worker has joined; the payload carries JOIN_ACK_PARAMS as 32-bit words."""
+    """JOIN_ACK: every worker has joined; the payload carries JOIN_ACK_PARAMS as 32-bit words, the
+    flags RESUME when the round continues every member's previous one."""
     words = np.array([params[k] for k in JOIN_ACK_PARAMS], dtype=">u4")
     hdr = pack_header(
         MsgType.JOIN_ACK,
+        flags=Flag.RESUME if resume else 0,
         epoch=epoch,
         job=job,
         worker=worker,

@@ -104,6 +104,10 @@ class JobConfig:
     (docs/protocol.md, "Aggregation trees"). None for a root or a single switch."""
     parent_worker: int = 0
     """This switch's worker id in the job at the parent."""
+    key: int = 0
+    """The job's 64-bit key (docs/protocol.md, "Job keys"): a JOIN must carry it. 0: no key."""
+    parent_key: int = 0
+    """The key this switch's JOINs at its parent carry (the job's key there)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.job_id <= 0xFFFF:
@@ -121,6 +125,8 @@ class JobConfig:
                 f"slots x elements = {self.slots * self.elements} exceeds {MAX_WINDOW_ELEMENTS} "
                 "(a 64 MiB window per job); use fewer slots"
             )
+        if not 0 <= self.key < 1 << 64 or not 0 <= self.parent_key < 1 << 64:
+            raise ValueError("a job key is 64 bits")
         if not 0 <= self.parent_worker < MAX_WORKERS:
             raise ValueError(f"parent_worker must be 0-{MAX_WORKERS - 1}, got {self.parent_worker}")
         total = self.total_workers if self.total_workers is not None else self.workers
