@@ -5,10 +5,12 @@
 ...     total = w.allreduce(gradient)
 """
 
+from host_agent.errors import ControllerError
 from host_agent.worker import NetAggError, NetAggTimeout, NonFiniteError, Worker, parse_address
 from netagg.quantize import block_exponents, dequantize, error_bound, quantize
 
 __all__ = [
+    "ControllerError",
     "NetAggError",
     "NetAggTimeout",
     "NonFiniteError",

@@ -5,44 +5,97 @@
 
     dist.init_process_group("gloo", ...)            # still needed: DDP's set-up and the fallback use it
     model = torch.nn.parallel.DistributedDataParallel(model)
-    model.register_comm_hook(NetAggState(switch="127.0.0.1:47000"), netagg_hook)
+    state = NetAggState(switch="127.0.0.1:47000")
+    model.register_comm_hook(state, netagg_hook)
     # or, with a job created through the control plane (`netagg ctl create ...`):
-    model.register_comm_hook(NetAggState(controller="127.0.0.1:47100", job="j-..."), netagg_hook)
+    #   NetAggState(controller="127.0.0.1:47100", job="j-...", replace=True)
+    ...
+    state.close()                                   # on every rank: logs state.summary()
 
-The hook takes each bucket's flat gradient buffer, sends it through the switch (in place), divides by
-the world size and completes the returned future from the agent's I/O thread, so the communication of
-one bucket overlaps the backward pass of the next. When the switch cannot serve (unreachable, timeout,
-no slots), the bucket falls back to a gloo allreduce of the same bucket, with one warning and a counter;
-``fallback="error"`` raises instead.
+The hook hands each bucket's flat gradient buffer to the state's thread, which sends it through the
+switch into an output buffer of its own (the bucket is left as it was), divides by the world size, and
+completes the returned future from there, so the communication of one bucket overlaps the backward pass
+of the next.
+
+**Fallback, per bucket.** A bucket whose call through the switch fails (unreachable, timeout, refused,
+no slots) goes through the process group (gloo) instead, and so do the following ones until the switch
+is tried again: ``retry_after`` seconds after the failure (1 s by default), then after twice as long for
+each failed try, up to ``retry_max`` (30 s). A try makes a new :class:`host_agent.Worker` (a worker
+whose call failed is unusable) and sends that bucket through the switch; from the first bucket that gets
+through, buckets go through the switch again. ``fallback="error"`` raises instead of falling back.
+
+Ranks must choose the same way for every bucket, or their collectives would not line up. A rank that
+falls back therefore first agrees with the others (one small all_gather on a gloo group of the hook's
+own) on the bucket each is at and whether every rank's back-off has passed. A rank whose call failed
+while the others got the bucket's result from the switch (the switch died between sending it to one
+worker and to another) gets that result from one of them (a broadcast): every rank holds the same
+gradients, bit for bit. :meth:`NetAggState.summary` says what went where.
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.
 import concurrent.futures
+import datetime
 import logging
 import threading
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
+from host_agent.errors import ControllerError
 from host_agent.worker import NetAggError, Worker, parse_address
+from netagg.protocol import parse_key
 
-__all__ = ["NetAggState", "netagg_hook"]
+__all__ = ["NetAggState", "NetAggStats", "netagg_hook"]
 
 log = logging.getLogger(__name__)
+
+RETRY_JOIN_TIMEOUT = 5.0
+"""Seconds a try to go back to the switch waits for every rank to join (at most ``join_timeout``): the
+ranks start it together, right after agreeing to, so a switch that serves answers within milliseconds."""
+
+CONFIG_ERRORS = frozenset(
+    {"ALREADY_EXISTS", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_ARGUMENT"}
+)
+"""The controller's answers to the first join that the user has to fix (a rank still joined from an
+earlier run, a wrong job id or token): raised from the hook, never fallen back from, so that a run
+cannot train on gloo while its user believes it uses the switch. Later joins (tries to go back to the
+switch) fall back on any error: the run was configured right and the job may come back."""
+
+MAX_CAUSES = 16  # distinct causes kept in the summary; further ones are counted under "other"
+
+# The agreement row each rank contributes: its bucket's number and size, the number of the last bucket
+# whose switch result it holds (-1: none) and whether its back-off has passed.
+_SEQ, _SIZE, _HELD, _READY = range(4)
 
 
 @dataclass
 class NetAggStats:
-    """What the hook did, per rank."""
+    """What the hook did, per rank (:meth:`NetAggState.summary` returns it as a dict)."""
 
     buckets: int = 0
-    """Buckets allreduced (through the switch or the fallback)."""
+    """Buckets allreduced, by either way."""
+    switch_buckets: int = 0
+    """Buckets whose result came from the switch (including ``peer_buckets``)."""
+    switch_bytes: int = 0
+    """Gradient bytes of those buckets (bucket sizes, not bytes on the wire)."""
+    gloo_buckets: int = 0
+    """Buckets allreduced by the process group because the switch did not serve."""
+    gloo_bytes: int = 0
+    """Gradient bytes of those buckets."""
+    peer_buckets: int = 0
+    """Buckets whose switch result another rank passed on: this rank's call failed, theirs did not."""
     fallbacks: int = 0
-    """Buckets that went through gloo because the switch could not serve."""
-    elements: int = 0
-    """Gradient elements sent through the switch."""
+    """Calls through the switch that failed (a first failure and each failed try to go back)."""
+    retries: int = 0
+    """Tries to go back to the switch."""
+    returns: int = 0
+    """Tries that succeeded: the switch served again."""
+    causes: dict[str, int] = field(default_factory=dict)
+    """Why calls failed: the error's type and message, and how many times."""
 
 
 @dataclass
@@ -54,19 +107,33 @@ class NetAggState:
         controller: instead of ``switch``, the controller's ``HOST:PORT``; ``job`` is then the
             controller's job id ("j-..."), whose switch, worker id and slots the controller hands out.
         token: bearer token for the controller (default: $NETAGG_TOKEN).
-        rank, world_size: default to torch.distributed's.
+        tls_ca: CA certificate (PEM file) to reach the controller over TLS.
+        replace: take the rank over at the controller from a worker that joined before, as a script
+            re-run on the same job needs. Without it such a join is refused (``ALREADY_EXISTS``) and the
+            hook raises :class:`host_agent.errors.ControllerError` at the first bucket rather than
+            train on gloo. The state's own later joins always replace its earlier worker.
+        key: a static job's key (int, or 16 hex digits), if the switch was started with one (default:
+            $NETAGG_KEY, as :class:`host_agent.Worker` reads it). A controller's job gets its key from
+            the controller.
+        rank, world_size: default to torch.distributed's (of ``process_group``).
         job: the job id configured at the switch (int), or the controller's job id (str).
-        process_group: the group DDP uses; the fallback allreduces over it (default: the world).
+        process_group: the group DDP uses. Without it the fallback runs on a gloo group of the hook's
+            own over the world (made at the first bucket); with it, on that group, which then must not
+            be used by anything else while buckets may fall back.
         fallback: ``"gloo"`` sends a bucket the switch could not serve through the process group
-            instead (a warning the first time, ``stats.fallbacks`` every time) and keeps doing so for
-            the rest of the run; ``"error"`` raises :class:`host_agent.NetAggError` from the hook.
+            instead (an ERROR log line the first time, naming the cause; ``summary()`` counts every
+            time); ``"error"`` raises :class:`host_agent.NetAggError` from the hook.
         timeout: seconds without progress before a bucket is given up on the switch. Lower detects a
             dead switch sooner; it must stay well above one step's compute so that slow ranks are
             not mistaken for a dead switch.
         join_timeout: seconds for every rank to join the switch's job at the first bucket; also how
             long the first bucket waits before falling back when the switch is not there at all.
+        retry_after: seconds after a failure before the switch is tried again (at the next bucket after
+            that at every rank); doubles after each failed try up to ``retry_max``. None: never again.
+        retry_max: the longest back-off. A failed try costs up to ``RETRY_JOIN_TIMEOUT`` (5 s) of waiting
+            for a switch that is not there; the back-off bounds that to a fraction of the run.
         worker_options: anything else :class:`host_agent.Worker` takes (``min_rto``, ``max_rto``,
-            ``nonfinite``, ``bind``).
+            ``nonfinite``, ``bind``, ``worker_id``).
     """
 
     switch: str | None = None
@@ -75,10 +142,15 @@ class NetAggState:
     job: int | str = 1
     controller: str | None = None
     token: str | None = None
+    tls_ca: str | None = None
+    replace: bool = False
+    key: int | str | None = None
     process_group: Any = None
     fallback: Literal["gloo", "error"] = "gloo"
     timeout: float = 10.0
     join_timeout: float = 30.0
+    retry_after: float | None = 1.0
+    retry_max: float = 30.0
     worker_options: dict[str, Any] = field(default_factory=dict)
     stats: NetAggStats = field(default_factory=NetAggStats, init=False)
 
@@ -86,14 +158,30 @@ class NetAggState:
         if (self.switch is None) == (self.controller is None):
             raise ValueError("give either switch='HOST:PORT' (a static job) or controller='HOST:PORT'")
         parse_address(self.switch or self.controller or "")  # ValueError with the reason for a bad address
+        if self.controller is None and not isinstance(self.job, int):
+            raise ValueError(f"with switch=..., job is the switch's int job id, got {self.job!r}")
         if self.controller is not None and not isinstance(self.job, str):
             raise ValueError(
                 f"with controller=..., job is the controller's job id ('j-...'), got {self.job!r}"
             )
+        if self.key is not None:
+            if self.controller is not None:
+                raise ValueError("key is for a static job (switch=...); the controller gives its job's key")
+            if isinstance(self.key, str):
+                self.key = parse_key(self.key)
+            if not 0 <= self.key < 1 << 64:
+                raise ValueError(f"a job key is 64 bits, got {self.key}")
         if self.fallback not in ("gloo", "error"):
             raise ValueError(f"fallback must be 'gloo' or 'error', got {self.fallback!r}")
         if self.timeout <= 0 or self.join_timeout <= 0:
             raise ValueError("timeout and join_timeout must be positive")
+        if self.retry_after is not None and not 0 < self.retry_after <= self.retry_max:
+            raise ValueError(f"need 0 < retry_after <= retry_max, got {self.retry_after}, {self.retry_max}")
+        clash = {"switch", "controller", "rank", "world_size", "job", "token", "tls_ca", "replace", "key"}
+        clash |= {"timeout", "join_timeout"}
+        if clash & self.worker_options.keys():
+            names = sorted(clash & self.worker_options.keys())
+            raise ValueError(f"give {names} as NetAggState's own arguments, not in worker_options")
         if self.rank is None or self.world_size is None:
             if not dist.is_available() or not dist.is_initialized():
                 raise ValueError("rank and world_size are needed when torch.distributed is not initialized")
@@ -102,10 +190,20 @@ class NetAggState:
                 self.world_size = dist.get_world_size(self.process_group)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, {self.world_size}), got {self.rank}")
-        self._worker: Worker | None = None
+        self._make_worker: Callable[..., Any] = Worker  # what makes the state's workers
+        self._clock: Callable[[], float] = time.monotonic
+        self._worker: Any = None
+        self._joined_before = False  # a join was tried: later ones replace this rank's earlier worker
         self._last_traffic: dict[str, int] = {}
-        self._failed: str | None = None
-        self._warned = False
+        self._group: Any = None  # the group the fallback's collectives run on
+        self._seq = 0  # the number of the next bucket (the same at every rank: DDP's order)
+        self._outs: dict[int, torch.Tensor] = {}  # the switch's result for each bucket index
+        self._held: tuple[int, torch.Tensor] | None = None  # the last bucket whose switch result we have
+        self._falling_back_since: int | None = None  # the bucket whose call failed; None: switch mode
+        self._gloo_at_failure = 0
+        self._retry_at = 0.0
+        self._backoff = self.retry_after or 0.0
+        self._errors_logged = 0
         self._lock = threading.Lock()
         # Every collective the hook issues (through the switch or the fallback) runs on this one
         # thread, in bucket order, so all ranks issue them in the same order.
@@ -124,47 +222,240 @@ class NetAggState:
         self.__post_init__()
 
     # -- what the hook runs on the state's thread -------------------------------------------------
-    def _worker_or_connect(self) -> "Worker":
-        if self._worker is None:
-            assert self.rank is not None and self.world_size is not None
-            self._worker = Worker(
+    def _allreduce_bucket(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
+        seq, self._seq = self._seq, self._seq + 1
+        self.stats.buckets += 1
+        out = self._outs.get(index)
+        if out is None or out.shape != tensor.shape or out.dtype != tensor.dtype:
+            out = self._outs[index] = torch.empty_like(tensor)
+        if self._falling_back_since is None and self._through_switch(seq, tensor, out):
+            return out
+        while True:
+            rows = self._agree(seq, tensor.numel())
+            seqs = [row[_SEQ] for row in rows]
+            if min(seqs) != max(seqs):
+                if self._pass_on(rows, seq, out):
+                    return out
+                continue  # this rank is ahead: it gave the result; now agree on its own bucket
+            sizes = {row[_SIZE] for row in rows}
+            if len(sizes) > 1:
+                raise NetAggError(f"bucket {seq} has different sizes at the ranks: {sorted(sizes)}")
+            if not all(row[_READY] for row in rows):
+                return self._through_gloo(tensor)
+            self.stats.retries += 1
+            if self._through_switch(seq, tensor, out):
+                return out
+
+    def _through_switch(self, seq: int, tensor: torch.Tensor, out: torch.Tensor) -> bool:
+        """The bucket's mean into ``out`` through the switch; False if the call failed."""
+        try:
+            if self._worker is None:
+                self._worker = self._connect()
+            # the mean, with the division folded into dequantization (no pass of its own); gradient
+            # buckets are floating point. Into ``out``: a call that fails leaves the bucket intact.
+            self._worker.allreduce(tensor, out=out, average=True)
+        except _ConfigError as exc:
+            raise exc.error from None  # not the switch's failure: the user's to fix
+        except (NetAggError, OSError) as exc:
+            self._failed(seq, exc)
+            return False
+        self.stats.switch_buckets += 1
+        self.stats.switch_bytes += tensor.numel() * tensor.element_size()
+        self._held = (seq, out)
+        if self._falling_back_since is not None:
+            self.stats.returns += 1
+            log.info(
+                "netagg: the switch at %s serves rank %d again from bucket %d (%d buckets through %s before)",
+                self._where(),
+                self.rank,
+                seq,
+                self.stats.gloo_buckets - self._gloo_at_failure,
+                self._backend(),
+            )
+            self._falling_back_since = None
+            self._backoff = self.retry_after or 0.0
+        return True
+
+    def _connect(self) -> Any:
+        """A new worker: joins the job (the first time as the user said; later ones take the rank over
+        from this state's earlier worker, and wait less for the others to join)."""
+        first = not self._joined_before
+        self._joined_before = True
+        options = dict(self.worker_options)
+        if self.key is not None:
+            options["key"] = self.key
+        try:
+            return self._make_worker(
                 self.switch,
                 self.rank,
                 self.world_size,
                 job=self.job,
                 controller=self.controller,
                 token=self.token,
+                tls_ca=self.tls_ca,
+                replace=self.replace or not first,
                 timeout=self.timeout,
-                join_timeout=self.join_timeout,
-                **self.worker_options,
+                join_timeout=self.join_timeout if first else min(self.join_timeout, RETRY_JOIN_TIMEOUT),
+                **options,
             )
-        return self._worker
+        except ControllerError as exc:
+            if first and exc.code in CONFIG_ERRORS:
+                log.error("netagg: rank %d cannot join job %s: %s", self.rank, self.job, exc)
+                raise _ConfigError(exc) from exc
+            raise
 
-    def _allreduce_bucket(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.stats.buckets += 1
-        if self._failed is None:
-            try:
-                # the mean, with the division folded into dequantization (no pass of its own);
-                # gradient buckets are floating point
-                self._worker_or_connect().allreduce(tensor, out=tensor, average=True)
-                self.stats.elements += tensor.numel()
-                return tensor
-            except (NetAggError, OSError) as exc:
-                if self.fallback == "error":
-                    raise
-                self._failed = str(exc)
-                self._close_worker()
-        if not self._warned:
-            log.warning(
-                "netagg: the switch at %s cannot serve (%s); buckets go through %s from now on",
-                self.switch,
-                self._failed,
-                dist.get_backend(self.process_group),
-            )
-            self._warned = True
+    def _failed(self, seq: int, exc: BaseException) -> None:
+        """Book a failed call; raise it if the user asked for errors."""
+        self._close_worker()
+        if self.fallback == "error":
+            raise exc
+        cause = f"{type(exc).__name__}: {exc}"
+        causes = self.stats.causes
+        key = cause if cause in causes or len(causes) < MAX_CAUSES else "other"
+        causes[key] = causes.get(key, 0) + 1
         self.stats.fallbacks += 1
-        dist.all_reduce(tensor, group=self.process_group)
+        now = self._clock()
+        if self._falling_back_since is None:
+            self._falling_back_since = seq
+            self._gloo_at_failure = self.stats.gloo_buckets
+            self._backoff = self.retry_after or 0.0
+            # The first fallback of the run is an error; a new outage after the switch served again, a
+            # warning: neither is left for the user to find in the summary.
+            level = logging.ERROR if self._errors_logged == 0 else logging.WARNING
+            self._errors_logged += 1
+            log.log(
+                level,
+                "netagg: the switch at %s cannot serve rank %d (bucket %d: %s); buckets go through %s%s",
+                self._where(),
+                self.rank,
+                seq,
+                cause,
+                self._backend(),
+                f", the switch is tried again in {self._backoff:g} s" if self.retry_after else " from now on",
+            )
+        else:  # a try to go back failed
+            self._backoff = min(self._backoff * 2, self.retry_max)
+            log.debug(
+                "netagg: rank %d, bucket %d: the switch still cannot serve (%s); next try in %g s",
+                self.rank,
+                seq,
+                cause,
+                self._backoff,
+            )
+        self._retry_at = now + self._backoff if self.retry_after is not None else float("inf")
+
+    def _through_gloo(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.stats.gloo_buckets += 1
+        self.stats.gloo_bytes += tensor.numel() * tensor.element_size()
+        if self._group is not None:
+            dist.all_reduce(tensor, group=self._group)
         return tensor.div_(self.world_size)  # type: ignore[arg-type]
+
+    # -- agreement between the ranks (the fallback's collectives) ----------------------------------
+    def _agree(self, seq: int, size: int, timeout: float | None = None) -> list[list[int]]:
+        """Every rank's (bucket number, size, last held switch result, back-off passed)."""
+        held = self._held[0] if self._held is not None else -1
+        row = [seq, size, held, int(self._clock() >= self._retry_at)]
+        if self._group is None:  # one rank: nobody to agree with
+            return [row]
+        assert self.world_size is not None
+        mine = torch.tensor(row, dtype=torch.int64)
+        rows = [torch.empty_like(mine) for _ in range(self.world_size)]
+        work = dist.all_gather(rows, mine, group=self._group, async_op=True)
+        assert work is not None
+        if timeout is None:
+            work.wait()
+        elif not work.wait(datetime.timedelta(seconds=timeout)):
+            raise TimeoutError(f"the other ranks did not close within {timeout:g}s")
+        return [r.tolist() for r in rows]
+
+    def _pass_on(self, rows: list[list[int]], seq: int, out: torch.Tensor) -> bool:
+        """Ranks at different buckets: the ones behind get the bucket's switch result from one ahead.
+        True when this rank got its bucket's result that way."""
+        seqs = [row[_SEQ] for row in rows]
+        lo, hi = min(seqs), max(seqs)
+        source = next((r for r, row in enumerate(rows) if row[_SEQ] == hi and row[_HELD] == lo), None)
+        if hi != lo + 1 or source is None:
+            raise NetAggError(
+                f"the ranks are at buckets {seqs}, holding the switch's results of "
+                f"{[r[_HELD] for r in rows]}: they cannot agree on the gradients"
+            )
+        size = next(row[_SIZE] for row in rows if row[_SEQ] == lo)
+        if seq == lo:
+            buf = out
+        elif self.rank == source:
+            assert self._held is not None
+            buf = self._held[1]
+            if buf.numel() != size:
+                raise NetAggError(f"bucket {lo} has {size} elements at the ranks behind, {buf.numel()} here")
+        else:  # ahead too: it holds the same result, but DDP may be reading it; receive into a spare
+            assert self._held is not None
+            buf = torch.empty(size, dtype=self._held[1].dtype)
+        dist.broadcast(buf, group=self._group, group_src=source)
+        if seq != lo:
+            return False
+        self.stats.switch_buckets += 1
+        self.stats.peer_buckets += 1
+        self.stats.switch_bytes += out.numel() * out.element_size()
+        self._held = (seq, out)
+        log.debug("netagg: rank %d got bucket %d's switch result from rank %d", self.rank, seq, source)
+        return True
+
+    def _ensure_group(self) -> None:
+        """The fallback's group, made by every rank at its first bucket (a collective, on the thread
+        that runs backward, before any of the hook's other collectives)."""
+        if self._group is not None or self.world_size == 1:
+            return
+        if not dist.is_available() or not dist.is_initialized():
+            raise NetAggError("the hook needs torch.distributed initialized (its fallback uses it)")
+        # A group of its own: the fallback's collectives never interleave with DDP's own (buffer
+        # broadcasts in forward), which a rank one bucket ahead may already be issuing.
+        self._group = self.process_group or dist.new_group(backend="gloo")
+
+    # -- reporting --------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What went where, on this rank: ``buckets``; ``switch_buckets``/``switch_bytes`` and
+        ``gloo_buckets``/``gloo_bytes`` (bucket sizes); ``peer_buckets`` (switch results passed on by
+        another rank); ``fallbacks`` (failed calls through the switch), ``causes`` (cause: count),
+        ``retries`` and ``returns`` (tries to go back to the switch, and those that succeeded); and
+        ``falling_back`` (whether the last bucket went through the process group)."""
+        out = asdict(self.stats)
+        out["falling_back"] = self._falling_back_since is not None
+        return out
+
+    def log_summary(self, level: int | None = None) -> None:
+        """Log :meth:`summary` in one line: INFO, or WARNING when some buckets went through gloo."""
+        s = self.summary()
+        if level is None:
+            level = logging.WARNING if s["gloo_buckets"] else logging.INFO
+        log.log(
+            level,
+            "netagg: rank %d: %d buckets, %d (%.1f MiB) through the switch at %s, %d (%.1f MiB) through %s; "
+            "%d failed calls %s, %d tries to go back, %d succeeded",
+            self.rank,
+            s["buckets"],
+            s["switch_buckets"],
+            s["switch_bytes"] / 2**20,
+            self._where(),
+            s["gloo_buckets"],
+            s["gloo_bytes"] / 2**20,
+            self._backend(),
+            s["fallbacks"],
+            s["causes"] or "",
+            s["retries"],
+            s["returns"],
+        )
+
+    def _where(self) -> str:
+        if self._worker is not None:
+            host, port = self._worker.switch
+            return f"{host}:{port}"
+        return self.switch or f"of job {self.job} (controller {self.controller})"
+
+    def _backend(self) -> str:
+        if self._group is None:
+            return "the process group"
+        return str(dist.get_backend(self._group))
 
     def _close_worker(self) -> None:
         if self._worker is not None:
@@ -175,13 +466,43 @@ class NetAggState:
                 self._worker = None
 
     def traffic(self) -> dict[str, int]:
-        """This rank's datagrams and bytes to and from the switch (the host agent's counters)."""
+        """This rank's datagrams and bytes to and from the switch (the host agent's counters; the last
+        worker's only, when the state made several)."""
         return self._worker.stats.as_dict() if self._worker is not None else dict(self._last_traffic)
 
-    def close(self) -> None:
-        """Finish pending buckets and release the switch connection."""
-        self._executor.shutdown(wait=True)
+    def close(self, timeout: float = 60.0) -> None:
+        """Finish pending buckets, release the switch connection and log :meth:`summary`.
+
+        Call it at every rank: when a rank's last call failed after the others had the result, they
+        pass it on here (the ranks wait for one another up to ``timeout`` seconds)."""
+        with self._lock:
+            if self._executor is None:
+                return
+            self._executor.submit(self._finish, timeout).result()
+            self._executor.shutdown(wait=True)
+            self._executor = None  # type: ignore[assignment]
         self._close_worker()
+        self.log_summary()
+
+    def _finish(self, timeout: float) -> None:
+        if self._group is None:
+            return
+        try:
+            while True:
+                rows = self._agree(self._seq, 0, timeout)
+                if min(row[_SEQ] for row in rows) == self._seq:
+                    return
+                self._pass_on(rows, self._seq, torch.empty(0))  # a rank behind: pass the result on
+        except (RuntimeError, TimeoutError) as exc:
+            log.warning("netagg: rank %d could not agree with the others at close: %s", self.rank, exc)
+
+
+class _ConfigError(Exception):
+    """Carries an error of the first join that is the user's to fix past the fallback."""
+
+    def __init__(self, error: ControllerError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def netagg_hook(state: NetAggState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -190,7 +511,7 @@ def netagg_hook(state: NetAggState, bucket: dist.GradBucket) -> torch.futures.Fu
     Register with ``model.register_comm_hook(NetAggState(switch=...), netagg_hook)``. The returned
     future is completed by the hook's I/O thread; the autograd thread goes on with backward meanwhile.
     """
-    tensor = bucket.buffer()
+    state._ensure_group()
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
 
     def done(job: concurrent.futures.Future[torch.Tensor]) -> None:
@@ -200,5 +521,5 @@ def netagg_hook(state: NetAggState, bucket: dist.GradBucket) -> torch.futures.Fu
         else:
             fut.set_result(job.result())
 
-    state._executor.submit(state._allreduce_bucket, tensor).add_done_callback(done)
+    state._executor.submit(state._allreduce_bucket, bucket.buffer(), bucket.index()).add_done_callback(done)
     return fut

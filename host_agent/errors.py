@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError"]
+__all__ = ["ControllerError", "NetAggError", "NetAggTimeout", "NonFiniteError"]
 
 
 class NetAggError(RuntimeError):
     """The allreduce could not be carried out (the worker is unusable afterwards)."""
+
+
+class ControllerError(NetAggError):
+    """The controller refused a request; :attr:`code` is its gRPC status name ("ALREADY_EXISTS", ...)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NetAggTimeout(NetAggError, TimeoutError):

@@ -8,7 +8,7 @@ import secrets
 import socket
 from typing import Any
 
-from host_agent.errors import NetAggError, NetAggTimeout
+from host_agent.errors import ControllerError, NetAggTimeout
 from host_agent.session import JobParams
 from netagg.protocol import HEADER, HEADER_SIZE, MsgType, join_packet, parse_address, parse_join_ack
 
@@ -84,7 +84,8 @@ def join_controller(
     bind: str | None,
 ) -> tuple[socket.socket, Any]:
     """Bind the worker's socket and join ``job`` at the controller with its address; returns the socket
-    and the JoinJobResponse. gRPC errors become NetAggError with the controller's message."""
+    and the JoinJobResponse. gRPC errors become :class:`ControllerError` (a NetAggError) with the
+    controller's message and status code."""
     import grpc
 
     from netagg.rpc import channel, read_token
@@ -127,7 +128,8 @@ def join_controller(
                             )
                             joined = stub.JoinJob(request, timeout=30)
             except grpc.RpcError as exc:
-                raise NetAggError(f"controller {controller}: {exc.code().name}: {exc.details()}") from None
+                code = exc.code().name
+                raise ControllerError(f"controller {controller}: {code}: {exc.details()}", code) from None
     except BaseException:
         sock.close()
         raise
