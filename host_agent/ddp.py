@@ -441,7 +441,7 @@ class NetAggState:
             s["gloo_bytes"] / 2**20,
             self._backend(),
             s["fallbacks"],
-            s["causes"] or "",
+            {cause[:120]: n for cause, n in s["causes"].items()} or "",
             s["retries"],
             s["returns"],
         )

@@ -88,7 +88,7 @@ def grads(
         own = [p.grad.detach().numpy().copy() for p in local.parameters() if p.grad is not None]
         out = {"averaged": averaged, "local_max": max(float(np.abs(g).max()) for g in own)}
         if state is not None:
-            out["stats"] = vars(state.stats).copy()
+            out["stats"] = state.summary()
             out["buckets"] = buckets
             state.close()
         return out
@@ -102,7 +102,7 @@ def survive_switch_death(
     """Train 6 steps; rank 0 kills the switch after step 2. Report how it ended and, per step, the
     averaged gradients, gloo's mean of the same local gradients (all_reduce, then / W, as the hook's
     fallback does; DDP's allreduce_hook divides first, the same but for denormals), their exact mean
-    (float64) and how many of the step's buckets fell back."""
+    (float64) and how many of the step's buckets went through gloo."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -146,14 +146,111 @@ def survive_switch_death(
                     "exact": [e.numpy() for e in exact],
                     "local_max": max(float(g.abs().max()) for g in own),
                     "buckets": state.stats.buckets - before["buckets"],
-                    "fallbacks": state.stats.fallbacks - before["fallbacks"],
+                    "gloo_buckets": state.stats.gloo_buckets - before["gloo_buckets"],
                 }
             )
             opt.step()
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.monotonic() - t0}
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    stats = vars(state.stats).copy()
+    stats = state.summary()
     state.close()
     dist.destroy_process_group()
     return {"stats": stats, "checksum": checksum, "seconds": time.monotonic() - t0, "steps": steps}
+
+
+def train_through_restart(
+    rank: int,
+    world: int,
+    port: int,
+    switch: str | None,
+    switch_pid: int,
+    restarted: str,
+    kill_step: int,
+    epochs: int,
+) -> dict[str, Any]:
+    """Train examples/train_ddp.py's model on the digits for ``epochs`` with a small bucket cap; with a
+    switch, rank 0 SIGKILLs it in step ``kill_step`` while the step's buckets are being allreduced (from
+    the hook, when bucket 1 is handed over), and every rank waits before step ``kill_step + 2`` until the
+    file ``restarted`` says the test started a switch on the same address again. Returns the test loss
+    and accuracy, a checksum of the parameters, ``summary()`` (with the switch), the switch and gloo
+    buckets of each step, and what host_agent.ddp logged at INFO and above."""
+    import logging
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    from host_agent.ddp import NetAggState, netagg_hook
+
+    records: list[tuple[int, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append((record.levelno, record.getMessage()))
+
+    logging.getLogger("host_agent.ddp").addHandler(Keep(logging.INFO))
+    logging.getLogger("host_agent.ddp").setLevel(logging.INFO)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    loader = DataLoader(train, batch_size=32, sampler=sampler, drop_last=True)
+    model = DDP(_model(0), bucket_cap_mb=0.05)
+    state = None
+    now = {"step": 0}
+    if switch is not None:
+        state = NetAggState(switch=switch, timeout=5.0, retry_after=0.2, retry_max=2.0)
+
+        def killing_hook(state, bucket):  # unannotated: DDP checks a hook's annotations as objects
+            if rank == 0 and now["step"] == kill_step and bucket.index() == 1:
+                os.kill(switch_pid, signal.SIGKILL)
+            return netagg_hook(state, bucket)
+
+        model.register_comm_hook(state, killing_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    steps: list[dict[str, int]] = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for xb, yb in loader:
+            if switch is not None and now["step"] == kill_step + 2:
+                deadline = time.monotonic() + 60
+                while not Path(restarted).exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            before = state.summary() if state is not None else None
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            if state is not None and before is not None:
+                after = state.summary()
+                steps.append({k: after[k] - before[k] for k in ("switch_buckets", "gloo_buckets")})
+            now["step"] += 1
+    model.eval()
+    with torch.no_grad():
+        logits = model.module(torch.from_numpy(x_test))
+        y = torch.from_numpy(y_test)
+        loss = torch.nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+    out: dict[str, Any] = {
+        "loss": loss,
+        "accuracy": accuracy,
+        "checksum": float(sum(p.detach().double().sum() for p in model.parameters())),
+        "steps": steps,
+    }
+    if state is not None:
+        state.close()
+        out["summary"] = state.summary()
+        out["log"] = records
+    dist.destroy_process_group()
+    return out

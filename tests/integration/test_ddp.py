@@ -31,8 +31,9 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
             torch.testing.assert_close(
                 torch.from_numpy(ours), torch.from_numpy(theirs), atol=atol, rtol=2**-20
             )
-        assert netagg[rank]["stats"]["fallbacks"] == 0
-        assert netagg[rank]["stats"]["buckets"] > 0
+        stats = netagg[rank]["stats"]
+        assert stats["fallbacks"] == stats["gloo_buckets"] == 0
+        assert stats["buckets"] == stats["switch_buckets"] > 0
     # With a 10 KB cap each step has several buckets (2 steps, so the rebuilt buckets were used too).
     if bucket_cap_mb == 0.01:
         assert netagg[0]["stats"]["buckets"] >= 4
@@ -72,7 +73,8 @@ def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
     import torch
 
     for rank in range(2):
-        assert netagg[rank]["stats"]["fallbacks"] == 0 and netagg[rank]["stats"]["buckets"] > 0
+        stats = netagg[rank]["stats"]
+        assert stats["fallbacks"] == stats["gloo_buckets"] == 0 and stats["switch_buckets"] > 0
         for ours, theirs in zip(netagg[rank]["averaged"], gloo[rank]["averaged"], strict=True):
             torch.testing.assert_close(
                 torch.from_numpy(ours), torch.from_numpy(theirs), atol=atol, rtol=2**-20
@@ -86,7 +88,8 @@ def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
     )
     for r in out:
         assert "error" not in r, r
-        assert r["stats"]["fallbacks"] > 0, r
+        assert r["stats"]["fallbacks"] > 0 and r["stats"]["gloo_buckets"] > 0, r
+        assert any("made no progress" in cause for cause in r["stats"]["causes"]), r
     assert out[0]["checksum"] == out[1]["checksum"]  # the ranks stayed in step
     import torch
 
@@ -96,11 +99,11 @@ def test_switch_killed_mid_training_falls_back_to_gloo(switch_factory) -> None:
     gmax = max(step["local_max"] for r in out for step in r["steps"])
     for r in out:
         # steps 0-1 through the switch; the switch dies before step 2, whose first bucket times out
-        counts = [(s["buckets"], s["fallbacks"]) for s in r["steps"]]
+        counts = [(s["buckets"], s["gloo_buckets"]) for s in r["steps"]]
         assert [f for _, f in counts] == [0, 0] + [b for b, _ in counts[2:]], counts
         for step in r["steps"]:
             for ours, gloo, exact in zip(step["averaged"], step["gloo"], step["exact"], strict=True):
-                if step["fallbacks"]:
+                if step["gloo_buckets"]:
                     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(gloo), rtol=0, atol=0)
                 else:
                     torch.testing.assert_close(
