@@ -205,7 +205,9 @@ def train_through_restart(
         x, digits.target, test_size=0.2, random_state=0, stratify=digits.target
     )
     train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        train, num_replicas=world, rank=rank, shuffle=True, seed=0
+    )
     loader = DataLoader(train, batch_size=32, sampler=sampler, drop_last=True)
     model = DDP(_model(0), bucket_cap_mb=0.05)
     state = None
