@@ -45,7 +45,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from host_agent.errors import ControllerError
+from host_agent.errors import ControllerError, RefusedError
 from host_agent.worker import NetAggError, Worker, parse_address
 from netagg.protocol import parse_key
 
@@ -61,9 +61,10 @@ CONFIG_ERRORS = frozenset(
     {"ALREADY_EXISTS", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_ARGUMENT"}
 )
 """The controller's answers to the first join that the user has to fix (a rank still joined from an
-earlier run, a wrong job id or token): raised from the hook, never fallen back from, so that a run
-cannot train on gloo while its user believes it uses the switch. Later joins (tries to go back to the
-switch) fall back on any error: the run was configured right and the job may come back."""
+earlier run, a wrong job id or token), and the switch's refusal of a wrong key (``bad_key``): raised
+from the hook, never fallen back from, so that a run cannot train on gloo while its user believes it
+uses the switch. Later joins (tries to go back to the switch) fall back on any error: the run was
+configured right and the job may come back."""
 
 MAX_CAUSES = 16  # distinct causes kept in the summary; further ones are counted under "other"
 
@@ -298,8 +299,11 @@ class NetAggState:
                 join_timeout=self.join_timeout if first else min(self.join_timeout, RETRY_JOIN_TIMEOUT),
                 **options,
             )
-        except ControllerError as exc:
-            if first and exc.code in CONFIG_ERRORS:
+        except (ControllerError, RefusedError) as exc:
+            config = (
+                exc.code in CONFIG_ERRORS if isinstance(exc, ControllerError) else exc.reason == "bad_key"
+            )
+            if first and config:
                 log.error("netagg: rank %d cannot join job %s: %s", self.rank, self.job, exc)
                 raise _ConfigError(exc) from exc
             raise
@@ -500,7 +504,7 @@ class NetAggState:
 class _ConfigError(Exception):
     """Carries an error of the first join that is the user's to fix past the fallback."""
 
-    def __init__(self, error: ControllerError) -> None:
+    def __init__(self, error: NetAggError) -> None:
         super().__init__(str(error))
         self.error = error
 

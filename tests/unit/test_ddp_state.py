@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from host_agent.ddp import RETRY_JOIN_TIMEOUT, NetAggState  # noqa: E402
-from host_agent.errors import ControllerError, NetAggTimeout  # noqa: E402
+from host_agent.errors import ControllerError, NetAggTimeout, RefusedError  # noqa: E402
 
 LOGGER = "host_agent.ddp"
 
@@ -170,6 +170,18 @@ def test_a_refused_first_join_at_the_controller_is_raised_not_fallen_back_from(c
         bucket(state)
     assert state.stats.gloo_buckets == 0 and state.stats.fallbacks == 0
     assert any(r.levelno == logging.ERROR and code in r.getMessage() for r in caplog.records)
+
+
+def test_a_wrong_key_at_the_first_join_is_raised() -> None:
+    state, _, _ = make_state(key=1)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RefusedError("bad_key", "switch 127.0.0.1:47000 refused the key of job 1 (bad_key)")
+
+    state._make_worker = refuse
+    with pytest.raises(RefusedError, match="bad_key"):
+        bucket(state)
+    assert state.stats.fallbacks == 0
 
 
 def test_later_joins_replace_and_fall_back_on_any_controller_error() -> None:
