@@ -40,11 +40,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
 
+from host_agent.ddp_peers import PeerResults
 from host_agent.errors import ControllerError, RefusedError
 from host_agent.worker import NetAggError, Worker, parse_address
 from netagg.protocol import parse_key
@@ -154,6 +155,7 @@ class NetAggState:
     retry_max: float = 30.0
     worker_options: dict[str, Any] = field(default_factory=dict)
     stats: NetAggStats = field(default_factory=NetAggStats, init=False)
+    _instances: ClassVar[int] = 0  # states made in this process: each has its own keys in the store
 
     def __post_init__(self) -> None:
         if (self.switch is None) == (self.controller is None):
@@ -197,6 +199,7 @@ class NetAggState:
         self._joined_before = False  # a join was tried: later ones replace this rank's earlier worker
         self._last_traffic: dict[str, int] = {}
         self._group: Any = None  # the group the fallback's collectives run on
+        self._peers: PeerResults | None = None  # asks the other ranks for a result this one lost
         self._seq = 0  # the number of the next bucket (the same at every rank: DDP's order)
         self._outs: dict[int, torch.Tensor] = {}  # the switch's result for each bucket index
         self._held: tuple[int, torch.Tensor] | None = None  # the last bucket whose switch result we have
@@ -249,9 +252,11 @@ class NetAggState:
 
     def _through_switch(self, seq: int, tensor: torch.Tensor, out: torch.Tensor) -> bool:
         """The bucket's mean into ``out`` through the switch; False if the call failed."""
+        joined = False
         try:
             if self._worker is None:
                 self._worker = self._connect()
+            joined = True
             # the mean, with the division folded into dequantization (no pass of its own); gradient
             # buckets are floating point. Into ``out``: a call that fails leaves the bucket intact.
             self._worker.allreduce(tensor, out=out, average=True)
@@ -259,6 +264,10 @@ class NetAggState:
             raise exc.error from None  # not the switch's failure: the user's to fix
         except (NetAggError, OSError) as exc:
             self._failed(seq, exc)
+            # Others may have got the result this rank lost (a join that failed: nobody has it).
+            if joined and self._peers is not None and self._peers.ask(seq, out, self.timeout):
+                self._from_peer(seq, out)
+                return True
             return False
         self.stats.switch_buckets += 1
         self.stats.switch_bytes += tensor.numel() * tensor.element_size()
@@ -398,12 +407,15 @@ class NetAggState:
         dist.broadcast(buf, group=self._group, group_src=source)
         if seq != lo:
             return False
+        self._from_peer(seq, out)
+        return True
+
+    def _from_peer(self, seq: int, out: torch.Tensor) -> None:
         self.stats.switch_buckets += 1
         self.stats.peer_buckets += 1
         self.stats.switch_bytes += out.numel() * out.element_size()
         self._held = (seq, out)
-        log.debug("netagg: rank %d got bucket %d's switch result from rank %d", self.rank, seq, source)
-        return True
+        log.info("netagg: rank %d got bucket %d's switch result from another rank", self.rank, seq)
 
     def _ensure_group(self) -> None:
         """The fallback's group, made by every rank at its first bucket (a collective, on the thread
@@ -415,6 +427,12 @@ class NetAggState:
         # A group of its own: the fallback's collectives never interleave with DDP's own (buffer
         # broadcasts in forward), which a rank one bucket ahead may already be issuing.
         self._group = self.process_group or dist.new_group(backend="gloo")
+        # A result one rank lost is asked for through init_process_group's store (host_agent/ddp_peers.py).
+        NetAggState._instances += 1
+        prefix = f"netagg-ddp/{getattr(self._group, 'group_name', '')}/{NetAggState._instances}/"
+        store = dist.PrefixStore(prefix, dist.distributed_c10d._get_default_store())
+        assert self.rank is not None and self.world_size is not None
+        self._peers = PeerResults(store, self.rank, self.world_size, lambda: self._held)
 
     # -- reporting --------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -486,6 +504,8 @@ class NetAggState:
             self._executor.shutdown(wait=True)
             self._executor = None  # type: ignore[assignment]
         self._close_worker()
+        if self._peers is not None:
+            self._peers.close()
         self.log_summary()
 
     def _finish(self, timeout: float) -> None:

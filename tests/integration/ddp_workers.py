@@ -256,3 +256,48 @@ def train_through_restart(
         out["log"] = records
     dist.destroy_process_group()
     return out
+
+
+def split_results(rank: int, world: int, port: int, switches: list[str], steps: int) -> dict[str, Any]:
+    """Train ``steps`` steps, rank r through ``switches[r]`` (a relay that loses some of the switch's
+    results to this rank, for one), with a 2 s timeout. Per step: the averaged gradients and their
+    exact mean (float64 over gloo); and the largest local gradient. Ends with ``summary()``."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from host_agent.ddp import NetAggState, netagg_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = DDP(_model(0), bucket_cap_mb=0.05)
+    state = NetAggState(switch=switches[rank], timeout=2.0, retry_after=0.5, retry_max=1.0)
+    model.register_comm_hook(state, netagg_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    local = _model(0)
+    out: list[dict[str, Any]] = []
+    for step in range(steps):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        averaged = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        local.load_state_dict(model.module.state_dict())
+        local.zero_grad()
+        torch.nn.functional.cross_entropy(local(x), y).backward()
+        own = [p.grad.detach() for p in local.parameters() if p.grad is not None]
+        exact = [g.double() for g in own]
+        for e in exact:
+            dist.all_reduce(e)
+            e.div_(world)
+        out.append(
+            {
+                "averaged": [g.numpy() for g in averaged],
+                "exact": [e.numpy() for e in exact],
+                "local_max": max(float(g.abs().max()) for g in own),
+            }
+        )
+        opt.step()
+    state.close()
+    summary = state.summary()
+    dist.destroy_process_group()
+    return {"steps": out, "summary": summary}

@@ -1,0 +1,100 @@
+"""A bucket's switch result passed from a rank that got it to one whose call failed, through the process
+group's key-value store (the TCPStore of ``init_process_group``), for the DDP hook (host_agent/ddp.py).
+
+The switch sends a bucket's results to every worker; if it dies (or the path to one worker fails) in
+between, one rank's call returns the bucket's mean while another's fails. The one that got it may have
+finished its backward pass and gone on to collectives of its own (a metric's all_reduce, DDP's buffer
+broadcast), so the rank that lost the result cannot wait for it in a collective. It asks through the
+store instead, which needs nothing from the others' main threads: every rank runs a thread that waits
+on the store for requests and answers each one, with the result if it holds that bucket's and with
+"not here" otherwise. Nothing of this runs while calls succeed, but for that thread's look at the
+store (one small request every ``POLL`` seconds).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["PeerResults"]
+
+log = logging.getLogger(__name__)
+
+POLL = 0.1
+"""Seconds between the serving thread's looks at the store for a request (one small request each)."""
+
+
+class PeerResults:
+    """The store side of one rank of a NetAggState: :meth:`ask` for a bucket's result, and a thread
+    that answers the others' requests from ``held()`` (the last bucket number whose switch result this
+    rank has, and that result)."""
+
+    def __init__(
+        self, store: Any, rank: int, world_size: int, held: Callable[[], tuple[int, torch.Tensor] | None]
+    ) -> None:
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self._held = held
+        self._next = 1  # the next request number to answer (the store's counter starts at 1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="netagg-ddp-peers", daemon=True)
+        self._thread.start()
+
+    def ask(self, seq: int, out: torch.Tensor, timeout: float) -> bool:
+        """Fill ``out`` with bucket ``seq``'s switch result from a rank that has it; False when no other
+        rank has it (or none answered within ``timeout`` seconds)."""
+        n = self.store.add("requests", 1)
+        self.store.set(f"need/{n}", f"{seq} {out.numel()} {out.element_size()} {self.rank}")
+        try:
+            self.store.wait([f"have/{n}"], datetime.timedelta(seconds=timeout))
+        except RuntimeError:  # DistStoreError (a RuntimeError): timed out
+            log.warning(
+                "netagg: rank %d: no rank answered for bucket %d within %g s", self.rank, seq, timeout
+            )
+            return False
+        data = self.store.get(f"have/{n}")
+        if not data:
+            return False
+        flat = out.view(-1).view(torch.uint8)
+        flat.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        return True
+
+    def _serve(self) -> None:
+        while not self._stop.wait(POLL):
+            key = f"need/{self._next}"
+            try:
+                # check, not a wait with a timeout: the store logs a warning for each wait that times out
+                if not self.store.check([key]):
+                    continue
+            except RuntimeError:  # the store is gone (the run is ending)
+                continue
+            n, self._next = self._next, self._next + 1
+            try:
+                self._answer(n, self.store.get(key).decode())
+            except RuntimeError as exc:  # the store went away (the run is ending)
+                log.debug("netagg: rank %d could not answer request %d: %s", self.rank, n, exc)
+
+    def _answer(self, n: int, request: str) -> None:
+        seq, size, itemsize, asker = (int(v) for v in request.split())
+        if asker == self.rank:
+            return
+        held = self._held()
+        if (
+            held is not None
+            and held[0] == seq
+            and held[1].numel() == size
+            and held[1].element_size() == itemsize
+        ):
+            data = held[1].detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            self.store.set(f"have/{n}", data)  # several holders write the same bytes
+            log.debug("netagg: rank %d passed bucket %d's result on to rank %d", self.rank, seq, asker)
+        elif self.store.add(f"none/{n}", 1) == self.world_size - 1:  # nobody else has it
+            self.store.set(f"have/{n}", b"")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
