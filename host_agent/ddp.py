@@ -27,14 +27,14 @@ through, buckets go through the switch again. ``fallback="error"`` raises instea
 Ranks must choose the same way for every bucket, or their collectives would not line up. A rank that
 falls back therefore first agrees with the others (one small all_gather on a gloo group of the hook's
 own) on the bucket each is at and whether every rank's back-off has passed. A rank whose call failed
-while the others got the bucket's result from the switch (the switch died between sending it to one
-worker and to another) gets that result from one of them (a broadcast): every rank holds the same
-gradients, bit for bit. :meth:`NetAggState.summary` says what went where.
+while others got the bucket's result from the switch (the switch died between sending it to one worker
+and to another) gets that result from one of them, through the process group's store or, failing that,
+a broadcast (host_agent/ddp_peers.py): every rank holds the same gradients, bit for bit. While calls
+succeed none of this costs anything. :meth:`NetAggState.summary` says what went where.
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.
 import concurrent.futures
-import datetime
 import logging
 import threading
 import time
@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.distributed as dist
 
-from host_agent.ddp_peers import PeerResults
+from host_agent.ddp_peers import READY, SEQ, SIZE, PeerResults, agree, pass_on
 from host_agent.errors import ControllerError, RefusedError
 from host_agent.worker import NetAggError, Worker, parse_address
 from netagg.protocol import parse_key
@@ -68,10 +68,6 @@ uses the switch. Later joins (tries to go back to the switch) fall back on any e
 configured right and the job may come back."""
 
 MAX_CAUSES = 16  # distinct causes kept in the summary; further ones are counted under "other"
-
-# The agreement row each rank contributes: its bucket's number and size, the number of the last bucket
-# whose switch result it holds (-1: none) and whether its back-off has passed.
-_SEQ, _SIZE, _HELD, _READY = range(4)
 
 
 @dataclass
@@ -236,15 +232,15 @@ class NetAggState:
             return out
         while True:
             rows = self._agree(seq, tensor.numel())
-            seqs = [row[_SEQ] for row in rows]
+            seqs = [row[SEQ] for row in rows]
             if min(seqs) != max(seqs):
                 if self._pass_on(rows, seq, out):
                     return out
                 continue  # this rank is ahead: it gave the result; now agree on its own bucket
-            sizes = {row[_SIZE] for row in rows}
+            sizes = {row[SIZE] for row in rows}
             if len(sizes) > 1:
                 raise NetAggError(f"bucket {seq} has different sizes at the ranks: {sorted(sizes)}")
-            if not all(row[_READY] for row in rows):
+            if not all(row[READY] for row in rows):
                 return self._through_gloo(tensor)
             self.stats.retries += 1
             if self._through_switch(seq, tensor, out):
@@ -372,43 +368,15 @@ class NetAggState:
         if self._group is None:  # one rank: nobody to agree with
             return [row]
         assert self.world_size is not None
-        mine = torch.tensor(row, dtype=torch.int64)
-        rows = [torch.empty_like(mine) for _ in range(self.world_size)]
-        work = dist.all_gather(rows, mine, group=self._group, async_op=True)
-        assert work is not None
-        if timeout is None:
-            work.wait()
-        elif not work.wait(datetime.timedelta(seconds=timeout)):
-            raise TimeoutError(f"the other ranks did not close within {timeout:g}s")
-        return [r.tolist() for r in rows]
+        return agree(self._group, self.world_size, row, timeout)
 
     def _pass_on(self, rows: list[list[int]], seq: int, out: torch.Tensor) -> bool:
         """Ranks at different buckets: the ones behind get the bucket's switch result from one ahead.
         True when this rank got its bucket's result that way."""
-        seqs = [row[_SEQ] for row in rows]
-        lo, hi = min(seqs), max(seqs)
-        source = next((r for r, row in enumerate(rows) if row[_SEQ] == hi and row[_HELD] == lo), None)
-        if hi != lo + 1 or source is None:
-            raise NetAggError(
-                f"the ranks are at buckets {seqs}, holding the switch's results of "
-                f"{[r[_HELD] for r in rows]}: they cannot agree on the gradients"
-            )
-        size = next(row[_SIZE] for row in rows if row[_SEQ] == lo)
-        if seq == lo:
-            buf = out
-        elif self.rank == source:
-            assert self._held is not None
-            buf = self._held[1]
-            if buf.numel() != size:
-                raise NetAggError(f"bucket {lo} has {size} elements at the ranks behind, {buf.numel()} here")
-        else:  # ahead too: it holds the same result, but DDP may be reading it; receive into a spare
-            assert self._held is not None
-            buf = torch.empty(size, dtype=self._held[1].dtype)
-        dist.broadcast(buf, group=self._group, group_src=source)
-        if seq != lo:
-            return False
-        self._from_peer(seq, out)
-        return True
+        if pass_on(self._group, rows, self.rank, seq, out, self._held):
+            self._from_peer(seq, out)
+            return True
+        return False
 
     def _from_peer(self, seq: int, out: torch.Tensor) -> None:
         self.stats.switch_buckets += 1
@@ -514,7 +482,7 @@ class NetAggState:
         try:
             while True:
                 rows = self._agree(self._seq, 0, timeout)
-                if min(row[_SEQ] for row in rows) == self._seq:
+                if min(row[SEQ] for row in rows) == self._seq:
                     return
                 self._pass_on(rows, self._seq, torch.empty(0))  # a rank behind: pass the result on
         except (RuntimeError, TimeoutError) as exc:

@@ -1,14 +1,17 @@
-"""A bucket's switch result passed from a rank that got it to one whose call failed, through the process
-group's key-value store (the TCPStore of ``init_process_group``), for the DDP hook (host_agent/ddp.py).
+"""What the DDP hook's ranks (host_agent/ddp.py) exchange when a bucket falls back.
 
-The switch sends a bucket's results to every worker; if it dies (or the path to one worker fails) in
-between, one rank's call returns the bucket's mean while another's fails. The one that got it may have
-finished its backward pass and gone on to collectives of its own (a metric's all_reduce, DDP's buffer
-broadcast), so the rank that lost the result cannot wait for it in a collective. It asks through the
-store instead, which needs nothing from the others' main threads: every rank runs a thread that waits
-on the store for requests and answers each one, with the result if it holds that bucket's and with
-"not here" otherwise. Nothing of this runs while calls succeed, but for that thread's look at the
-store (one small request every ``POLL`` seconds).
+:func:`agree` and :func:`pass_on` are collectives on the hook's gloo group: where each rank is, and a
+bucket's switch result broadcast from a rank one bucket ahead to those behind.
+
+:class:`PeerResults` passes a bucket's switch result through the process group's key-value store (the
+TCPStore of ``init_process_group``) instead. The switch sends a bucket's results to every worker; if it
+dies (or the path to one worker fails) in between, one rank's call returns the bucket's mean while
+another's fails. The one that got it may have finished its backward pass and gone on to collectives of
+its own (a metric's all_reduce, DDP's buffer broadcast), so the rank that lost the result cannot wait
+for it in a collective. It asks through the store, which needs nothing from the others' main threads:
+every rank runs a thread that looks for requests and answers each one, with the result if it holds that
+bucket's and with "not here" otherwise. Nothing of this runs while calls succeed, but for that thread's
+look at the store (one small request every ``POLL`` seconds).
 """
 
 from __future__ import annotations
@@ -20,13 +23,68 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["PeerResults"]
+from host_agent.errors import NetAggError
+
+__all__ = ["HELD", "READY", "SEQ", "SIZE", "PeerResults", "agree", "pass_on"]
 
 log = logging.getLogger(__name__)
 
 POLL = 0.1
 """Seconds between the serving thread's looks at the store for a request (one small request each)."""
+
+
+# The agreement row each rank contributes: its bucket's number and size, the number of the last bucket
+# whose switch result it holds (-1: none) and whether its back-off has passed.
+SEQ, SIZE, HELD, READY = range(4)
+
+
+def agree(group: Any, world_size: int, row: list[int], timeout: float | None = None) -> list[list[int]]:
+    """Every rank's ``row`` (an all_gather on ``group``), waiting at most ``timeout`` seconds."""
+    mine = torch.tensor(row, dtype=torch.int64)
+    rows = [torch.empty_like(mine) for _ in range(world_size)]
+    work = dist.all_gather(rows, mine, group=group, async_op=True)
+    assert work is not None
+    if timeout is None:
+        work.wait()
+    elif not work.wait(datetime.timedelta(seconds=timeout)):  # (it raises when it times out)
+        raise TimeoutError(f"the other ranks did not answer within {timeout:g}s")
+    return [r.tolist() for r in rows]
+
+
+def pass_on(
+    group: Any,
+    rows: list[list[int]],
+    rank: int | None,
+    seq: int,
+    out: torch.Tensor,
+    held: tuple[int, torch.Tensor] | None,
+) -> bool:
+    """Ranks at different buckets (``rows`` from :func:`agree`): the lowest rank one bucket ahead that
+    holds the switch's result of the bucket the others are at broadcasts it; True at the ranks that
+    received it into ``out`` (their bucket ``seq``). Raises if the ranks are further apart."""
+    seqs = [row[SEQ] for row in rows]
+    lo, hi = min(seqs), max(seqs)
+    source = next((r for r, row in enumerate(rows) if row[SEQ] == hi and row[HELD] == lo), None)
+    if hi != lo + 1 or source is None:
+        raise NetAggError(
+            f"the ranks are at buckets {seqs}, holding the switch's results of "
+            f"{[r[HELD] for r in rows]}: they cannot agree on the gradients"
+        )
+    size = next(row[SIZE] for row in rows if row[SEQ] == lo)
+    if seq == lo:
+        buf = out
+    elif rank == source:
+        assert held is not None
+        buf = held[1]
+        if buf.numel() != size:
+            raise NetAggError(f"bucket {lo} has {size} elements at the ranks behind, {buf.numel()} here")
+    else:  # ahead too: it holds the same result, but DDP may be reading it; receive into a spare
+        assert held is not None
+        buf = torch.empty(size, dtype=held[1].dtype)
+    dist.broadcast(buf, group=group, group_src=source)
+    return seq == lo
 
 
 class PeerResults:
