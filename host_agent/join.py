@@ -29,7 +29,8 @@ _JOIN_ACK, _PENDING, _REFUSE = int(MsgType.JOIN_ACK), int(MsgType.PENDING), int(
 class JoinHandshake:
     """One worker's JOIN of ``job`` as ``worker_id``: :attr:`packet` is sent (again after each
     :meth:`next_wait`) until :meth:`on_datagram` returns the job's parameters. ``key`` is the job's key
-    (0: none); ``prev_round`` the round a rejoin continues (0: a fresh join)."""
+    (0: none); ``prev_round`` and ``prev_epoch`` the round a rejoin continues and the epoch this worker
+    had in it (0: a fresh join)."""
 
     def __init__(
         self,
@@ -39,11 +40,14 @@ class JoinHandshake:
         *,
         key: int = 0,
         prev_round: int = 0,
+        prev_epoch: int = 0,
         switch: str = "the switch",
     ) -> None:
         self.job, self.worker_id, self.switch = job, worker_id, switch
         self.incarnation = incarnation if incarnation is not None else (secrets.randbits(32) or 1)
-        self.packet = join_packet(job, worker_id, self.incarnation, key=key, prev_round=prev_round)
+        self.packet = join_packet(
+            job, worker_id, self.incarnation, key=key, prev_round=prev_round, prev_epoch=prev_epoch
+        )
         self.heard = False  # the switch answered something for this JOIN
         self.joined_bitmap = 0  # who had joined, from the last PENDING
         self.stale = 0  # datagrams that answered no JOIN of this handshake
