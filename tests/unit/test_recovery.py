@@ -1,5 +1,5 @@
 """Recovery (docs/protocol.md, "Recovery"): the real engines against the real dataplane, in process, with
-the switch restarted (replaced by a fresh Dataplane) or a stray JOIN starting a new round, at any point.
+the switch restarted (replaced by a fresh Dataplane, which loses some of what it had queued) at any point.
 
 Each worker runs its calls back to back, as a training loop does, through a seeded channel that loses,
 duplicates and reorders, on a virtual clock. Whatever the point of the restart, every call must complete
@@ -20,7 +20,7 @@ from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
 from host_agent.errors import RefusedError
 from host_agent.join import JoinHandshake
 from host_agent.session import JobParams, Rto, Session
-from netagg.protocol import MsgType, Reason, decode, join_packet, refuse_packet, slot_field
+from netagg.protocol import MsgType, Reason, decode, refuse_packet, slot_field
 from netagg.verify import allreduce_error_bound
 from switch.core import Dataplane, JobConfig
 from tests.unit.test_engine import datagrams, switch_outputs
@@ -39,7 +39,7 @@ class Cluster:
         self.dp = self._switch()
         self.inflight: list[tuple[str, str, bytes]] = []  # (direction, worker address, datagram)
         self.sessions = self._join(workers)
-        self.restarts = self.strays = 0
+        self.restarts = 0
 
     def _switch(self) -> Dataplane:
         return Dataplane([self.cfg], join_refresh=1e9, clock=lambda: self.now)
@@ -61,24 +61,19 @@ class Cluster:
         if self.rng.random() < self.dup:
             self.inflight.append((direction, addr, data))
 
-    def disrupt(self, how: str) -> None:
-        if how == "restart":  # the switch process is gone: its state, and what it had queued
-            self.dp = self._switch()
-            self.inflight = [x for x in self.inflight if x[0] == "up" or self.rng.random() < 0.5]
-            self.restarts += 1
-        else:  # someone else's JOIN for one of the workers starts a new round
-            stray = join_packet(JOB, self.rng.randrange(self.cfg.workers), self.rng.randrange(1, 2**32))
-            for out, dests in switch_outputs(self.dp.handle(stray, "evil")):
-                assert dests == ["evil"]  # PENDING, or JOIN_ACK where it fills every place (W = 1)
-            self.strays += 1
+    def restart(self) -> None:
+        """The switch process is gone: its state, and some of what it had queued."""
+        self.dp = self._switch()
+        self.inflight = [x for x in self.inflight if x[0] == "up" or self.rng.random() < 0.5]
+        self.restarts += 1
 
     def run(
-        self, calls: list[list[np.ndarray]], *, batched: bool, in_place: bool, disrupt_at: list[int], how: str
+        self, calls: list[list[np.ndarray]], *, batched: bool, in_place: bool, restart_at: list[int]
     ) -> list[list[np.ndarray]]:
-        """Every worker makes ``calls`` in order; the switch is disrupted after it has handled each of
-        ``disrupt_at`` packets, unless some worker has begun its last call (a worker that has returned
+        """Every worker makes ``calls`` in order; the switch restarts after it has handled each of
+        ``restart_at`` packets, unless some worker has begun its last call (a worker that has returned
         from a call offers its results only when it next calls, docs/protocol.md "Recovery", Limits;
-        here every disruption is followed by a call of every worker). Returns each worker's results."""
+        here every restart is followed by a call of every worker). Returns each worker's results."""
         nw = len(self.sessions)
         results: list[list[np.ndarray]] = [[] for _ in range(nw)]
         engines: list[Engine | None] = [None] * nw
@@ -113,8 +108,8 @@ class Cluster:
             self.now += 1e-5
             if direction == "up":
                 handled += 1
-                if handled in disrupt_at and all(n < len(calls) for n in nxt):
-                    self.disrupt(how)
+                if handled in restart_at and all(n < len(calls) for n in nxt):
+                    self.restart()
                 for out, dests in switch_outputs(self.dp.handle(data, addr)):
                     for dest in dests:
                         self.put("down", dest, out)
@@ -168,11 +163,10 @@ def check(calls: list[list[np.ndarray]], results: list[list[np.ndarray]], elemen
     batched=st.booleans(),
     in_place=st.booleans(),
     dtype=st.sampled_from(["int32", "float32"]),
-    disrupt_at=st.lists(st.integers(1, 120), min_size=1, max_size=2),
-    how=st.just("restart"),
+    restart_at=st.lists(st.integers(1, 120), min_size=1, max_size=2),
 )
 def test_calls_complete_exactly_whenever_the_switch_restarts(
-    seed, workers, sizes, slots, loss, dup, batched, in_place, dtype, disrupt_at, how
+    seed, workers, sizes, slots, loss, dup, batched, in_place, dtype, restart_at
 ) -> None:
     elements = 3
     rng = np.random.default_rng(seed)
@@ -184,7 +178,7 @@ def test_calls_complete_exactly_whenever_the_switch_restarts(
             scale = 10.0 ** rng.integers(-3, 4)
             calls.append([(rng.standard_normal(size) * scale).astype(np.float32) for _ in range(workers)])
     cluster = Cluster(workers, slots, elements, seed, loss, dup)
-    results = cluster.run(calls, batched=batched, in_place=in_place, disrupt_at=disrupt_at, how=how)
+    results = cluster.run(calls, batched=batched, in_place=in_place, restart_at=restart_at)
     check(calls, results, elements)
 
 
@@ -198,7 +192,7 @@ def test_a_restart_at_each_point_of_a_call_then_between_calls(batched: bool, in_
     rng = np.random.default_rng(at)
     calls = [[rng.standard_normal(n).astype(np.float32) for _ in range(3)] for n in (20, 7, 20, 5)]
     cluster = Cluster(3, 2, 3, seed=at, loss=0.0, dup=0.0)
-    results = cluster.run(calls, batched=batched, in_place=in_place, disrupt_at=[at], how="restart")
+    results = cluster.run(calls, batched=batched, in_place=in_place, restart_at=[at])
     check(calls, results, 3)
     assert cluster.restarts == 1
     assert sum(s.stats.rejoins for s in cluster.sessions) >= 3  # every worker rejoined
