@@ -275,10 +275,9 @@ class PythonSwitch:
         # moment, and the loop waits at most for one copy of a few dicts.
         with self.server.lock:
             stats = dp.stats()
-            job_stats = getattr(dp, "job_stats", dict)  # TRANSITION: until Dataplane.job_stats lands
-            jobs = {
+            jobs = {  # job_stats() builds new dicts; their drops are copies too (dict(job.drops))
                 job_id: {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-                for job_id, values in job_stats().items()
+                for job_id, values in dp.job_stats().items()
             }
             workers = {cfg.job_id: cfg.workers for cfg in dp.jobs}
         return Snapshot(stats, jobs, workers)

@@ -23,6 +23,7 @@ Series (every counter ends in ``_total``; ``direction`` is ``in`` or ``out``)::
     netagg_job_joined_workers{job}                members of the job's JOIN round now
     netagg_job_workers{job}                       workers the job has (its fan-in at this switch)
     netagg_job_epoch{job}                         the job's epoch (mod 256, as on the wire)
+    netagg_job_running{job}                       1 while the job's JOIN round is complete
 
 Example::
 
@@ -63,6 +64,7 @@ _DIRECTIONS = frozenset(("packets_in", "packets_out", "bytes_in", "bytes_out")) 
 _GAUGES = {  # per-job values that are states, not counts
     "joined": ("joined_workers", "members of the job's JOIN round now"),
     "epoch": ("epoch", "the job's epoch (mod 256, as on the wire)"),
+    "running": ("running", "1 while the job's JOIN round is complete (its workers may contribute)"),
 }
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -74,7 +76,8 @@ class Snapshot:
     stats: Mapping[str, Any]
     """Switch-wide: ``{"counters": {name: n}, "drops": {reason: n}}`` (:meth:`Dataplane.stats`)."""
     jobs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
-    """Per job id: counters, ``"drops"`` by reason, ``"joined"``, ``"epoch"`` (``Dataplane.job_stats``)."""
+    """Per job id: counters, ``"drops"`` by reason, ``"joined"``, ``"epoch"``, ``"running"``
+    (:meth:`Dataplane.job_stats`)."""
     workers: Mapping[int, int] | None = None
     """Per installed job id: its workers at this switch (None: the switch does not say, as BMv2's
     counters do not)."""

@@ -80,6 +80,7 @@ def test_metrics_endpoint_counts_the_jobs_allreduce(switch_factory) -> None:
     assert after[("netagg_job_contributions_total", job)] >= 14
     assert after[("netagg_job_joined_workers", job)] == 2
     assert after[("netagg_job_epoch", job)] >= 1
+    assert after[("netagg_job_running", job)] == 1
     sent = after[("netagg_switch_packets_total", (("direction", "out"),))]
     assert sent >= 2 * 7 + 2  # a RESULT per use to each worker, and the JOIN_ACKs
     assert after[("netagg_switch_bytes_total", (("direction", "out"),))] > 2 * expected.nbytes
@@ -198,6 +199,7 @@ def test_verbose_logs_info_with_time_level_and_logger(tmp_path: Path) -> None:
     assert " INFO " not in _switch_log(tmp_path)
     lines = [line for line in _switch_log(tmp_path, "-v").splitlines() if " INFO " in line]
     assert any(" switch.udp INFO netagg switch serving on" in line for line in lines), lines
+    assert any(" netagg.switch INFO job 1: " in line for line in lines), lines  # the dataplane's joins
     assert all(line[:4].isdigit() for line in lines)  # 2026-12-01 17:00:00,123 ...
     assert len(lines) < 50, "INFO is not per packet"
 

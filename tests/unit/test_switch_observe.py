@@ -48,7 +48,7 @@ STATS = {
 }  # fmt: skip
 JOBS = {
     1: {"packets_in": 25, "bytes_in": 2500, "completions": 6, "offers": 1, "drops": {"stale_epoch": 4},
-        "joined": 2, "epoch": 3},
+        "joined": 2, "epoch": 3, "running": True},
     7: {"packets_in": 5, "bytes_in": 500, "completions": 3, "drops": {}, "joined": 0, "epoch": 255},
 }  # fmt: skip
 
@@ -73,6 +73,7 @@ def test_switch_and_job_series() -> None:
     assert s[("netagg_job_drops_total", (*one, ("reason", "stale_epoch")))] == 4
     assert s[("netagg_job_joined_workers", one)] == 2 and s[("netagg_job_workers", seven)] == 4
     assert s[("netagg_job_epoch", seven)] == 255
+    assert s[("netagg_job_running", one)] == 1 and ("netagg_job_running_total", one) not in s
     # One family per name, its samples per job: each name's TYPE line appears once.
     assert text.count("# TYPE netagg_job_completions_total counter") == 1
     assert "# TYPE netagg_job_epoch gauge" in text
