@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from host_agent import Worker
 from netagg.cli.launch import ready_event
-from netagg.protocol import HEADER, MsgType, join_packet
+from netagg.protocol import HEADER, MsgType, join_packet, pack_header
 
 pytestmark = pytest.mark.integration
 
@@ -85,9 +85,22 @@ def test_metrics_endpoint_counts_the_jobs_allreduce(switch_factory) -> None:
     assert sent >= 2 * 7 + 2  # a RESULT per use to each worker, and the JOIN_ACKs
     assert after[("netagg_switch_bytes_total", (("direction", "out"),))] > 2 * expected.nbytes
     assert after[("netagg_switch_drops_total", (("reason", "bad_version"),))] == 0
+
+    # A stray contribution of an old epoch is refused, and counted under its job and reason.
+    host, port = sw.address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5.0)
+        s.sendto(
+            pack_header(MsgType.CONTRIB, epoch=0, job=1, worker=0, count=1) + bytes(4), (host, int(port))
+        )
+        assert HEADER.unpack_from(s.recv(65536))[1] == MsgType.REFUSE
+    last = _scrape(address)
+    assert last[("netagg_job_drops_total", (("job", "1"), ("reason", "stale_epoch")))] == 1
+    assert last[("netagg_job_refusals_total", job)] == after[("netagg_job_refusals_total", job)] + 1
+    assert last[("netagg_switch_refusals_total", ())] == after[("netagg_switch_refusals_total", ())] + 1
     stats = sw.stop()
     assert stats is not None
-    assert stats["counters"]["completions"] == after[("netagg_switch_completions_total", ())]
+    assert stats["counters"]["completions"] == last[("netagg_switch_completions_total", ())]
 
 
 @pytest.mark.parametrize("elements", [64, None], ids=["small-gso", "large"])
