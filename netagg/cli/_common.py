@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,36 @@ def _ready_flag(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="once serving, write the ready line (JSON) to this file instead of stdout",
+    )
+
+
+def _verbose_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``-v``/``-vv`` after the subcommand too (``netagg switch -v``), adding to ``netagg -v``."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbose_here",
+        action="count",
+        default=0,
+        help=f"log {what} at INFO, with time, logger and level, on stderr; -vv: DEBUG as well",
+    )
+
+
+def _apply_verbose(args: argparse.Namespace) -> None:
+    """Lower the root logger's level for ``-v`` given after the subcommand (main() has set the format
+    and the level of ``netagg -v``)."""
+    count = getattr(args, "verbose", 0) + getattr(args, "verbose_here", 0)
+    if count:
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(count, 2))
+
+
+def _metrics_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--metrics",
+        type=_address,
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one; the ready line "
+        f"says which): {what}",
     )
 
 
