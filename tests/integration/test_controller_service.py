@@ -445,7 +445,7 @@ def test_tree_placement(tmp_path: Path) -> None:
             bad = spec(workers=2, workers_at={"leaf1": 1, "nowhere": 1})
             code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "nowhere" in message
-            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id))
+            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id, force=True))  # every rank joined: running
             assert all(dp.jobs == [] for dp in planes.values())
     finally:
         server.stop(grace=None)
