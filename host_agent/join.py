@@ -106,7 +106,8 @@ def wait_for_controller(
             check(request, timeout=timeout, wait_for_ready=wait_for_ready)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return f"{exc.code().name}: {(exc.details() or '').strip()}"
+                # the last part of gRPC's text says it ("...: Connection refused")
+                return f"{exc.code().name}: {(exc.details() or '').strip().rsplit(': ', 1)[-1]}"
         return ""
 
     why = first = down(max(0.1, min(2.0, retry_for)), False)  # a refused connection fails at once
@@ -120,7 +121,7 @@ def wait_for_controller(
                 f"{spent:.1f} s (is `netagg controller` running there?)"
             )
         pause = min(wait, left)
-        line = f"controller {controller} unreachable ({first}); retrying in {pause:g} s"
+        line = f"controller {controller} unreachable ({first}); retrying in {pause:.2g} s"
         if tries > 1:
             log.debug("%s", line)
         elif report is not None:
