@@ -346,7 +346,7 @@ class ControllerService(pb_grpc.ControllerServicer):
                 if sw is None:
                     continue
                 entry = snap.switch_counters[sw_id]  # listed (empty) even if the switch does not answer
-                counters = self.agents.counters(sw)
+                counters = self.agents.counters(sw, quiet=not self.monitor.health(sw_id).up)
                 if counters is not None:
                     entry.CopyFrom(counters)
             for job in jobs:

@@ -434,3 +434,28 @@ def test_the_controller_process_serves_metrics(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
             text = reply.read().decode()
         assert reply.status == 200 and "# TYPE netagg_switch_up gauge" in text
+
+
+@needs_job_stats
+def test_ctl_stats_shows_per_job_rates(plane: Plane, capsys) -> None:
+    job = plane.alice.CreateJob(pb.CreateJobRequest(spec=spec()))
+    dataplane = plane.agents["sw1"].dataplane
+    stop = threading.Event()
+
+    def traffic() -> None:  # a steady trickle of the job's packets while ctl watches
+        while not stop.wait(0.01):
+            dataplane.handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        base = ["ctl", "--controller", plane.address, "--token", ALICE]
+        assert netagg_main([*base, "stats", "--interval", "0.3", "--count", "2", job.job_id]) == 0
+    finally:
+        stop.set()
+        t.join()
+    out = capsys.readouterr().out
+    [first, second] = [line for line in out.splitlines() if line.startswith(job.job_id + "  sw1")]
+    assert first.split()[2:5] == ["-", "-", "-"]  # no interval before the first snapshot
+    packets_per_s = float(second.split()[2])
+    assert 10 < packets_per_s < 200  # about 100 a second, on a loaded machine
