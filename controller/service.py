@@ -204,7 +204,8 @@ class ControllerService(pb_grpc.ControllerServicer):
                 )
             self.agents.remove(job)
             self.store.delete_job(job.job_id)
-        log.info("job %s deleted%s", job.job_id, " (forced, it was running)" if request.force else "")
+        forced = job.state == pb.JOB_STATE_RUNNING
+        log.info("job %s deleted%s", job.job_id, " while it was running (force)" if forced else "")
         return pb.DeleteJobResponse()
 
     def JoinJob(self, request: pb.JoinJobRequest, context: grpc.ServicerContext) -> pb.JoinJobResponse:
