@@ -83,6 +83,13 @@ class SwitchAgents:
             return f"{exc.code().name}: {exc.details()}"
         return ""
 
+    def read_counters(self, sw: SwitchRecord) -> pb.Counters | grpc.RpcError:
+        """The switch's counters, or the error its SwitchAgent answered with."""
+        try:
+            return self.stub(sw).GetCounters(pb.GetCountersRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            return exc
+
     def counters(self, sw: SwitchRecord, *, quiet: bool = False) -> pb.Counters | None:
         """The switch's counters, or None (logged, at DEBUG if ``quiet``) if it does not answer."""
         try:

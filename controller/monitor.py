@@ -1,13 +1,14 @@
 """What the controller knows about its switches and jobs beyond the store: liveness and activity.
 
 A thread checks every registered switch every ``interval`` seconds (its SwitchAgent's GetInfo,
-:meth:`SwitchAgents.check`) and reads the counters of those that carry jobs. After ``failures`` failed
-checks in a row a switch is **down**: placement skips it and its jobs are ``JOB_STATE_SWITCH_DOWN``.
-When it answers again, or registers again, its jobs are installed there again and it is up. A job whose
-workers are all joined but whose switches have counted no packet of it for ``idle_after`` seconds is
-**idle** (only switches that count per job, :class:`pb.Counters` ``jobs``, tell; a join counts as
-activity). All of it lives in memory: a restarted controller starts with every switch up and every
-job's clock at its start.
+:meth:`SwitchAgents.check`) and reads the counters of those that carry jobs (a GetCounters answered
+with UNAVAILABLE, as a BMv2 driver whose simple_switch exited answers, is a failed check too). After
+``failures`` failed checks in a row a switch is **down**: placement skips it and its jobs are
+``JOB_STATE_SWITCH_DOWN``. When it answers again, or registers again, its jobs are installed there
+again and it is up. A job whose workers are all joined but whose switches have counted no packet of it
+for ``idle_after`` seconds is **idle** (only switches that count per job, :class:`pb.Counters`
+``jobs``, tell; a join counts as activity). All of it lives in memory: a restarted controller starts
+with every switch up and every job's clock at its start.
 
 Example::
 
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import grpc
 
 from controller.agents import SwitchAgents
 from controller.store import Store, SwitchRecord
@@ -101,17 +104,24 @@ class Monitor:
         carried = {p.switch_id for j in jobs for p in j.placements}
         for sw in self.store.switches():
             error = self.agents.check(sw, timeout=max(0.1, min(self.interval, self.agents.timeout)))
+            counters = None
+            if not error and sw.switch_id in carried:
+                read = self.agents.read_counters(sw)
+                if not isinstance(read, pb.Counters):
+                    log.debug("counters of %s: %s", sw.switch_id, read.details())
+                    if read.code() == grpc.StatusCode.UNAVAILABLE:  # BMv2: simple_switch has exited
+                        error = f"GetCounters: UNAVAILABLE: {read.details()}"
+                else:
+                    counters = read
             if error:
                 self._failed(sw, error)
                 continue
             self._answered(sw)
-            if sw.switch_id in carried:
-                counters = self.agents.counters(sw, quiet=True)
-                with self._lock:
-                    if counters is None:
-                        self._counters.pop(sw.switch_id, None)
-                    else:
-                        self._counters[sw.switch_id] = counters
+            with self._lock:
+                if counters is None:
+                    self._counters.pop(sw.switch_id, None)
+                else:
+                    self._counters[sw.switch_id] = counters
         self._update_activity(jobs)
 
     def _failed(self, sw: SwitchRecord, error: str) -> None:
