@@ -165,15 +165,20 @@ def _counters(counters: Counters) -> pb.Counters:
 
 def job_counters(stats: Mapping[int, Mapping[str, Any]]) -> list[pb.JobCounters]:
     """``Dataplane.job_stats()`` as JobCounters, in wire job id order: the integer entries are counters,
-    ``drops`` the drops by reason, ``joined`` and ``epoch`` the job's round now."""
+    ``drops`` the drops by reason, ``joined``, ``epoch`` and ``running`` the job's round now."""
     out = []
     for job_id in sorted(stats):
         s = stats[job_id]
-        c = pb.JobCounters(wire_job_id=job_id, joined=int(s.get("joined", 0)), epoch=int(s.get("epoch", 0)))
+        c = pb.JobCounters(
+            wire_job_id=job_id,
+            joined=int(s.get("joined", 0)),
+            epoch=int(s.get("epoch", 0)),
+            running=bool(s.get("running", False)),
+        )
         for name, value in s.items():
             if name == "drops":
                 c.drops.update({r: int(n) for r, n in value.items()})
-            elif name not in ("joined", "epoch") and not isinstance(value, Mapping):
+            elif name not in ("joined", "epoch", "running") and not isinstance(value, Mapping):
                 c.counters[name] = int(value)
         out.append(c)
     return out

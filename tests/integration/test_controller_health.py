@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller import Store, serve_controller
 from controller.metrics import serve_metrics
@@ -65,14 +66,20 @@ class Agent:
     dataplane: Dataplane
     server: grpc.Server
     port: int
+    lock: threading.Lock
 
     @classmethod
     def start(cls, port: int = 0) -> Agent:
-        dataplane = Dataplane()
+        dataplane, lock = Dataplane(), threading.Lock()
         server, bound = serve_agent(
-            dataplane, threading.Lock(), f"127.0.0.1:{port}", Tokens.single(ADMIN), total_slots=64
+            dataplane, lock, f"127.0.0.1:{port}", Tokens.single(ADMIN), total_slots=64
         )
-        return cls(dataplane, server, bound)
+        return cls(dataplane, server, bound, lock)
+
+    def handle(self, datagram: bytes, src: tuple[str, int]) -> None:
+        """A datagram into the dataplane, under the lock a switch's packet loop holds."""
+        with self.lock:
+            self.dataplane.handle(datagram, src)
 
     @property
     def address(self) -> str:
@@ -356,36 +363,53 @@ def test_a_joined_job_without_packets_is_idle_and_packets_make_it_running(plane:
     assert plane.job(job.job_id).state == pb.JOB_STATE_RUNNING
     got = until(lambda: (j := plane.job(job.job_id)).state == pb.JOB_STATE_IDLE and j)  # idle_after 0.5 s
     assert isinstance(got, pb.Job) and "no packet" in got.state_detail
-    dataplane = plane.agents["sw1"].dataplane
 
     def send() -> bool:
-        dataplane.handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
+        plane.agents["sw1"].handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
         return plane.job(job.job_id).state == pb.JOB_STATE_RUNNING
 
     until(send)
 
 
-def scrape_until(scrape: Callable[[], str], line: str) -> str:
-    """The first scrape that shows ``line`` (the monitor reads counters every INTERVAL)."""
-    texts = [""]
+Scrape = Callable[[], dict[tuple[str, frozenset], float]]
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text as {(sample name, its labels): value}, parsed by prometheus_client's parser."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def series(metric: str, **labels: str) -> tuple[str, frozenset]:
+    return metric, frozenset(labels.items())
+
+
+def scrape_until(
+    scrape: Scrape, key: tuple[str, frozenset], value: float
+) -> dict[tuple[str, frozenset], float]:
+    """The first scrape in which ``key`` has ``value`` (the monitor reads counters every INTERVAL)."""
+    got: list[dict] = [{}]
 
     def shows() -> bool:
-        texts[0] = scrape()
-        return line in texts[0]
+        got[0] = scrape()
+        return got[0].get(key) == value
 
     until(shows)
-    return texts[0]
+    return got[0]
 
 
 @pytest.fixture
-def scrape(plane: Plane) -> Iterator[Callable[[], str]]:
-    """GET of the controller's metrics endpoint, served on port 0."""
+def scrape(plane: Plane) -> Iterator[Scrape]:
+    """GET of the controller's metrics endpoint, served on port 0, parsed."""
     server, port = serve_metrics("127.0.0.1", 0, plane.service)
 
-    def get() -> str:
+    def get() -> dict[tuple[str, frozenset], float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             assert reply.status == 200
-            return reply.read().decode()
+            return samples(reply.read().decode())
 
     try:
         yield get
@@ -394,38 +418,42 @@ def scrape(plane: Plane) -> Iterator[Callable[[], str]]:
         server.server_close()
 
 
-def test_metrics_endpoint_shows_switches_and_jobs(plane: Plane, scrape: Callable[[], str]) -> None:
+def test_metrics_endpoint_shows_switches_and_jobs(plane: Plane, scrape: Scrape) -> None:
     job = plane.alice.CreateJob(pb.CreateJobRequest(spec=spec(name="metered")))
     plane.join(job, 0)
-    text = scrape()
-    state = f'netagg_job_state{{job="{job.job_id}",name="metered",state='
-    assert 'netagg_switch_up{switch="sw1"} 1.0' in text
-    assert 'netagg_switch_slots{switch="sw1",use="used"} 8.0' in text
-    assert 'netagg_switch_slots{switch="sw1",use="free"} 56.0' in text
-    assert 'netagg_switch_jobs{switch="sw1"} 1.0' in text
-    assert f'{state}"pending"}} 1.0' in text and f'{state}"running"}} 0.0' in text
-    assert f'netagg_job_workers{{job="{job.job_id}"}} 2.0' in text
-    assert f'netagg_job_workers_joined{{job="{job.job_id}"}} 1.0' in text
+    got = scrape()
+
+    def state(name: str) -> tuple[str, frozenset]:
+        return series("netagg_job_state", job=job.job_id, name="metered", state=name)
+
+    assert got[series("netagg_switch_up", switch="sw1")] == 1
+    assert got[series("netagg_switch_slots", switch="sw1", use="used")] == 8
+    assert got[series("netagg_switch_slots", switch="sw1", use="free")] == 56
+    assert got[series("netagg_switch_jobs", switch="sw1")] == 1
+    assert got[state("pending")] == 1 and got[state("running")] == 0 and got[state("idle")] == 0
+    assert got[series("netagg_job_workers", job=job.job_id)] == 2
+    assert got[series("netagg_job_workers_joined", job=job.job_id)] == 1
     plane.join(job, 1)
-    assert f'{state}"running"}} 1.0' in scrape()
+    assert scrape()[state("running")] == 1
     plane.agents["sw1"].server.stop(grace=None).wait()
-    text = scrape_until(scrape, 'netagg_switch_up{switch="sw1"} 0.0')
-    assert f'{state}"switch_down"}} 1.0' in text and f'{state}"running"}} 0.0' in text
+    got = scrape_until(scrape, series("netagg_switch_up", switch="sw1"), 0)
+    assert got[state("switch_down")] == 1 and got[state("running")] == 0
 
 
 @needs_job_stats
-def test_metrics_endpoint_shows_the_switch_counters_per_job(plane: Plane, scrape: Callable[[], str]) -> None:
+def test_metrics_endpoint_shows_the_switch_counters_per_job(plane: Plane, scrape: Scrape) -> None:
     job = plane.alice.CreateJob(pb.CreateJobRequest(spec=spec(name="metered")))
     plane.join(job, 0)
-    dataplane = plane.agents["sw1"].dataplane
     for _ in range(5):
-        dataplane.handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
-    labels = f'job="{job.job_id}",switch="sw1"'
-    text = scrape_until(scrape, f"netagg_job_packets_received_total{{{labels}}} 5.0")
-    assert f"netagg_job_received_bytes_total{{{labels}}} 120.0" in text  # 5 headers of 24 bytes
-    assert f'netagg_job_drops_total{{{labels},reason="not_joined"}} 5.0' in text
-    assert f"netagg_job_epoch{{{labels}}} 0.0" in text
-    assert f"netagg_job_completions_total{{{labels}}} 0.0" in text
+        plane.agents["sw1"].handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
+    at = {"job": job.job_id, "switch": "sw1"}
+    got = scrape_until(scrape, series("netagg_job_packets_received_total", **at), 5)
+    assert got[series("netagg_job_received_bytes_total", **at)] == 5 * 24
+    assert got[series("netagg_job_drops_total", **at, reason="not_joined")] == 5
+    assert got[series("netagg_job_refusals_total", **at)] == 5  # each answered with a REFUSE
+    assert got[series("netagg_job_epoch", **at)] == 0 and got[series("netagg_job_switch_joined", **at)] == 0
+    assert got[series("netagg_job_completions_total", **at)] == 0
+    assert got[series("netagg_job_recoveries_total", **at)] == 0
 
 
 def test_the_controller_process_serves_metrics(tmp_path: Path) -> None:
@@ -439,12 +467,11 @@ def test_the_controller_process_serves_metrics(tmp_path: Path) -> None:
 @needs_job_stats
 def test_ctl_stats_shows_per_job_rates(plane: Plane, capsys) -> None:
     job = plane.alice.CreateJob(pb.CreateJobRequest(spec=spec()))
-    dataplane = plane.agents["sw1"].dataplane
     stop = threading.Event()
 
     def traffic() -> None:  # a steady trickle of the job's packets while ctl watches
         while not stop.wait(0.01):
-            dataplane.handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
+            plane.agents["sw1"].handle(_contrib(job.wire_job_id, 0), ("127.0.0.1", 6000))
 
     t = threading.Thread(target=traffic)
     t.start()

@@ -169,13 +169,21 @@ def test_leaving_and_the_states_the_store_gives() -> None:
 # -- per-job counters and rates ---------------------------------------------------------------------
 def test_job_stats_become_job_counters_in_wire_id_order() -> None:
     stats = {
-        9: {"packets_in": 3, "bytes_in": 72, "drops": {"not_joined": 3}, "joined": 1, "epoch": 4},
+        9: {
+            "packets_in": 3,
+            "bytes_in": 72,
+            "drops": {"not_joined": 3},
+            "joined": 1,
+            "epoch": 4,
+            "running": True,
+        },
         2: {"packets_in": 0, "completions": 0, "drops": {}, "joined": 0, "epoch": 0},
     }
     second, first = job_counters(stats)[1], job_counters(stats)[0]
     assert (first.wire_job_id, second.wire_job_id) == (2, 9)
     assert dict(second.counters) == {"packets_in": 3, "bytes_in": 72}
     assert dict(second.drops) == {"not_joined": 3} and (second.joined, second.epoch) == (1, 4)
+    assert second.running and not first.running
 
 
 def _snap(t: float, packets: int, nbytes: int, completions: int) -> pb.StatsSnapshot:

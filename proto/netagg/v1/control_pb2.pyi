@@ -164,7 +164,7 @@ class Counters(_message.Message):
     def __init__(self, counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., jobs: _Optional[_Iterable[_Union[JobCounters, _Mapping]]] = ...) -> None: ...
 
 class JobCounters(_message.Message):
-    __slots__ = ("wire_job_id", "counters", "drops", "joined", "epoch", "job_id", "switch_id")
+    __slots__ = ("wire_job_id", "counters", "drops", "joined", "epoch", "job_id", "switch_id", "running")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class JobCounters(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     wire_job_id: int
     counters: _containers.ScalarMap[str, int]
     drops: _containers.ScalarMap[str, int]
@@ -193,7 +194,8 @@ class JobCounters(_message.Message):
     epoch: int
     job_id: str
     switch_id: str
-    def __init__(self, wire_job_id: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., joined: _Optional[int] = ..., epoch: _Optional[int] = ..., job_id: _Optional[str] = ..., switch_id: _Optional[str] = ...) -> None: ...
+    running: bool
+    def __init__(self, wire_job_id: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., joined: _Optional[int] = ..., epoch: _Optional[int] = ..., job_id: _Optional[str] = ..., switch_id: _Optional[str] = ..., running: _Optional[bool] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec",)
