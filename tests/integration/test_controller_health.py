@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller import Store, serve_controller
 from controller.metrics import serve_metrics
 from controller.service import ControllerService
-from host_agent.errors import NetAggError
-from host_agent.join import join_controller, leave_controller
+from host_agent.errors import NetAggError, RefusedError
+from host_agent.join import JoinHandshake, join_controller, leave_controller
 from netagg.cli import main as netagg_main
 from netagg.cli.launch import ControllerProcess, free_port
 from netagg.protocol import HEADER, VERSION, MsgType, format_key
@@ -161,6 +161,31 @@ def test_a_job_key_goes_to_its_switch_and_workers_and_nowhere_else(plane: Plane)
             assert key.to_bytes(8, "little") not in blob and format_key(key).encode() not in blob
             assert pb.JoinJobResponse(key=key).SerializeToString()[1:] not in blob  # the varint form
     assert "key" not in pb.Job.DESCRIPTOR.fields_by_name
+
+
+def test_workers_with_the_key_from_join_job_complete_a_round_and_a_wrong_key_is_refused(plane: Plane) -> None:
+    """What a Worker does with JoinJobResponse.key, against the dataplane the controller programmed."""
+    job = plane.alice.CreateJob(pb.CreateJobRequest(spec=spec()))
+    joined = [plane.join(job, r) for r in range(2)]
+    agent = plane.agents["sw1"]
+    stranger = JoinHandshake(job.wire_job_id, 0, key=joined[0].key ^ 1)
+    with agent.lock:
+        [(answer, _)] = agent.dataplane.handle(stranger.packet, ("127.0.0.1", 6000))
+    with pytest.raises(RefusedError, match="bad_key"):
+        stranger.on_datagram(answer, len(answer))
+    shakes = [JoinHandshake(j.wire_job_id, j.worker_id, key=j.key) for j in joined]
+    params = {}
+    for _ in range(2):  # the first JOINs get PENDING or JOIN_ACK, their repeats JOIN_ACK
+        for r, shake in enumerate(shakes):
+            with agent.lock:
+                outs = agent.dataplane.handle(shake.packet, ("127.0.0.1", 6000 + r))
+            for datagram, dests in outs:
+                for dest in dests:
+                    got = shakes[dest[1] - 6000].on_datagram(datagram, len(datagram))
+                    if got is not None:
+                        params[got.worker_id] = got
+    assert sorted(params) == [0, 1] and {p.epoch for p in params.values()} == {1}
+    assert agent.dataplane.job_stats()[job.wire_job_id]["drops"]["bad_key"] == 1  # type: ignore[index]
 
 
 def test_the_key_survives_a_controller_restart_and_a_switch_restart(plane: Plane) -> None:
