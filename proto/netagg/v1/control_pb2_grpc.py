@@ -146,9 +146,10 @@ class ControllerServicer:
     def RegisterSwitch(self, request, context):
         """A switch announces itself (switches started with --controller do this). Re-registering the same
         switch_id updates its addresses, installs its jobs again (a restarted switch gets back what it
-        carried: same slots and key, workers pinned where they were) and marks it SWITCH_STATE_UP. The controller calls the switch's SwitchAgent with the caller's token, first to read its
-        SwitchInfo (UNAVAILABLE if it cannot). INVALID_ARGUMENT for a bad address or id; PERMISSION_DENIED
-        for a token that is not an admin token.
+        carried: same slots and key, workers pinned where they were) and marks it SWITCH_STATE_UP. The
+        controller calls the switch's SwitchAgent with the caller's token, first to read its SwitchInfo
+        (UNAVAILABLE if it cannot). INVALID_ARGUMENT for a bad address or id; PERMISSION_DENIED for a
+        token that is not an admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
