@@ -511,3 +511,38 @@ def test_ctl_stats_shows_per_job_rates(plane: Plane, capsys) -> None:
     assert first.split()[2:5] == ["-", "-", "-"]  # no interval before the first snapshot
     packets_per_s = float(second.split()[2])
     assert 10 < packets_per_s < 200  # about 100 a second, on a loaded machine
+
+
+def test_a_switch_process_killed_and_restarted_gets_its_job_back(tmp_path: Path, switch_factory) -> None:
+    """Real processes: `netagg controller` with fast health checks and `netagg switch --controller`,
+    SIGKILLed and started again on the same data address (it registers again)."""
+    extra = ["--health-interval", "0.1", "--health-failures", "2"]
+    with ControllerProcess(tmp_path / "ctl.db", token=ADMIN, extra=extra) as ctl:
+        listen = f"127.0.0.1:{free_port(udp=True)}"
+        sw = switch_factory(None, controller=ctl.address, token=ADMIN, total_slots=64, listen=listen)
+        with channel(ctl.address, ADMIN) as ch:
+            stub = pb_grpc.ControllerStub(ch)
+            job = stub.CreateJob(pb.CreateJobRequest(spec=spec()))
+            [switch_id] = [s.switch_id for s in stub.ListSwitches(pb.ListSwitchesRequest()).switches]
+
+            def state() -> int:
+                [s] = stub.ListSwitches(pb.ListSwitchesRequest()).switches
+                return s.state
+
+            def installed() -> set[int]:
+                stream = stub.StreamStats(pb.StreamStatsRequest(interval_seconds=0.1, job_ids=[job.job_id]))
+                snap = next(iter(stream))
+                stream.cancel()
+                return {c.wire_job_id for c in snap.job_counters}
+
+            assert state() == pb.SWITCH_STATE_UP and installed() == {job.wire_job_id}
+            sw.proc.kill()  # SIGKILL
+            sw.proc.wait()
+            until(lambda: state() == pb.SWITCH_STATE_DOWN)
+            assert stub.GetJob(pb.GetJobRequest(job_id=job.job_id)).state == pb.JOB_STATE_SWITCH_DOWN
+            switch_factory(None, controller=ctl.address, token=ADMIN, total_slots=64, listen=listen)
+            until(lambda: state() == pb.SWITCH_STATE_UP)
+            [again] = stub.ListSwitches(pb.ListSwitchesRequest()).switches
+            assert again.switch_id == switch_id and again.data_address == listen
+            assert installed() == {job.wire_job_id}  # the new process carries the job
+            assert stub.GetJob(pb.GetJobRequest(job_id=job.job_id)).state == pb.JOB_STATE_PENDING
