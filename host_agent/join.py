@@ -54,7 +54,7 @@ class JoinHandshake:
         key: int = 0,
         prev_round: int = 0,
         prev_epoch: int = 0,
-        switch: str = "the switch",
+        switch: str = "",
     ) -> None:
         self.job, self.worker_id, self.switch = job, worker_id, switch
         self.incarnation = incarnation if incarnation is not None else (secrets.randbits(32) or 1)
@@ -127,16 +127,17 @@ def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, conte
         reason = Reason(code).name
     except ValueError:
         reason = f"reason {code}"
+    switch = f"switch {switch}" if switch else "the switch"
     if reason == "unknown_job":
-        text = f"switch {switch} has no job {job} (it was deleted, or never installed there)"
+        text = f"{switch} has no job {job} (it was deleted, or never installed there)"
     elif reason == "bad_key":
         text = (
-            f"switch {switch} refused the key of job {job} (bad_key): give the job's key "
+            f"{switch} refused the key of job {job} (bad_key): give the job's key "
             "(Worker(key=...), $NETAGG_KEY or --key-file)"
         )
     elif reason == "wrong_source":
         text = (
-            f"switch {switch} takes worker {worker}'s packets for job {job} from another address (the "
+            f"{switch} takes worker {worker}'s packets for job {job} from another address (the "
             "job's worker addresses are fixed, or another process joined as this worker)"
         )
     elif reason == "count_mismatch":
@@ -145,7 +146,7 @@ def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, conte
             f"sent for it: the workers called with different sizes{context}"
         )
     else:
-        text = f"switch {switch} refused worker {worker} of job {job} ({reason})"
+        text = f"{switch} refused worker {worker} of job {job} ({reason})"
     return RefusedError(reason, text)
 
 

@@ -112,7 +112,7 @@ class Session:
     stats: Stats = field(default_factory=Stats)
     key: int = 0
     """The job's key, which a rejoin's JOIN carries."""
-    switch: str = "the switch"
+    switch: str = ""
     """The switch's address, for messages."""
     seq: np.ndarray = field(init=False)
     """The next use number of each slot in this epoch."""

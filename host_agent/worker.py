@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
-from host_agent.errors import JobReformed, NetAggError, NetAggTimeout, NonFiniteError
-from host_agent.join import JoinHandshake, format_address, join_controller
+from host_agent.errors import JobReformed, NetAggError, NetAggTimeout, NonFiniteError, RefusedError
+from host_agent.join import JoinHandshake, format_address, join_controller, leave_controller
 from host_agent.session import JobParams, Rto, Session, Stats
 from host_agent.tensors import as_numpy, output_for
 from host_agent.transport import LOST_ON_SEND, Transport
@@ -121,6 +121,7 @@ class Worker:
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
         self.controller_job: str | None = None
+        self._leave: tuple[str, str, int, str, str | None, str | None] | None = None
         if key is None:
             key = os.environ.get("NETAGG_KEY") or 0
         self._key = parse_key(key) if isinstance(key, str) else key
@@ -130,7 +131,10 @@ class Worker:
         if controller is not None:
             assert isinstance(job, str)
             self.controller_job = job
-            sock, joined = join_controller(controller, job, rank, token, tls_ca, replace, bind)
+            sock, joined = join_controller(
+                controller, job, rank, token, tls_ca, replace, bind, retry_for=join_timeout
+            )
+            self._leave = (controller, job, rank, joined.worker_address, token, tls_ca)
             if world_size is not None and world_size != joined.total_workers:
                 sock.close()
                 raise NetAggError(
@@ -202,6 +206,9 @@ class Worker:
         """Finish queued allreduces and release the sockets."""
         self._executor.shutdown(wait=True)
         self._transport.close()
+        if self._leave is not None:  # tell the controller this rank is gone (best effort)
+            leave, self._leave = self._leave, None
+            leave_controller(*leave)
 
     def __enter__(self) -> Worker:
         return self
@@ -310,6 +317,15 @@ class Worker:
             return engine.finish(self.nonfinite)
         except JobReformed:
             raise  # the job started over without this call; the next call can go ahead
+        except RefusedError as exc:
+            if exc.reason == "unknown_job" and self.controller_job is not None:
+                exc = RefusedError(
+                    exc.reason,
+                    f"job {self.controller_job} is not on its switch {format_address(*self.switch)} any "
+                    f"more (wire job {self.job}): it was deleted",
+                )
+            self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
+            raise exc from None
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
