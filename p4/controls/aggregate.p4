@@ -93,6 +93,38 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 meta.drop_reason = DROP_STALE_SEQ;
             } else {
                 meta.drop_reason = DROP_COUNT_MISMATCH;
+                meta.refuse_detail = (bit<32>)nelem;  /* the REFUSE says which count the use has */
+            }
+        } else if ((hdr.netagg.flags & FLAG_OFFER) != 0) {
+            /* "Recovery", the switch and an OFFER: a use not complete here (newer, empty, or this one
+             * incomplete) becomes complete with the offered values as its result; contributions in
+             * the set are discarded. A complete one is known: nothing. */
+            events.count(EV_OFFERS);
+            if (bitmap == meta.full) {
+                mark_to_drop(sm);
+            } else {
+                events.count(EV_RECOVERIES);
+                bit<8> sflags = hdr.netagg.flags & (FLAG_OFFER | FLAG_FINAL);
+                if (hdr.wide.isValid()) {
+                    store_first_wide();
+                } else {
+                    store_first();
+                }
+                if (meta.has_parent == 1) {
+                    /* the offer goes up as this switch's own; ready once the parent's RESULT comes */
+                    reg_slot.write(cell, SLOT_STATE(cur, meta.epoch_tag, meta.full, nelem, hdr.netagg.exp,
+                                                    sflags));
+                    TO_PARENT(sflags, hdr.netagg.exp, meta.job_index, meta.parent_worker, meta.parent_mac,
+                              meta.parent_ip, meta.parent_udp_port, meta.parent_port, meta.switch_mac,
+                              meta.switch_ip)
+                } else {
+                    reg_slot.write(cell, SLOT_STATE(cur, meta.epoch_tag, meta.full, nelem, hdr.netagg.exp,
+                                                    sflags | SLOT_READY_BIT));
+                    hdr.netagg.worker = 0xFFFF;
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
+                                 sflags & FLAG_FINAL, nelem, hdr.netagg.exp, meta.full)
+                    TO_JOB(meta.job_index)
+                }
             }
         } else if ((bitmap & meta.wbit) != 0) {
             events.count(EV_REPEATS);
@@ -102,16 +134,18 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 } else {
                     stored_result();
                 }
-                if (SLOT_READY(state) == 0) {
-                    /* A tree: the partial went up and the parent's RESULT has not come back (one
-                     * of the two was lost): the worker's retransmission makes this switch send it
+                if ((SLOT_FLAGS(state) & SLOT_READY_BIT) == 0) {
+                    /* A tree: the partial (or offer) went up and the parent's RESULT has not come back
+                     * (one of the two was lost): the worker's retransmission makes this switch send it
                      * again. */
-                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
+                    TO_PARENT(FLAG_RETX | (SLOT_FLAGS(state) & (FLAG_OFFER | FLAG_FINAL)), expmax,
+                              meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip,
+                              meta.parent_udp_port, meta.parent_port, meta.switch_mac, meta.switch_ip)
                 } else {
                     TO_SENDER
                     events.count(EV_RESULTS_RESENT);
-                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
+                                 FLAG_UNICAST | (SLOT_FLAGS(state) & FLAG_FINAL), nelem, expmax, bitmap)
                 }
             } else {
                 TO_SENDER
@@ -153,7 +187,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                 meta.parent_port, meta.switch_mac, meta.switch_ip)
             } else {
-                SLOT_READY(state) = 8w1;
+                SLOT_FLAGS(state) = SLOT_READY_BIT;
                 reg_slot.write(cell, state);
                 events.count(EV_COMPLETIONS);
                 hdr.netagg.worker = 0xFFFF;

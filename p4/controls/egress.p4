@@ -7,6 +7,7 @@
 #include "../include/state.p4"
 #include "../include/elements.p4"
 #include "reply.p4"
+#include "parent.p4"
 
 control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
     action to_worker(mac_t mac, ip4_t ip, bit<16> port) {
@@ -20,15 +21,19 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
         events.count(EV_PACKETS_OUT);
     }
 
-    action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker) {
+    action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker, bit<32> parent_key_hi,
+                     bit<32> parent_key_lo) {
         hdr.ethernet.dst = mac;
         hdr.ipv4.dst = ip;
         hdr.udp.dst_port = port;
         meta.to_parent = 1;
         meta.parent_worker = parent_worker;
+        meta.parent_key_hi = parent_key_hi;
+        meta.parent_key_lo = parent_key_lo;
     }
 
-    /* (job group, PARENT_RID) -> the parent's addresses and this switch's worker id there. */
+    /* (job group, PARENT_RID) -> the parent's addresses, this switch's worker id there and the job's
+     * key there. */
     table parent_replicas {
         key = { sm.mcast_grp: exact; }
         actions = { to_parent; NoAction; }
@@ -63,13 +68,14 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 bit<32> incarnation;
                 reg_parent_inc.read(incarnation, (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE));
                 NO_PAYLOAD
+                PARENT_JOIN_PAYLOAD(meta.parent_key_hi, meta.parent_key_lo)
                 hdr.netagg.type = TYPE_JOIN;
+                hdr.netagg.flags = 0;
                 hdr.netagg.epoch = 0;
                 hdr.netagg.worker = meta.parent_worker;
-                hdr.netagg.count = 0;
                 hdr.netagg.seq = incarnation;
                 hdr.netagg.bitmap = 0;
-                hdr.udp.length = 8 + NETAGG_HEADER_BYTES;
+                hdr.udp.length = 8 + NETAGG_HEADER_BYTES + 4 * JOIN_WORDS;
                 hdr.ipv4.total_len = 20 + hdr.udp.length;
                 events.count(EV_PARENT_JOINS_SENT);
                 events.count(EV_PACKETS_OUT);

@@ -11,8 +11,20 @@
 
 #define STORE_RESULT(k) reg_acc_##k.write(meta.cell, hdr.elems[k].v);
 
+/* A JOIN's payload from this switch to its parent: the job's key there, and prev_round 0 (a switch
+ * does not resume a round at its parent). */
+#define PARENT_JOIN_PAYLOAD(KEY_HI, KEY_LO)                                                          \
+    hdr.elems[0].setValid();                                                                         \
+    hdr.elems[0].v = KEY_HI;                                                                         \
+    hdr.elems[1].setValid();                                                                         \
+    hdr.elems[1].v = KEY_LO;                                                                         \
+    hdr.elems[2].setValid();                                                                         \
+    hdr.elems[2].v = 0;                                                                              \
+    hdr.netagg.count = JOIN_WORDS;
+
 /* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
- * valid elements), or a JOIN. A statement macro, as those of reply.p4 are (and for the same reason). */
+ * valid elements; FLAGS with FLAG_OFFER: the use's result, offered), or a JOIN. A statement macro, as
+ * those of reply.p4 are (and for the same reason). */
 #define TO_PARENT(FLAGS, EXPMAX, JOB_INDEX, PARENT_WORKER, PARENT_MAC, PARENT_IP, PARENT_UDP_PORT,    \
                   PARENT_PORT, SWITCH_MAC, SWITCH_IP)                                                 \
     {                                                                                                \
@@ -26,7 +38,7 @@
             hdr.netagg.epoch = tp_epoch;                                                             \
             hdr.netagg.exp = EXPMAX;                                                                 \
             hdr.netagg.bitmap = 0;                                                                   \
-            if (FLAGS == 0) {                                                                        \
+            if ((FLAGS & FLAG_RETX) == 0) {                                                          \
                 events.count(EV_PARTIALS_SENT);                                                      \
             } else {                                                                                 \
                 events.count(EV_PARTIALS_RESENT);                                                    \
@@ -40,7 +52,7 @@
             hdr.netagg.epoch = 0;                                                                    \
             hdr.netagg.slot = 0;                                                                     \
             hdr.netagg.set = 0;                                                                      \
-            hdr.netagg.count = 0;                                                                    \
+            PARENT_JOIN_PAYLOAD(meta.parent_key_hi, meta.parent_key_lo)                              \
             hdr.netagg.seq = tp_incarnation;                                                         \
             hdr.netagg.exp = 0;                                                                      \
             hdr.netagg.bitmap = 0;                                                                   \
@@ -94,19 +106,20 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
             if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok
                     && SLOT_TAG(state) == meta.epoch_tag && SLOT_SEQ(state) == hdr.netagg.seq
                     && SLOT_NELEM(state) == hdr.netagg.count && SLOT_BITMAP(state) == meta.full
-                    && SLOT_READY(state) == 0) {
+                    && (SLOT_FLAGS(state) & SLOT_READY_BIT) == 0) {
                 down = true;
-                /* ready, and the tree's exponent maximum for repeats */
+                /* ready, and the tree's exponent maximum and FINAL flag for repeats */
+                bit<8> sflags = SLOT_FLAGS(state) | SLOT_READY_BIT | (hdr.netagg.flags & FLAG_FINAL);
                 reg_slot.write(cell, SLOT_STATE(SLOT_SEQ(state), SLOT_TAG(state), SLOT_BITMAP(state),
-                                                SLOT_NELEM(state), hdr.netagg.exp, 8w1));
+                                                SLOT_NELEM(state), hdr.netagg.exp, sflags));
                 if (hdr.wide.isValid()) {
                     store_result_wide();
                 } else {
                     store_result();
                 }
                 hdr.netagg.worker = 0xFFFF;
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
-                                   hdr.netagg.count, hdr.netagg.exp, meta.full)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
+                             hdr.netagg.flags & FLAG_FINAL, hdr.netagg.count, hdr.netagg.exp, meta.full)
                 TO_JOB(meta.job_index)
             } else {
                 events.count(EV_PARENT_STALE);
