@@ -282,3 +282,29 @@ def test_keys_and_forgeries_never_touch_the_other_jobs_sums(rig: Rig) -> None:
     assert counters["counters"]["completions"] == 2 and counters["counters"].get("recoveries", 0) == 0
     drops = counters["drops"]
     assert drops["bad_key"] == 5 and drops["wrong_source"] == 2 + 9 and drops["bad_slot"] == 3
+
+
+def test_refusals_are_rate_limited_per_job(rig: Rig) -> None:
+    """docs/protocol.md, "Refusals": a token bucket per job (bursts of 100, 1,000 per second). A burst
+    of 500 contributions before the round is complete gets at most 100 answers plus what the bucket
+    refilled while they came; the rest is counted as suppressed; every one is counted not_joined. The
+    other job's bucket is untouched: its first refusal after the burst is answered."""
+    n = 500
+    data = _contrib(1, 0, 0, 0, np.zeros(4, np.int32))
+    start = time.monotonic()
+    for i in range(n):
+        rig.send("a0", data)
+        if i % 10 == 9:
+            time.sleep(0.001)  # BMv2's ingress queue holds a few dozen frames
+    elapsed = time.monotonic() - start
+    got = rig.receive()
+    c = rig.counters()
+    refused = c["counters"].get("refusals", 0)
+    came = c["counters"]["packets_in"]  # BMv2 may lose a few to a full ingress queue on a busy machine
+    assert c["drops"]["not_joined"] == came and came > 0.9 * n
+    assert refused + c["counters"].get("refusals_suppressed", 0) == came
+    assert len(got) == refused and all(decode(d)[0].exp == Reason.not_joined for _, d in got)
+    assert 100 <= refused <= 100 + int(elapsed * 1000) + 1 < came, elapsed
+    rig.send("b0", _contrib(2, 0, 4, 0, np.zeros(4, np.int32)))
+    [(host, answer)] = rig.receive()
+    assert host == "b0" and decode(answer)[0].type == MsgType.REFUSE
