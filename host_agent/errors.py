@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError"]
+__all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "RefusedError"]
 
 
 class NetAggError(RuntimeError):
@@ -11,6 +11,15 @@ class NetAggError(RuntimeError):
 
 class NetAggTimeout(NetAggError, TimeoutError):
     """No progress for ``timeout`` seconds: the switch or another worker is gone."""
+
+
+class RefusedError(NetAggError):
+    """The switch refused this worker's packets for a reason it named (docs/protocol.md, "Refusals");
+    :attr:`reason` is the switch's drop reason (``"unknown_job"``, ``"count_mismatch"``, ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NonFiniteError(ValueError):

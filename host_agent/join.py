@@ -8,23 +8,42 @@ import secrets
 import socket
 from typing import Any
 
-from host_agent.errors import NetAggError, NetAggTimeout
+from host_agent.errors import NetAggError, NetAggTimeout, RefusedError
 from host_agent.session import JobParams
-from netagg.protocol import HEADER, HEADER_SIZE, MsgType, join_packet, parse_address, parse_join_ack
+from netagg.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    Flag,
+    MsgType,
+    Reason,
+    join_packet,
+    parse_address,
+    parse_join_ack,
+)
 
-__all__ = ["JoinHandshake", "format_address", "join_controller"]
+__all__ = ["JoinHandshake", "format_address", "join_controller", "refusal"]
 
-_JOIN_ACK, _PENDING = int(MsgType.JOIN_ACK), int(MsgType.PENDING)
+_JOIN_ACK, _PENDING, _REFUSE = int(MsgType.JOIN_ACK), int(MsgType.PENDING), int(MsgType.REFUSE)
 
 
 class JoinHandshake:
     """One worker's JOIN of ``job`` as ``worker_id``: :attr:`packet` is sent (again after each
-    :meth:`next_wait`) until :meth:`on_datagram` returns the job's parameters."""
+    :meth:`next_wait`) until :meth:`on_datagram` returns the job's parameters. ``key`` is the job's key
+    (0: none); ``prev_round`` the round a rejoin continues (0: a fresh join)."""
 
-    def __init__(self, job: int, worker_id: int, incarnation: int | None = None) -> None:
-        self.job, self.worker_id = job, worker_id
+    def __init__(
+        self,
+        job: int,
+        worker_id: int,
+        incarnation: int | None = None,
+        *,
+        key: int = 0,
+        prev_round: int = 0,
+        switch: str = "the switch",
+    ) -> None:
+        self.job, self.worker_id, self.switch = job, worker_id, switch
         self.incarnation = incarnation if incarnation is not None else (secrets.randbits(32) or 1)
-        self.packet = join_packet(job, worker_id, self.incarnation)
+        self.packet = join_packet(job, worker_id, self.incarnation, key=key, prev_round=prev_round)
         self.heard = False  # the switch answered something for this JOIN
         self.joined_bitmap = 0  # who had joined, from the last PENDING
         self.stale = 0  # datagrams that answered no JOIN of this handshake
@@ -38,17 +57,20 @@ class JoinHandshake:
 
     def on_datagram(self, buf: Any, nbytes: int) -> JobParams | None:
         """The job's parameters once the JOIN_ACK for this JOIN arrives; None for anything else (a
-        PENDING records who is in; what belongs to another JOIN is counted in :attr:`stale`)."""
+        PENDING records who is in; what belongs to another JOIN is counted in :attr:`stale`). A REFUSE
+        of this JOIN raises :class:`RefusedError` naming the cause."""
         if nbytes < HEADER_SIZE:
             self.stale += 1
             return None
-        _, mtype, _, epoch, job, worker, _, _, seq, _, _, bitmap = HEADER.unpack_from(buf)
+        _, mtype, flags, epoch, job, worker, _, _, seq, exp, _, bitmap = HEADER.unpack_from(buf)
         if job != self.job or worker != self.worker_id or seq != self.incarnation:
             self.stale += 1
             return None
         self.heard = True
         if mtype == _PENDING:
             self.joined_bitmap = bitmap
+        elif mtype == _REFUSE:
+            raise refusal(exp, 0, switch=self.switch, job=self.job, worker=self.worker_id)
         elif mtype == _JOIN_ACK and (ack := parse_join_ack(buf, nbytes)) is not None:
             return JobParams(
                 job=self.job,
@@ -61,8 +83,14 @@ class JoinHandshake:
                 total_workers=ack["total_workers"],
                 group=ack["group"],
                 group_port=ack["group_port"],
+                round=ack["round"],
+                resume=bool(flags & Flag.RESUME),
             )
         return None
+
+    def missing(self, fanin: int) -> list[int]:
+        """The workers the switch's last PENDING did not list."""
+        return [w for w in range(fanin) if not self.joined_bitmap >> w & 1]
 
     def timeout_error(self, switch: str, world_size: int, join_timeout: float) -> NetAggTimeout:
         if not self.heard:
@@ -70,8 +98,38 @@ class JoinHandshake:
                 f"switch {switch} did not answer JOIN for job {self.job} within {join_timeout:g}s "
                 f"(is it running, and configured for job {self.job}?)"
             )
-        missing = [w for w in range(world_size) if not self.joined_bitmap >> w & 1]
-        return NetAggTimeout(f"job {self.job}: workers {missing} did not join within {join_timeout:g}s")
+        return NetAggTimeout(
+            f"job {self.job}: workers {self.missing(world_size)} did not join within {join_timeout:g}s"
+        )
+
+
+def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, context: str = "") -> RefusedError:
+    """The error for a REFUSE with reason ``code`` (docs/protocol.md, "Refusals") that ends a JOIN or a
+    call; ``context`` says what this worker was doing (its call's size, for count_mismatch)."""
+    try:
+        reason = Reason(code).name
+    except ValueError:
+        reason = f"reason {code}"
+    if reason == "unknown_job":
+        text = f"switch {switch} has no job {job} (it was deleted, or never installed there)"
+    elif reason == "bad_key":
+        text = (
+            f"switch {switch} refused the key of job {job} (bad_key): give the job's key "
+            "(Worker(key=...), $NETAGG_KEY or --key-file)"
+        )
+    elif reason == "wrong_source":
+        text = (
+            f"switch {switch} takes worker {worker}'s packets for job {job} from another address (the "
+            "job's worker addresses are fixed, or another process joined as this worker)"
+        )
+    elif reason == "count_mismatch":
+        text = (
+            f"worker {worker} sent a chunk whose element count differs from the {detail} another worker "
+            f"sent for it: the workers called with different sizes{context}"
+        )
+    else:
+        text = f"switch {switch} refused worker {worker} of job {job} ({reason})"
+    return RefusedError(reason, text)
 
 
 def join_controller(

@@ -40,6 +40,15 @@ class JobParams:
     group: int = 0
     """The IPv4 multicast group results are sent to (0: unicast)."""
     group_port: int = 0
+    round: int = 0
+    """The JOIN round's id (what a rejoin continues: docs/protocol.md, "Recovery")."""
+    resume: bool = False
+    """The round continues the members' previous one (their use numbers go on)."""
+
+    def same_job(self, other: JobParams) -> bool:
+        """Whether ``other`` (a later JOIN_ACK) describes the same job, so that a call can go on."""
+        keep = ("job", "worker_id", "slot_base", "slots", "elements", "fanin", "total_workers")
+        return all(getattr(self, k) == getattr(other, k) for k in keep)
 
     @property
     def bits(self) -> int:

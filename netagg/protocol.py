@@ -261,7 +261,8 @@ def refuse_packet(
 ) -> bytes:
     """REFUSE: the switch dropped a packet of ``job``/``worker`` (its raw ``slot`` field and ``seq``
     copied) for ``reason`` (:class:`Reason`); ``epoch`` is the job's at the switch, ``detail`` the
-    count the use has for ``count_mismatch``."""
+    count the use has for ``count_mismatch``, the refused packet's epoch for ``not_joined`` and
+    ``stale_epoch``."""
     return pack_header(
         MsgType.REFUSE, epoch=epoch, job=job, worker=worker, slot=slot, seq=seq, exp=reason, bitmap=detail
     )

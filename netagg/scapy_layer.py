@@ -36,7 +36,12 @@ class NetAgg(Packet):
     fields_desc = [
         ByteField("version", VERSION),
         ByteEnumField("type", MsgType.CONTRIB, {int(t): t.name for t in MsgType}),
-        FlagsField("flags", 0, 8, [f.name or "" for f in (Flag.RETX, Flag.UNICAST)]),
+        FlagsField(
+            "flags",
+            0,
+            8,
+            [f.name or "" for f in (Flag.RETX, Flag.UNICAST, Flag.RESUME, Flag.OFFER, Flag.FINAL)],
+        ),
         ByteField("epoch", 0),
         ShortField("job", 0),
         ShortField("worker", 0),

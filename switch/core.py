@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import secrets
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
-
-import numpy as np
 
 from netagg.kernels import add_net
 from netagg.protocol import (
@@ -26,10 +24,12 @@ from netagg.protocol import (
     VERSION,
     Flag,
     MsgType,
-    join_packet,
+    Reason,
+    parse_join,
     pending_packet,
-    record_dtype,
+    refuse_packet,
 )
+from switch.batch import contribute_batch
 from switch.jobs import (
     DROP_REASONS,
     SEQ_NONE,
@@ -40,18 +40,42 @@ from switch.jobs import (
     Segments,
     check_disjoint,
 )
+from switch.tree import TreeNode
 
 # JobConfig and the rest are the dataplane's vocabulary: importable from here as before.
 __all__ = ["DROP_REASONS", "Dataplane", "JobConfig", "Output", "Segments", "check_disjoint"]
 
+log = logging.getLogger("netagg.switch")
+
 _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
 # Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
-_RETX, _UNICAST = int(Flag.RETX), int(Flag.UNICAST)
+_RETX, _UNICAST, _OFFER, _FINAL = int(Flag.RETX), int(Flag.UNICAST), int(Flag.OFFER), int(Flag.FINAL)
 _RESULT, _PENDING, _CONTRIB = int(MsgType.RESULT), int(MsgType.PENDING), int(MsgType.CONTRIB)
+#: Per-job counters (Dataplane.job_stats), besides drops by reason.
+JOB_COUNTERS = (
+    "packets_in",
+    "bytes_in",
+    "joins",
+    "epochs",
+    "contributions",
+    "completions",
+    "retransmissions",
+    "repeats",
+    "offers",
+    "recoveries",
+    "refusals",
+)
 
 
-class Dataplane:
+class _Bucket:
+    """A token bucket's state (docs/protocol.md, "Refusals"); a JobState is one too."""
+
+    def __init__(self) -> None:
+        self.tokens, self.token_time = 0.0, float("-inf")
+
+
+class Dataplane(TreeNode):
     """The aggregation switch's dataplane for any number of jobs with disjoint slot ranges."""
 
     def __init__(
@@ -59,12 +83,18 @@ class Dataplane:
         jobs: Iterable[JobConfig] = (),
         *,
         join_refresh: float = 2.0,
+        refuse_rate: float = 1000.0,
+        refuse_burst: float = 100.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``join_refresh``: a worker counts towards a JOIN round only if it has (re)sent its JOIN within
-        this many seconds, so members that died or were forged age out; ``clock`` is for tests."""
+        this many seconds, so members that died or were forged age out; ``refuse_rate`` and
+        ``refuse_burst``: the refusals' token bucket per job (per second, and at most at once);
+        ``clock`` is for tests."""
         self._jobs: dict[int, JobState] = {}
         self.join_refresh = join_refresh
+        self.refuse_rate, self.refuse_burst = refuse_rate, refuse_burst
+        self._unknown = _Bucket()  # refusals for job ids that are not installed
         self._clock = clock
         self.counters: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter({r: 0 for r in DROP_REASONS})
@@ -78,7 +108,9 @@ class Dataplane:
             raise ValueError(f"job {cfg.job_id} is already installed")
         check_disjoint(cfg, [j.cfg for j in self._jobs.values()])
         addrs: list[Address | None] = list(cfg.addresses) if cfg.addresses else [None] * cfg.workers
-        self._jobs[cfg.job_id] = JobState(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
+        job = JobState(cfg, addrs, [0] * cfg.workers, [0.0] * cfg.workers)
+        job.token_time = float("-inf")
+        self._jobs[cfg.job_id] = job
 
     def set_addresses(self, job_id: int, addresses: tuple[Address, ...]) -> None:
         """Fix a job's worker addresses (index = worker id). If they differ from the addresses its
@@ -107,11 +139,28 @@ class Dataplane:
         before = self.stats()
         self.counters.clear()
         self.drops = collections.Counter({r: 0 for r in DROP_REASONS})
+        for job in self._jobs.values():
+            job.counters.clear()
+            job.drops.clear()
         return before
 
     def stats(self) -> dict[str, object]:
         """Counters as plain data: packets/bytes in and out, events, and drops by reason."""
         return {"counters": dict(self.counters), "drops": dict(self.drops)}
+
+    def job_stats(self) -> dict[int, dict[str, object]]:
+        """Per job id: JOB_COUNTERS, ``drops`` by reason, ``joined`` (members now), ``epoch`` and
+        ``running`` (the round is complete). Drops before a job is known (unknown_job, malformed
+        headers) are only in :meth:`stats`."""
+        out: dict[int, dict[str, object]] = {}
+        for job_id, job in list(self._jobs.items()):
+            entry: dict[str, object] = {name: job.counters[name] for name in JOB_COUNTERS}
+            entry["drops"] = dict(job.drops)
+            entry["joined"] = sum(1 for inc in job.incarnation if inc)
+            entry["epoch"] = job.epoch
+            entry["running"] = job.joined
+            out[job_id] = entry
+        return out
 
     # -- the packet path -----------------------------------------------------------------------
     def handle(self, data: bytes | bytearray | memoryview, src: Address) -> list[Output]:
@@ -134,20 +183,56 @@ class Dataplane:
         if mtype not in _SWITCH_TYPES:
             parent_job = self._jobs.get(job_id)
             if parent_job is not None and parent_job.cfg.parent is not None and src == parent_job.cfg.parent:
-                return self._from_parent(parent_job, data, mtype, epoch, slot, count, seq, exp)
+                return self._from_parent(parent_job, data, mtype, flags, epoch, slot, count, seq, exp)
             return self._drop("bad_type")
         job = self._jobs.get(job_id)
         if job is None:
-            return self._drop("unknown_job")
+            self._drop("unknown_job")
+            return self._refuse(None, Reason.unknown_job, src, job_id, worker, slot, seq)
+        jc = job.counters
+        jc["packets_in"] += 1
+        jc["bytes_in"] += n
         if worker >= job.cfg.workers:
-            return self._drop("bad_worker")
+            return self._drop("bad_worker", job)
         if mtype == _CONTRIB:
             return self._contribute(job, data, src, flags, epoch, worker, slot, count, seq, exp)
-        return self._join(job, src, worker, seq)
+        return self._join(job, data, src, worker, slot, seq)
 
-    def _drop(self, reason: str) -> list[Output]:
+    def _drop(self, reason: str, job: JobState | None = None) -> list[Output]:
         self.drops[reason] += 1
+        if job is not None:
+            job.drops[reason] += 1
         return []
+
+    def _refuse(
+        self,
+        job: JobState | None,
+        reason: Reason,
+        src: Address,
+        job_id: int,
+        worker: int,
+        slot: int,
+        seq: int,
+        detail: int = 0,
+    ) -> list[Output]:
+        """The REFUSE for a dropped JOIN or CONTRIB (docs/protocol.md, "Refusals"), if the job's token
+        bucket (or the one unknown jobs share) has a token."""
+        bucket: _Bucket | JobState = self._unknown if job is None else job
+        now = self._clock()
+        tokens = min(self.refuse_burst, bucket.tokens + (now - bucket.token_time) * self.refuse_rate)
+        bucket.token_time = now
+        if tokens < 1.0:
+            bucket.tokens = tokens
+            self.counters["refusals_suppressed"] += 1
+            return []
+        bucket.tokens = tokens - 1.0
+        self.counters["refusals"] += 1
+        epoch = 0
+        if job is not None:
+            job.counters["refusals"] += 1
+            epoch = job.epoch
+        log.debug("job %d worker %d: refused (%s) %s", job_id, worker, reason.name, src)
+        return self._emit([(refuse_packet(reason, epoch, job_id, worker, slot, seq, detail), [src])])
 
     def _emit(self, outs: list[Output]) -> list[Output]:
         for data, dests in outs:
@@ -177,106 +262,33 @@ class Dataplane:
         return outs
 
     def _contribute_batch(self, view: memoryview, seg: int, k: int, src: Address) -> list[Output] | None:
-        """The vectorized common case, or None (nothing changed) if the batch is not that case."""
-        count = (seg - HEADER_SIZE) // 4
-        if seg < HEADER_SIZE or HEADER_SIZE + 4 * count != seg:
-            return None
-        rec = np.frombuffer(view, record_dtype(count), k)
-        h = rec["h"]
-        job_ids = h["job"]
-        job = self._jobs.get(int(job_ids[0]))
-        if job is None or not job.joined or count > job.cfg.elements or job.cfg.parent is not None:
-            return None
-        cfg = job.cfg
-        slot_field = h["slot"].astype(np.int64)
-        seq = h["seq"].astype(np.int64)
-        setbit = slot_field >> 15
-        i = (slot_field & (SET_BIT - 1)) - cfg.slot_base
-        worker = h["worker"].astype(np.int64)
-        if not (
-            (h["version"] == VERSION).all()
-            and (h["type"] == _CONTRIB).all()
-            and (h["reserved"] == 0).all()
-            and (h["count"] == count).all()
-            and (job_ids == cfg.job_id).all()
-            and (h["epoch"] == job.epoch).all()
-            and (worker < cfg.workers).all()
-            and (i >= 0).all()
-            and (i < cfg.slots).all()
-            and (setbit == (seq & 1)).all()
-        ):
-            return None
-        if any(job.addrs[w] != src for w in set(worker.tolist())):
-            return None
-        keys = 2 * i + setbit
-        key_list = keys.tolist()
-        if len(set(key_list)) != k:
-            return None
-        cur = np.array([job.seq[x] for x in key_list], dtype=np.int64)
-        diff = (seq - cur) & 0xFFFFFFFF
-        newer = (cur == SEQ_NONE) | ((diff != 0) & (diff < 0x80000000))
-        same = ~newer & (diff == 0)
-        bitmap = np.array([job.bitmap[x] for x in key_list], dtype=np.int64)
-        nelem = np.array([job.nelem[x] for x in key_list], dtype=np.int64)
-        bit = np.left_shift(1, worker)
-        if not (newer | (same & (nelem == count) & ((bitmap & bit) == 0))).all():
-            return None  # stale, mismatched or repeated packets: the one-packet path counts them
-        # From here on this is exactly what handle() would do for each packet in turn.
-        bitmap[newer] = 0
-        expmax = np.array([job.expmax[x] for x in key_list], dtype=np.int64)
-        expmax[newer] = 0
-        payload = rec["p"]
-        first = bitmap == 0
-        acc = job.out_payload_all
-        if first.any():
-            acc[keys[first], :count] = payload[first]
-        if not first.all():
-            rest = keys[~first]
-            acc[rest, :count] += payload[~first]
-        bitmap |= bit
-        expmax = np.maximum(expmax, h["exp"])
-        flags = h["flags"]
-        for x, s, b, e in zip(key_list, seq.tolist(), bitmap.tolist(), expmax.tolist(), strict=True):
-            job.seq[x] = s
-            job.bitmap[x] = b
-            job.nelem[x] = count
-            job.expmax[x] = e
-            job.ready[x] = b == job.full
-        c = self.counters
-        c["packets_in"] += k
-        c["bytes_in"] += k * seg
-        c["contributions"] += k
-        if retx := int(np.count_nonzero(flags & _RETX)):
-            c["retransmissions"] += retx
-        done = bitmap == job.full
-        if not done.any():
-            return []
-        dk = keys[done]
-        res = np.zeros(int(dk.size), dtype=record_dtype(count))
-        rh = res["h"]
-        rh["version"] = VERSION
-        rh["type"] = _RESULT
-        rh["epoch"] = job.epoch
-        rh["job"] = cfg.job_id
-        rh["worker"] = _WORKER_ALL
-        rh["slot"] = slot_field[done]
-        rh["count"] = count
-        rh["seq"] = seq[done]
-        rh["exp"] = expmax[done]
-        rh["bitmap"] = job.full
-        res["p"] = acc[dk, :count]
-        raw = res.view(np.uint8).reshape(dk.size, seg)
-        job.out_all[dk, :seg] = raw
-        c["completions"] += int(dk.size)
-        return self._emit([(Segments(raw.reshape(-1).data, seg), job.result_dests)])
+        outs = contribute_batch(self._jobs, self.counters, view, seg, k, src)
+        return self._emit(outs) if outs else outs
 
-    def _join(self, job: JobState, src: Address, worker: int, incarnation: int) -> list[Output]:
-        if incarnation == 0:
-            return self._drop("bad_incarnation")
+    def _join(
+        self,
+        job: JobState,
+        data: bytes | bytearray | memoryview,
+        src: Address,
+        worker: int,
+        slot: int,
+        incarnation: int,
+    ) -> list[Output]:
         cfg = job.cfg
+        joined = parse_join(data)
+        if joined is None:
+            return self._drop("bad_length", job)
+        if incarnation == 0:
+            return self._drop("bad_incarnation", job)
+        key, prev_round = joined
+        if cfg.key and key != cfg.key:
+            self._drop("bad_key", job)
+            return self._refuse(job, Reason.bad_key, src, cfg.job_id, worker, slot, incarnation)
         if cfg.addresses is not None and src != cfg.addresses[worker]:
-            return self._drop("wrong_source")
+            self._drop("wrong_source", job)
+            return self._refuse(job, Reason.wrong_source, src, cfg.job_id, worker, slot, incarnation)
         self.counters["joins"] += 1
+        job.counters["joins"] += 1
         now = self._clock()
         if job.incarnation[worker] == incarnation:  # a repeat of a JOIN we have
             job.join_time[worker] = now
@@ -284,11 +296,15 @@ class Dataplane:
                 return self._emit([(job.join_ack(worker), [src])])
             return self._emit([(job.pending_join(worker, incarnation), [src])])
         if job.joined:  # a new incarnation after a complete round: a new round begins
+            log.info("job %d: worker %d joins afresh from %s: a new round begins", cfg.job_id, worker, src)
             job.joined = False
             job.incarnation = [0] * cfg.workers
             if cfg.addresses is None:
                 job.addrs = [None] * cfg.workers
+        else:
+            log.info("job %d: worker %d joins from %s", cfg.job_id, worker, src)
         job.incarnation[worker] = incarnation
+        job.prev_round[worker] = prev_round
         job.join_time[worker] = now
         if cfg.addresses is None:
             job.addrs[worker] = src
@@ -300,84 +316,30 @@ class Dataplane:
             return self._emit([(job.pending_join(worker, incarnation), [src])])
         job.joined = True
         job.epoch = (job.epoch + 1) & 0xFF
+        job.round = 0
+        for inc in job.incarnation:
+            job.round ^= inc
+        first = job.prev_round[0]
+        job.resume = first != 0 and all(p == first for p in job.prev_round)
         job.reset_slots()
         job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
         self.counters["epochs"] += 1
+        job.counters["epochs"] += 1
+        log.info(
+            "job %d: round complete, epoch %d (%s), %d workers",
+            cfg.job_id,
+            job.epoch,
+            "resumes the previous round" if job.resume else "a fresh start",
+            cfg.workers,
+        )
         outs: list[Output] = [(job.join_ack(w), [job.addrs[w]]) for w in range(cfg.workers)]
         if cfg.parent is not None:  # a new round here is a new round of this switch at its parent
-            job.parent_incarnation = secrets.randbits(32) or 1
-            job.parent_epoch = None
-            outs.append(self._parent_join(job))
+            outs.append(self._start_parent_round(job, job.parent_round if job.resume else 0))
         return self._emit(outs)
 
-    # -- aggregation trees ---------------------------------------------------------------------
-    def _parent_join(self, job: JobState) -> Output:
-        c = job.cfg
-        pkt = join_packet(c.job_id, c.parent_worker, job.parent_incarnation)
-        self.counters["parent_joins_sent"] += 1
-        return (pkt, [c.parent])
-
-    def _up(self, job: JobState, k: int, slot: int, seq: int, count: int, *, retx: bool) -> list[Output]:
-        """The partial sum of a complete use, as this switch's contribution at the parent (or, before
-        the parent has acknowledged this switch's JOIN, the JOIN again)."""
-        c = job.cfg
-        if job.parent_epoch is None:
-            return [self._parent_join(job)]
-        # Positional, in protocol.FIELDS order: the per-packet path of a tree (one partial per use).
-        hdr = HEADER.pack(
-            VERSION,
-            _CONTRIB,
-            _RETX if retx else 0,
-            job.parent_epoch,
-            c.job_id,
-            c.parent_worker,
-            slot,
-            count,
-            seq,
-            job.expmax[k],
-            0,
-            0,
-        )
-        self.counters["partials_resent" if retx else "partials_sent"] += 1
-        return [(hdr + job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count], [c.parent])]
-
-    def _from_parent(
-        self,
-        job: JobState,
-        data: bytes | bytearray | memoryview,
-        mtype: int,
-        epoch: int,
-        slot: int,
-        count: int,
-        seq: int,
-        exp: int,
+    def _result(
+        self, job: JobState, k: int, slot: int, count: int, seq: int, exp: int, flags: int = 0
     ) -> list[Output]:
-        """A JOIN_ACK, PENDING or RESULT from the parent: the RESULT of a use goes down to the workers."""
-        c = job.cfg
-        self.counters["from_parent"] += 1
-        if mtype == MsgType.JOIN_ACK:
-            if seq == job.parent_incarnation:
-                job.parent_epoch = epoch
-            return []
-        if mtype != _RESULT:
-            return []  # PENDING: the workers' retransmissions will make this switch ask again
-        i = (slot & (SET_BIT - 1)) - c.slot_base
-        k = 2 * i + (1 if slot & SET_BIT else 0)
-        if (
-            epoch != job.parent_epoch
-            or not 0 <= i < c.slots
-            or job.seq[k] != seq
-            or job.nelem[k] != count
-            or job.bitmap[k] != job.full
-            or job.ready[k]
-        ):
-            self.counters["parent_stale"] += 1
-            return []
-        end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
-        job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
-        return self._result(job, k, slot, count, seq, exp)
-
-    def _result(self, job: JobState, k: int, slot: int, count: int, seq: int, exp: int) -> list[Output]:
         """The set's RESULT is known: its header goes in front of the payload already in
         ``job.out_view[k]`` (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
@@ -388,7 +350,7 @@ class Dataplane:
             0,
             VERSION,
             _RESULT,
-            0,
+            flags,
             job.epoch,
             job.cfg.job_id,
             _WORKER_ALL,
@@ -422,19 +384,24 @@ class Dataplane:
         setbit = 1 if slot & SET_BIT else 0
         i = (slot & (SET_BIT - 1)) - cfg.slot_base
         if not 0 <= i < cfg.slots:
-            return self._drop("bad_slot")
+            return self._drop("bad_slot", job)
         if count > cfg.elements:
-            return self._drop("bad_length")
+            return self._drop("bad_length", job)
         if (seq & 1) != setbit:
-            return self._drop("bad_set")
+            return self._drop("bad_set", job)
         if not job.joined:
-            return self._drop("not_joined")
+            self._drop("not_joined", job)
+            return self._refuse(job, Reason.not_joined, src, cfg.job_id, worker, slot, seq, epoch)
         if epoch != job.epoch:
-            return self._drop("stale_epoch")
+            self._drop("stale_epoch", job)
+            return self._refuse(job, Reason.stale_epoch, src, cfg.job_id, worker, slot, seq, epoch)
         if src != job.addrs[worker]:
-            return self._drop("wrong_source")
+            self._drop("wrong_source", job)
+            return self._refuse(job, Reason.wrong_source, src, cfg.job_id, worker, slot, seq)
+        jc = job.counters
         if flags & _RETX:
             self.counters["retransmissions"] += 1
+            jc["retransmissions"] += 1
         k = 2 * i + setbit
         cur = job.seq[k]
         if cur == SEQ_NONE or 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
@@ -446,13 +413,17 @@ class Dataplane:
             job.expmax[k] = 0
             job.ready[k] = False
         elif seq != cur:
-            return self._drop("stale_seq")
+            return self._drop("stale_seq", job)
         elif count != job.nelem[k]:
-            return self._drop("count_mismatch")
+            self._drop("count_mismatch", job)
+            return self._refuse(job, Reason.count_mismatch, src, cfg.job_id, worker, slot, seq, job.nelem[k])
+        if flags & _OFFER:
+            return self._offer(job, data, worker, k, slot, seq, count, exp, flags)
         bit = 1 << worker
         bitmap = job.bitmap[k]
         if bitmap & bit:
             self.counters["repeats"] += 1
+            jc["repeats"] += 1
             if bitmap == job.full and not job.ready[k]:
                 # A tree: the partial went up and the parent's RESULT has not come back (one of the two
                 # was lost): the worker's retransmission makes this switch send it again.
@@ -460,7 +431,7 @@ class Dataplane:
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
                 resend = bytearray(job.out_view[k][: HEADER_SIZE + 4 * count])
-                resend[OFF_FLAGS] = _UNICAST
+                resend[OFF_FLAGS] |= _UNICAST  # FINAL, if the result came from an offer, stays
                 struct.pack_into("!H", resend, OFF_WORKER, worker)
                 return self._emit([(resend, [src])])
             self.counters["pending_sent"] += 1
@@ -476,9 +447,49 @@ class Dataplane:
         if exp > job.expmax[k]:  # noqa: PLR1730 (max() costs more on the per-packet path)
             job.expmax[k] = exp
         self.counters["contributions"] += 1
+        jc["contributions"] += 1
         if bitmap != job.full:
             return []
         self.counters["completions"] += 1
+        jc["completions"] += 1
         if cfg.parent is not None:
             return self._emit(self._up(job, k, slot, seq, count, retx=False))
         return self._result(job, k, slot, count, seq, job.expmax[k])  # bitmap == job.full here
+
+    def _offer(
+        self,
+        job: JobState,
+        data: bytes | bytearray | memoryview,
+        worker: int,
+        k: int,
+        slot: int,
+        seq: int,
+        count: int,
+        exp: int,
+        flags: int,
+    ) -> list[Output]:
+        """An OFFER of use ``seq``'s result (docs/protocol.md, "Recovery"): unless the result is known
+        here, it becomes the use's result, whatever had been added, and goes to every worker."""
+        self.counters["offers"] += 1
+        job.counters["offers"] += 1
+        if job.ready[k]:  # the set holds this use (a newer one reset it) and its result is known
+            return []
+        end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
+        job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
+        job.bitmap[k] = job.full
+        job.expmax[k] = exp
+        self.counters["recoveries"] += 1
+        job.counters["recoveries"] += 1
+        if job.counters["recoveries"] == 1 or log.isEnabledFor(logging.DEBUG):
+            log.info(
+                "job %d: slot %d use %d recovered from worker %d's offer",
+                job.cfg.job_id,
+                slot & (SET_BIT - 1),
+                seq,
+                worker,
+            )
+        final = flags & _FINAL
+        outs = self._result(job, k, slot, count, seq, exp, final)
+        if job.cfg.parent is not None:  # the parent may serve other switches' workers with it
+            outs = outs + self._emit(self._up(job, k, slot, seq, count, retx=False, flags=_OFFER | final))
+        return outs

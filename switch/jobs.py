@@ -6,6 +6,7 @@ rules are :class:`switch.core.Dataplane`'s."""
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -66,6 +67,7 @@ DROP_REASONS = (
     "bad_slot",  # slot index outside the job's range
     "bad_set",  # set bit disagrees with the low bit of seq
     "bad_incarnation",  # JOIN with incarnation 0
+    "bad_key",  # a JOIN without the job's key
     "not_joined",  # a contribution before every worker has joined
     "stale_epoch",  # a contribution from an earlier epoch of the job
     "wrong_source",  # a contribution from an address other than the one the worker joined from
@@ -165,6 +167,15 @@ class JobState:
     full: int = 0
     parent_incarnation: int = 0  # this switch's incarnation at its parent (0: not asked to join)
     parent_epoch: int | None = None  # the job's epoch at the parent, once it acknowledged the JOIN
+    parent_round: int = 0  # the round of the parent's last JOIN_ACK (what a rejoin there continues)
+    parent_prev: int = 0  # the prev_round this switch's JOINs at its parent carry
+    round: int = 0  # the last complete round's id (XOR of the members' incarnations)
+    resume: bool = False  # whether that round continues the members' previous one
+    tokens: float = 0.0  # the refusal bucket (docs/protocol.md, "Refusals")
+    token_time: float = 0.0
+    counters: Counter[str] = field(default_factory=Counter)  # per job (Dataplane.job_stats)
+    drops: Counter[str] = field(default_factory=Counter)
+    prev_round: list[int] = field(init=False)  # what each member's JOIN said it continues
     # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
     # packet path reads and writes single values (numpy scalars cost ~10x more there).
     seq: list[int] = field(init=False)
@@ -180,6 +191,7 @@ class JobState:
     def __post_init__(self) -> None:
         c = self.cfg
         self.full = (1 << c.workers) - 1
+        self.prev_round = [0] * c.workers
         pairs = 2 * c.slots
         self.result_dests = []
         self.reset_slots()
@@ -204,8 +216,11 @@ class JobState:
             "total_workers": c.total_workers if c.total_workers is not None else c.workers,
             "group": group,
             "group_port": port,
+            "round": self.round,
         }
-        return join_ack_packet(self.epoch, c.job_id, worker, self.incarnation[worker], self.full, params)
+        return join_ack_packet(
+            self.epoch, c.job_id, worker, self.incarnation[worker], self.full, params, resume=self.resume
+        )
 
     def pending_join(self, worker: int, incarnation: int) -> bytes:
         """The PENDING that answers a JOIN while the round is incomplete: who has joined."""

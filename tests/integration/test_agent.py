@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from host_agent.worker import NetAggTimeout, Worker
+from host_agent.worker import NetAggError, Worker
 from netagg.cli.launch import run_workers
 from netagg.rpc import Tokens, channel
 from netagg.v1 import control_pb2 as pb
@@ -177,7 +177,8 @@ def test_set_workers_pins_addresses(agent) -> None:
     from netagg.protocol import HEADER, VERSION, MsgType
 
     join = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, 7, 1, 0, 0, 99, 0, 0, 0)
-    assert dataplane.handle(join, ("127.0.0.1", 6666)) == []  # not worker 1's address
+    [(answer, _)] = dataplane.handle(join, ("127.0.0.1", 6666))  # not worker 1's address: refused
+    assert answer[1] == MsgType.REFUSE
     assert dataplane.drops["wrong_source"] == 1
     assert dataplane.handle(join, ("127.0.0.1", 5001))  # PENDING: worker 0 has not joined
     bad = pb.SetWorkersRequest(wire_job_id=7, worker_addresses=addresses[:1])
@@ -210,8 +211,8 @@ def test_jobs_through_the_agent(switch_factory) -> None:
         counters = stub.GetCounters(pb.GetCountersRequest())
         assert counters.counters["completions"] > 0 and counters.drops["unknown_job"] == 0
         stub.RemoveJob(pb.RemoveJobRequest(wire_job_id=2))
-    with pytest.raises(NetAggTimeout, match="did not answer JOIN"):
-        Worker(sw.address, 0, 2, job=2, join_timeout=1.0)
+    with pytest.raises(NetAggError, match=r"has no job 2 \(it was deleted"):  # refused at once, not timed out
+        Worker(sw.address, 0, 2, job=2, join_timeout=10.0)
 
 
 def test_an_assembled_switch_serves_its_agent_and_packets() -> None:

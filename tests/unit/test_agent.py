@@ -81,7 +81,8 @@ def test_set_workers_pins_addresses() -> None:
     [cfg] = dataplane.jobs
     assert cfg.addresses == (("127.0.0.1", 5000), ("127.0.0.1", 5001))
     join = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, 7, 1, 0, 0, 99, 0, 0, 0)
-    assert dataplane.handle(join, ("127.0.0.1", 6666)) == []  # not worker 1's address
+    [(answer, dests)] = dataplane.handle(join, ("127.0.0.1", 6666))  # not worker 1's address: refused
+    assert answer[1] == MsgType.REFUSE and dests == [("127.0.0.1", 6666)]
     assert dataplane.drops["wrong_source"] == 1
     with pytest.raises(InvalidArgument, match="1 addresses for 2 workers"):
         b.set_workers(7, [("127.0.0.1", 5000)])

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netagg.protocol import HEADER, MsgType, decode
+from netagg.protocol import HEADER, MsgType, Reason, decode
 from switch.core import DROP_REASONS, Dataplane, JobConfig, Segments
 
 JOB = 7
@@ -47,6 +47,22 @@ def decoded(outs):
     return [(decode(raw(data)), dests) for data, dests in outs]
 
 
+def refusals(outs) -> list[tuple[str, list]]:
+    """(reason, destinations) of each REFUSE in ``outs``; anything else in ``outs`` fails the test."""
+    found = []
+    for (h, _), dests in decoded(outs):
+        assert h.type == MsgType.REFUSE and h.count == 0, h
+        found.append((Reason(h.exp).name, dests))
+    return found
+
+
+def answered_as_dropped(outs, why: str, src, times: int = 1) -> bool:
+    """A drop for ``why`` is answered with a REFUSE to ``src`` if the sender can act on it, else not."""
+    if why in Reason.__members__:
+        return refusals(outs) == [(why, [src])] * times
+    return outs == []
+
+
 def check_accounting(dp: Dataplane) -> None:
     c = dp.counters
     assert c["packets_in"] == (
@@ -63,7 +79,8 @@ def test_join_barrier_acks_everyone_with_the_job_parameters() -> None:
     assert sorted(d[0] for _, d in acks) == ["w0", "w1"]
     for (h, params), _ in acks:
         assert h.type == MsgType.JOIN_ACK and h.epoch == 1
-        assert params.tolist() == [100, 8, 16, 2, 6, 0, 0]  # no multicast group
+        assert params.tolist() == [100, 8, 16, 2, 6, 0, 0, 100 ^ 101]  # no group; round = XOR
+        assert not h.flags  # a fresh round: no RESUME
     # A repeated JOIN of a complete round gets the ACK again, unicast.
     [((h, _), dests)] = decoded(join(dp, 1))
     assert h.type == MsgType.JOIN_ACK and dests == ["w1"]
@@ -136,7 +153,7 @@ def test_malformed_and_foreign_packets_are_counted_and_change_nothing(
     packet: bytes, src: str, reason: str
 ) -> None:
     dp = joined(3)
-    assert dp.handle(packet, src) == []
+    assert answered_as_dropped(dp.handle(packet, src), reason, src)
     assert dp.drops[reason] == 1
     assert sum(dp.drops.values()) == 1
     # The slot is untouched: a normal use still sums exactly.
@@ -148,11 +165,20 @@ def test_malformed_and_foreign_packets_are_counted_and_change_nothing(
 
 def test_count_mismatch_and_not_joined() -> None:
     dp = Dataplane([JobConfig(JOB, 2, 4, 4)])
-    assert dp.handle(contrib(0, 0, 0, [1]), "w0") == [] and dp.drops["not_joined"] == 1
+    assert refusals(dp.handle(contrib(0, 0, 0, [1]), "w0")) == [("not_joined", ["w0"])]
+    assert dp.drops["not_joined"] == 1
     join(dp, 0)
     join(dp, 1)
     dp.handle(contrib(0, 0, 0, [1, 1]), "w0")
-    assert dp.handle(contrib(1, 0, 0, [1, 1, 1]), "w1") == []
+    [((h, _), dests)] = decoded(dp.handle(contrib(1, 0, 0, [1, 1, 1]), "w1"))
+    # refused, and told the count the use has: the worker's error names both
+    assert (h.type, Reason(h.exp).name, h.bitmap, h.worker, dests) == (
+        MsgType.REFUSE,
+        "count_mismatch",
+        2,
+        1,
+        ["w1"],
+    )
     assert dp.drops["count_mismatch"] == 1
 
 
@@ -221,9 +247,9 @@ def test_a_packet_bad_in_two_ways_is_charged_to_the_earlier_check(first: str, la
     dp, pkt, src = with_defects({first, later})
     before = dict(dp.drops)
     if path == "handle":
-        assert dp.handle(pkt, src) == []
+        assert answered_as_dropped(dp.handle(pkt, src), reason(first), src)
     else:  # a GRO run of two such datagrams: the batch path must charge each like handle() does
-        assert dp.handle_batch(pkt + pkt, len(pkt), src) == []
+        assert answered_as_dropped(dp.handle_batch(pkt + pkt, len(pkt), src), reason(first), src, times=2)
     charged = {r: n - before[r] for r, n in dp.drops.items() if n != before[r]}
     assert charged == {reason(first): 1 if path == "handle" else 2}
     check_accounting(dp)
@@ -234,7 +260,7 @@ def test_each_defect_alone_fails_its_own_check(defect: str) -> None:
     """The vectors above are sound: each defect alone is charged to its own check."""
     dp, pkt, src = with_defects({defect})
     before = dict(dp.drops)
-    assert dp.handle(pkt, src) == []
+    assert answered_as_dropped(dp.handle(pkt, src), reason(defect), src)
     assert {r: n - before[r] for r, n in dp.drops.items() if n != before[r]} == {reason(defect): 1}
     # and without a defect the same packet is a contribution
     dp, pkt, src = with_defects(set())
@@ -245,13 +271,15 @@ def test_new_incarnation_starts_a_new_epoch() -> None:
     dp = joined(2)
     dp.handle(contrib(0, 0, 0, [1] * 4), "w0")
     join(dp, 0, incarnation=555, addr="w0-new")
-    assert dp.handle(contrib(1, 0, 0, [1] * 4), "w1") == []  # the round is open again: not joined
+    # the round is open again: not joined, and the worker is told
+    assert refusals(dp.handle(contrib(1, 0, 0, [1] * 4), "w1")) == [("not_joined", ["w1"])]
     assert dp.drops["not_joined"] == 1
     acks = join(dp, 1, incarnation=556)
     assert {d[0] for _, d in acks} == {"w0-new", "w1"}
     assert decode(raw(acks[0][0]))[0].epoch == 2
     # Epoch 1 packets are stale now; epoch 2 starts from fresh slots.
-    assert dp.handle(contrib(1, 0, 0, [1] * 4, epoch=1), "w1") == [] and dp.drops["stale_epoch"] == 1
+    assert refusals(dp.handle(contrib(1, 0, 0, [1] * 4, epoch=1), "w1")) == [("stale_epoch", ["w1"])]
+    assert dp.drops["stale_epoch"] == 1
     dp.handle(contrib(0, 0, 0, [2] * 4, epoch=2), "w0-new")
     out = dp.handle(contrib(1, 0, 0, [3] * 4, epoch=2), "w1")
     assert decode(raw(out[0][0]))[1].tolist() == [5] * 4
@@ -272,7 +300,15 @@ def test_jobs_are_isolated() -> None:
     out = dp.handle(contrib(1, 4, 0, [2] * 4, job=2), "j2w1")
     assert decode(raw(out[0][0]))[1].tolist() == [3] * 4
     dp.remove(2)
-    assert dp.handle(contrib(0, 4, 1, [1] * 4, job=2), "j2w0") == [] and dp.drops["unknown_job"] == 1
+    [((h, _), dests)] = decoded(dp.handle(contrib(0, 4, 1, [1] * 4, job=2), "j2w0"))
+    assert (h.type, Reason(h.exp).name, h.job, h.epoch, dests) == (
+        MsgType.REFUSE,
+        "unknown_job",
+        2,
+        0,
+        ["j2w0"],
+    )
+    assert dp.drops["unknown_job"] == 1
 
 
 @pytest.mark.parametrize(
@@ -314,7 +350,8 @@ def test_join_members_that_stop_refreshing_expire() -> None:
 
 def test_fixed_addresses_reject_joins_from_elsewhere() -> None:
     dp = Dataplane([JobConfig(JOB, 2, 4, 4, addresses=("w0", "w1"))])
-    assert join(dp, 0, addr="evil") == [] and dp.drops["wrong_source"] == 1
+    assert refusals(join(dp, 0, addr="evil")) == [("wrong_source", ["evil"])]
+    assert dp.drops["wrong_source"] == 1
     join(dp, 0)
     assert len(join(dp, 1)) == 2
 

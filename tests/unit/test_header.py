@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scapy.fields import BitField
 
 from netagg import protocol
@@ -65,17 +66,36 @@ def test_the_p4_header_has_the_tables_fields() -> None:
 
 
 def test_the_named_builders_and_scapy_agree_byte_for_byte() -> None:
-    join = protocol.join_packet(job=5, worker=3, incarnation=0xDEADBEEF)
-    assert join == bytes(NetAgg(type="JOIN", job=5, worker=3, seq=0xDEADBEEF))
+    join = protocol.join_packet(
+        job=5, worker=3, incarnation=0xDEADBEEF, key=0x0123456789ABCDEF, prev_round=77
+    )
+    words = [0x01234567, protocol_int(0x89ABCDEF), 77]
+    assert join == bytes(NetAgg(type="JOIN", job=5, worker=3, seq=0xDEADBEEF, values=words))
+    assert protocol.parse_join(join) == (0x0123456789ABCDEF, 77)
+    assert protocol.parse_join(join[:24]) == (0, 0) and protocol.parse_join(join[:-4]) is None
+    refuse = protocol.refuse_packet(protocol.Reason.count_mismatch, 3, 5, 2, protocol.slot_field(1, 1), 8, 64)
+    assert refuse == bytes(
+        NetAgg(type="REFUSE", epoch=3, job=5, worker=2, set=1, slot=1, seq=8, exp=4, bitmap=64)
+    )
+    assert protocol.parse_key(protocol.format_key(0xABC)) == 0xABC
+    with pytest.raises(ValueError, match="16 hex digits"):
+        protocol.parse_key("xyz")
     pend = protocol.pending_packet(
         epoch=2, job=5, worker=3, seq=9, bitmap=0b101, slot=protocol.slot_field(4, 1)
     )
     assert pend == bytes(NetAgg(type="PENDING", epoch=2, job=5, worker=3, set=1, slot=4, seq=9, bitmap=5))
-    params = dict(zip(protocol.JOIN_ACK_PARAMS, [10, 8, 64, 4, 8, 0xE0000001, 47001], strict=True))
-    ack = protocol.join_ack_packet(epoch=1, job=5, worker=3, incarnation=7, bitmap=0xF, params=params)
+    params = dict(zip(protocol.JOIN_ACK_PARAMS, [10, 8, 64, 4, 8, 0xE0000001, 47001, 5], strict=True))
+    ack = protocol.join_ack_packet(
+        epoch=1, job=5, worker=3, incarnation=7, bitmap=0xF, params=params, resume=True
+    )
     pkt = NetAgg(ack)
-    assert (pkt.type, pkt.count, pkt.seq, pkt.bitmap) == (MsgType.JOIN_ACK, 7, 7, 0xF)
+    assert (pkt.type, pkt.count, pkt.seq, pkt.bitmap, int(pkt.flags)) == (MsgType.JOIN_ACK, 8, 7, 0xF, 4)
     assert [v & 0xFFFFFFFF for v in pkt.values] == list(params.values())
     assert protocol.parse_join_ack(ack) == params
     assert protocol.parse_join_ack(ack[:-4]) is None
-    assert np.frombuffer(join, HEADER_DTYPE)[0]["seq"] == 0xDEADBEEF
+    assert np.frombuffer(join[:24], HEADER_DTYPE)[0]["seq"] == 0xDEADBEEF
+
+
+def protocol_int(u32: int) -> int:
+    """A u32 word as the scapy layer's signed int32 value."""
+    return u32 - (1 << 32) if u32 >= 1 << 31 else u32
