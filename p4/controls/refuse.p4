@@ -57,9 +57,13 @@ control Refuse(inout headers_t hdr, inout metadata_t meta, inout standard_metada
             if (meta.job_found == 1) {
                 epoch = meta.epoch;
             }
+            /* the detail: the use's count (count_mismatch), the refused packet's epoch (not_joined,
+             * stale_epoch: a worker tells a refusal of its current round from a late one) */
             bit<32> detail = 0;
             if (reason == REASON_COUNT_MISMATCH) {
                 detail = meta.refuse_detail;
+            } else if (reason == REASON_NOT_JOINED || reason == REASON_STALE_EPOCH) {
+                detail = (bit<32>)hdr.netagg.epoch;
             }
             TO_SENDER
             NO_PAYLOAD

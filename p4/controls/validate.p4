@@ -137,10 +137,10 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 } else if (hdr.netagg.type == TYPE_JOIN) {
                     /* "Joining", 0: the key is checked before anything about the job is looked at
                      * (the source address included) or changed. */
-                    if (hdr.netagg.seq == 0) {
-                        reject(DROP_BAD_INCARNATION);
-                    } else if (hdr.netagg.count != 0 && hdr.netagg.count != JOIN_WORDS) {
+                    if (hdr.netagg.count != 0 && hdr.netagg.count != JOIN_WORDS) {
                         reject(DROP_BAD_LENGTH);
+                    } else if (hdr.netagg.seq == 0) {
+                        reject(DROP_BAD_INCARNATION);
                     } else {
                         bit<32> join_key_hi = 0;
                         bit<32> join_key_lo = 0;

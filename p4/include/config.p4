@@ -90,12 +90,12 @@
 #define DROP_BAD_SLOT 7
 #define DROP_BAD_SET 8
 #define DROP_BAD_INCARNATION 9
-#define DROP_NOT_JOINED 10
-#define DROP_STALE_EPOCH 11
-#define DROP_WRONG_SOURCE 12
-#define DROP_STALE_SEQ 13
-#define DROP_COUNT_MISMATCH 14
-#define DROP_BAD_KEY 15
+#define DROP_BAD_KEY 10
+#define DROP_NOT_JOINED 11
+#define DROP_STALE_EPOCH 12
+#define DROP_WRONG_SOURCE 13
+#define DROP_STALE_SEQ 14
+#define DROP_COUNT_MISMATCH 15
 #define NUM_DROP_REASONS 16
 
 /* Events: index into the `events` counter (same names as the Python switch's counters). */
@@ -119,6 +119,8 @@
 #define EV_RECOVERIES 17
 #define EV_REFUSALS 18
 #define EV_REFUSALS_SUPPRESSED 19
-#define NUM_EVENTS 20
+#define EV_OFFERS_SENT 20
+#define EV_PARENT_REJOINS 21
+#define NUM_EVENTS 22
 
 #endif

@@ -115,6 +115,8 @@ struct metadata_t {
     bit<8> parent_joined;
     bit<1> upstream;       /* a JOIN_ACK, PENDING or RESULT from the parent */
     bit<1> to_parent;      /* egress: this replica goes to the parent */
+    bit<1> offer_up;       /* a RESULT completed by an OFFER at a leaf: its parent's replica is the
+                            * OFFER up (controls/egress.p4) */
     /* the sender's configured address, from the worker table */
     bit<1> worker_found;
     ip4_t worker_ip;

@@ -51,9 +51,9 @@ register<bit<32>>(NETAGG_JOB_WORKERS) reg_prev_round;  /* the prev_round of the 
  *   bitmap   contributors so far
  *   nelem    the use's count
  *   expmax   maximum exponent proposal (of a use completed by an OFFER: the offer's exponent)
- *   sflags   bit 0 (SLOT_READY_BIT): the use's RESULT is known (here or from the parent); FLAG_OFFER:
- *            the use was completed by an OFFER ("Recovery"); FLAG_FINAL: its result is final values
- *            (the flag its RESULTs carry, repeats' unicast RESULTs included) */
+ *   sflags   bit 0 (SLOT_READY_BIT): the use's RESULT is known (here or from the parent);
+ *            FLAG_FINAL: that result is final values, from an OFFER ("Recovery"; the flag its
+ *            RESULTs carry, repeats' unicast RESULTs included) */
 #define SLOT_STATE(seq, tag, bitmap, nelem, expmax, sflags) \
     ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (sflags))
 #define SLOT_SEQ(s) s[135:104]

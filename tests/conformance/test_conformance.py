@@ -165,18 +165,18 @@ def _one(outs: list[tuple[int, str]]) -> tuple[int, NetAgg]:
 
 def test_refusals_say_why_and_go_back_to_the_sender(python) -> None:
     """docs/protocol.md, "Refusals": a 24-byte REFUSE to the dropped datagram's source with its job,
-    worker, slot and seq, the reason in exp, the job's epoch (0 for an unknown job), and for
-    count_mismatch the use's count in bitmap."""
+    worker, slot and seq, the reason in exp, the job's epoch (0 for an unknown job), and in bitmap the
+    use's count (count_mismatch) or the refused packet's epoch (not_joined, stale_epoch)."""
     outs, counters = python["refusals: not_joined, stale_epoch, unknown_job, wrong_source, count_mismatch"]
     want = {  # datagram: (port, reason, epoch, job, bitmap)
         0: (1, Reason.not_joined, 0, cases.JOB, 0),
         2: (1, Reason.not_joined, 0, cases.JOB, 0),
-        4: (1, Reason.stale_epoch, 1, cases.JOB, 0),
+        4: (1, Reason.stale_epoch, 1, cases.JOB, 7),
         5: (1, Reason.unknown_job, 0, 99, 0),
         6: (1, Reason.unknown_job, 0, 98, 0),
         7: (3, Reason.wrong_source, 1, cases.JOB, 0),
         9: (2, Reason.count_mismatch, 1, cases.JOB, 8),
-        15: (1, Reason.not_joined, 1, cases.JOB, 0),
+        15: (1, Reason.not_joined, 1, cases.JOB, 1),
     }
     for i, (port, reason, epoch, job, bitmap) in want.items():
         got_port, pkt = _one(outs[i])
