@@ -236,9 +236,12 @@ def _cases() -> list[Case]:
     def parent_ack(epoch: int = 4) -> Callable[[int], bytes]:
         return lambda inc: _n(type="JOIN_ACK", worker=PARENT_WORKER, epoch=epoch, seq=inc, bitmap=3)
 
-    def parent_result(slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050) -> bytes:
+    def parent_result(
+        slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050, flags: int = 0
+    ) -> bytes:
         return _n(
             type="RESULT",
+            flags=flags,
             worker=0xFFFF,
             slot=slot,
             set=seq & 1,
@@ -271,6 +274,31 @@ def _cases() -> list[Case]:
                 Send(p, _n(type="PENDING", worker=PARENT_WORKER, slot=9, epoch=4, bitmap=1)),  # counted only
                 Send("x", parent_result(9, 0, total)),  # a RESULT from anyone else: bad_type
                 Send(p, parent_result(9, 0, total, exp=0xFFFF)),
+            ),
+            tree=True,
+        ),
+        Case(
+            "tree: offers up, FINAL results down, the parent's refusals",
+            (
+                *_joined(),
+                Send("w0", _contrib(0, 8, 0, a, exp=1030, flags=OFFER | FINAL)),  # down, and the JOIN again
+                Send(p, parent_ack()),
+                Send("w1", _contrib(1, 9, 0, b, exp=1040, flags=OFFER | FINAL)),  # down, and the offer up
+                Send("w0", _contrib(0, 10, 0, a)),
+                Send("w1", _contrib(1, 10, 0, b)),  # complete: the partial up
+                Send(p, parent_result(10, 0, total, flags=FINAL)),  # an offered result: down, FINAL
+                Send("w0", _contrib(0, 10, 0, a, flags="RETX")),  # a repeat: unicast, FINAL
+                Send(p, parent_result(11, 2, total, flags=FINAL)),  # FINAL for an empty set: down
+                Send(p, parent_result(11, 0, total, flags=FINAL)),  # older than the set's use: stale
+                Send(p, parent_result(8, 0, a)),  # known here: stale
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=1)),  # not_joined: rejoin
+                Send("w0", _contrib(0, 9, 1, a)),
+                Send("w1", _contrib(1, 9, 1, b)),  # complete, not joined there: the JOIN again
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=2)),  # not joined: nothing
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=6)),  # bad_key: nothing
+                Send(p, parent_ack(epoch=5)),
+                Send("w1", _contrib(1, 9, 1, b, flags="RETX")),  # the partial up, epoch 5
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, slot=9, seq=1, epoch=6, exp=2)),  # rejoin
             ),
             tree=True,
         ),
