@@ -10,6 +10,7 @@ and skips saying which is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import shutil
@@ -44,9 +45,13 @@ UDP_PORT = 41000  # every host's UDP port on the BMv2 rig
 class Rig(Protocol):
     """A switch with two jobs installed and a way to talk to it from each host."""
 
+    addr: dict[str, tuple[str, int]]
+    """Each host's (IP, UDP port) as the switch sees it."""
+
     def send(self, host: str, data: bytes) -> None: ...
     def receive(self) -> list[tuple[str, bytes]]: ...
     def counters(self) -> dict[str, dict[str, int]]: ...
+    def reinstall(self, cfg: JobConfig) -> None: ...
     def close(self) -> None: ...
 
 
@@ -80,6 +85,11 @@ class PythonRig:
 
     def counters(self) -> dict[str, dict[str, int]]:
         return self.switch.backend.counters()
+
+    def reinstall(self, cfg: JobConfig) -> None:
+        """Remove ``cfg``'s job and install ``cfg`` (through the backend, as the SwitchAgent does)."""
+        self.switch.backend.remove(cfg.job_id)
+        self.switch.backend.install(cfg)
 
     def close(self) -> None:
         self.switch.stop()
@@ -133,6 +143,11 @@ class Bmv2Rig:
 
     def counters(self) -> dict[str, dict[str, int]]:
         return self.switch.backend.counters()
+
+    def reinstall(self, cfg: JobConfig) -> None:
+        """Remove ``cfg``'s job and install ``cfg`` (through the backend, as the SwitchAgent does)."""
+        self.switch.backend.remove(cfg.job_id)
+        self.switch.backend.install(cfg)
 
     def close(self) -> None:
         self.switch.close()
@@ -308,3 +323,21 @@ def test_refusals_are_rate_limited_per_job(rig: Rig) -> None:
     rig.send("b0", _contrib(2, 0, 4, 0, np.zeros(4, np.int32)))
     [(host, answer)] = rig.receive()
     assert host == "b0" and decode(answer)[0].type == MsgType.REFUSE
+
+
+def test_a_reinstalled_job_takes_its_new_key(rig: Rig) -> None:
+    """The backend replaces a job's key with the job (BMv2: its job_keys entry goes with it): the old
+    key is refused, the new one starts a round, and a job without a key takes any."""
+    a, _ = _jobs(rig.addr)
+    new_key = 0x0BADC0FFEE0DDF00
+    rig.reinstall(dataclasses.replace(a, key=new_key))
+    rig.send("a0", join_packet(1, 0, 7, key=KEY_A))
+    [(_, data)] = rig.receive()
+    assert decode(data)[0].type == MsgType.REFUSE and decode(data)[0].exp == Reason.bad_key
+    rig.send("a0", join_packet(1, 0, 7, key=new_key))
+    rig.send("a1", join_packet(1, 1, 8, key=new_key))
+    assert sorted(decode(d)[0].type for _, d in rig.receive()) == [MsgType.JOIN_ACK] * 2 + [MsgType.PENDING]
+    rig.reinstall(dataclasses.replace(a, key=0))
+    rig.send("a0", join_packet(1, 0, 9, key=KEY_B))
+    rig.send("a1", join_packet(1, 1, 10))
+    assert sorted(decode(d)[0].type for _, d in rig.receive()) == [MsgType.JOIN_ACK] * 2 + [MsgType.PENDING]
