@@ -18,8 +18,8 @@
         }                                                                                      \
     }
 
-/* Rule 5, for every member u: the round's XOR of incarnations, and whether every member's prev_round
- * is that of worker 0. */
+/* Rule 5, for every member u: the round's XOR of incarnations, whether every member's prev_round
+ * is that of worker 0, and the latest epoch (serial order mod 256) a member's JOIN carried. */
 #define ROUND_MEMBER(u)                                                                         \
     if ((bit<16>)u < meta.workers) {                                                           \
         reg_incarnation.read(x, base + u);                                                     \
@@ -27,6 +27,10 @@
         reg_prev_round.read(x, base + u);                                                      \
         if (x != first_prev) {                                                                 \
             mixed = true;                                                                      \
+        }                                                                                      \
+        reg_prev_epoch.read(e, base + u);                                                      \
+        if (e != 0 && e - latest != 0 && e - latest < 128) {                                   \
+            latest = e;                                                                        \
         }                                                                                      \
     }
 
@@ -89,6 +93,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             /* Rule 3 */
             reg_incarnation.write(idx, hdr.netagg.seq);
             reg_prev_round.write(idx, meta.prev_round);
+            reg_prev_epoch.write(idx, hdr.netagg.epoch);
             reg_join_time.write(idx, now);
             members = members | meta.wbit;
             FOR_EACH_WORKER(EXPIRE_MEMBER)
@@ -102,7 +107,6 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 clock = clock + 1;
                 reg_round_clock.write(0, clock);
                 meta.epoch_tag = clock;
-                meta.epoch = meta.epoch + 1;
                 /* a new round here is a new round of this switch at its parent (if it has one): the
                  * JOIN_ACKs' replica for the parent becomes that JOIN in the egress */
                 bit<32> parent_incarnation;
@@ -116,11 +120,20 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 bit<32> first_prev;
                 bit<32> x;
                 bool mixed = false;
+                bit<8> e;
+                bit<8> latest = meta.epoch;
                 reg_prev_round.read(first_prev, base);
                 FOR_EACH_WORKER(ROUND_MEMBER)
                 bit<8> ack_flags = 0;
                 if (first_prev != 0 && !mixed) {
                     ack_flags = FLAG_RESUME;
+                    round = first_prev;  /* a resumed round keeps its lineage's name */
+                }
+                /* the epoch after the latest the switch or a member has seen, never 0 */
+                if (latest == 255) {
+                    meta.epoch = 1;
+                } else {
+                    meta.epoch = latest + 1;
                 }
                 reg_ack.write(job, ACK_STATE(round, ack_flags));
                 ack_payload(round);

@@ -44,6 +44,7 @@ register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_joined;
 register<bit<32>>(NETAGG_JOB_WORKERS) reg_incarnation;
 register<bit<48>>(NETAGG_JOB_WORKERS) reg_join_time;
 register<bit<32>>(NETAGG_JOB_WORKERS) reg_prev_round;  /* the prev_round of the member's JOIN */
+register<bit<8>>(NETAGG_JOB_WORKERS) reg_prev_epoch;   /* the epoch field of the member's JOIN */
 
 /* Per slot set (index = 2 * slot + set), one register read and one write per contribution:
  *   seq      use number held

@@ -365,6 +365,20 @@ def _key_and_round_cases(a: list[int], b: list[int]) -> list[Case]:
             ),
             key=KEY,
         ),
+        Case(
+            "epochs after the latest a member had",
+            (
+                # serial order from the switch's epoch 0: 3 is later, 200 is 56 earlier: epoch 4
+                Send("w0", _join_with(0, 0x11, 0, r, epoch=200)),
+                Send("w1", _join_with(1, 0x22, 0, r, epoch=3)),
+                Send("w0", _join_with(0, 0x33, 0, r, epoch=130)),
+                Send("w1", _join_with(1, 0x44, 0, r, epoch=0)),  # 130 is 126 after 4: epoch 131
+                Send("w0", _join_with(0, 0x55, 0, r, epoch=255)),
+                Send("w1", _join_with(1, 0x66, 0, r, epoch=255)),  # after 255 comes 1, never 0
+                Send("w0", _join_with(0, 0x77, 0, 0, epoch=0)),
+                Send("w1", _join_with(1, 0x88, 0, 0, epoch=0)),  # none given: the switch's own + 1
+            ),
+        ),
     ]
 
 

@@ -207,14 +207,21 @@ def test_keys_keep_joins_without_them_from_starting_a_round(python) -> None:
 def test_join_ack_round_and_resume(python) -> None:
     outs, _ = python["JOIN_ACK round and RESUME"]
     acks = [(i, _results(outs[i])) for i in (1, 2, 4, 6, 8, 10)]
-    rounds = [0x10000001 ^ 0x20000002, 0x10000001 ^ 0x20000002, 0x30000003 ^ 0x40000004]
-    rounds += [0x50000005 ^ 0x60000006, 0x70000007 ^ 0x80000008, 0x90000009 ^ 0xA000000A]
+    # a resumed round keeps its lineage's name (the common prev_round); others are named by the XOR
+    rounds = [0x5EED0001, 0x5EED0001, 0x30000003 ^ 0x40000004]
+    rounds += [0x50000005 ^ 0x60000006, 0x70000007 ^ 0x80000008, 0x10000001 ^ 0x20000002]
     resume = [True, True, False, False, False, True]
     for (i, got), want_round, want_resume in zip(acks, rounds, resume, strict=True):
         for _, pkt in got:
             words = dict(zip(JOIN_ACK_PARAMS, [v % 2**32 for v in pkt.values], strict=True))
             assert pkt.type == MsgType.JOIN_ACK and pkt.count == len(JOIN_ACK_PARAMS), i
             assert words["round"] == want_round and bool(int(pkt.flags) & cases.RESUME) == want_resume, i
+
+
+def test_a_rounds_epoch_follows_the_latest_a_member_had(python) -> None:
+    outs, _ = python["epochs after the latest a member had"]
+    epochs = [{pkt.epoch for _, pkt in _results(outs[i])} for i in (1, 3, 5, 7)]
+    assert epochs == [{4}, {131}, {1}, {2}]
 
 
 def test_offers_complete_a_use_with_their_values(python) -> None:
