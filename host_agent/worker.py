@@ -259,9 +259,9 @@ class Worker:
                     raise handshake.timeout_error(switch, self.world_size, self.join_timeout)
                 if now >= report:  # a join that waits says for whom
                     report = now + 5.0
-                    who = handshake.missing(self.world_size) if handshake.heard else "the switch's answer"
-                    log.info(
-                        "worker %d: waiting for %s to join job %d, %.0f s",
+                    who = str(handshake.missing(self.world_size)) if handshake.heard else "the switch's answer"
+                    log.warning(
+                        "worker %d: waiting for workers %s to join job %d, %.0f s",
                         self.rank,
                         who,
                         self.job,

@@ -154,3 +154,23 @@ def _server_tokens(args: argparse.Namespace) -> Tokens | None:
     if os.environ.get(TOKEN_ENV):
         return Tokens.single(os.environ[TOKEN_ENV])
     return None
+
+
+def read_key_file(path: Path) -> int:
+    """The job key in ``path`` (16 hex digits, surrounding whitespace allowed); ValueError saying what
+    is wrong with the file, in one line."""
+    from netagg.protocol import parse_key
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"--key-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--key-file {path}: not text (expected 16 hex digits)") from None
+    try:
+        key = parse_key(text)
+    except ValueError as exc:
+        raise ValueError(f"--key-file {path}: {exc}") from None
+    if key == 0:
+        raise ValueError(f"--key-file {path}: the key is 0, which means no key")
+    return key

@@ -20,6 +20,7 @@ from netagg.cli._common import (
     _ready_flag,
     _server_tokens,
     _verbose_flag,
+    read_key_file,
 )
 from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
 
@@ -210,7 +211,7 @@ def _switch(args: argparse.Namespace) -> int:
                 total_workers=args.total_workers,
                 parent=args.parent,
                 parent_worker=args.parent_worker,
-                key=_read_key(args.key_file) if args.key_file is not None else 0,
+                key=read_key_file(args.key_file) if args.key_file is not None else 0,
             )
         )
     if args.ethernet and not args.ip:
@@ -234,26 +235,6 @@ def _switch(args: argparse.Namespace) -> int:
     stats = run_python_switch(options, lambda banner, fields: _ready(args, "switch", banner, **fields))
     print(json.dumps(stats), flush=True)
     return 0
-
-
-def _read_key(path: Path) -> int:
-    """The job key in ``path`` (16 hex digits, surrounding whitespace allowed); ValueError saying what
-    is wrong with the file, in one line."""
-    from netagg.protocol import parse_key
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"--key-file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"--key-file {path}: not text (expected 16 hex digits)") from None
-    try:
-        key = parse_key(text)
-    except ValueError as exc:
-        raise ValueError(f"--key-file {path}: {exc}") from None
-    if key == 0:
-        raise ValueError(f"--key-file {path}: the key is 0, which means no key")
-    return key
 
 
 def _registration(args: argparse.Namespace) -> Registration | None:
