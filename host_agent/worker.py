@@ -259,7 +259,8 @@ class Worker:
                     raise handshake.timeout_error(switch, self.world_size, self.join_timeout)
                 if now >= report:  # a join that waits says for whom
                     report = now + 5.0
-                    who = str(handshake.missing(self.world_size)) if handshake.heard else "the switch's answer"
+                    heard = handshake.heard
+                    who = str(handshake.missing(self.world_size)) if heard else "the switch's answer"
                     log.warning(
                         "worker %d: waiting for workers %s to join job %d, %.0f s",
                         self.rank,

@@ -9,6 +9,7 @@ with no call from the user and be exact (int32) or bit-identical at every worker
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -152,7 +153,7 @@ def check(calls: list[list[np.ndarray]], results: list[list[np.ndarray]], elemen
                 np.testing.assert_array_equal(g, got[0])  # the same bits at every worker
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=int(os.environ.get("NETAGG_RECOVERY_EXAMPLES", "60")), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     workers=st.integers(1, 4),
