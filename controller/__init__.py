@@ -2,8 +2,9 @@
 their slots (the Controller service of proto/netagg/v1/control.proto).
 
 ``placement`` is pure (which switch, which slots; typed errors carrying a gRPC status code), ``store``
-keeps the state in SQLite, ``agents`` talks to the switches' SwitchAgent services, ``service`` is the thin
-gRPC servicer over the three.
+keeps the state in SQLite, ``agents`` talks to the switches' SwitchAgent services, ``monitor`` checks
+their health and reads their per-job counters, ``service`` is the thin gRPC servicer over them, and
+``metrics`` serves what they know as Prometheus text.
 
 >>> from controller import Store, serve_controller
 >>> from netagg.rpc import Tokens
@@ -11,6 +12,7 @@ gRPC servicer over the three.
 """
 
 from controller.errors import ControlError
+from controller.monitor import Monitor
 from controller.placement import MAX_JOB_WORKERS, Placement, place, placement_slots
 from controller.service import ControllerService, serve_controller
 from controller.store import Member, Store, SwitchRecord
@@ -20,6 +22,7 @@ __all__ = [
     "ControlError",
     "ControllerService",
     "Member",
+    "Monitor",
     "Placement",
     "Store",
     "SwitchRecord",

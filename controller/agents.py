@@ -1,14 +1,15 @@
 """The controller's side of the switches' SwitchAgent services: stubs, installs, removals, pinning.
 
 One gRPC channel per (agent address, token), kept for the controller's life. A job is installed on every
-switch of its placement or on none (:meth:`SwitchAgents.install_all`); once all of a switch's ranks have
-joined, their addresses are pinned there (:meth:`SwitchAgents.pin_workers`); a switch that registers
-again gets back the jobs placed on it (:meth:`SwitchAgents.reinstall`).
+switch of its placement, with its key, or on none (:meth:`SwitchAgents.install_all`); once all of a
+switch's ranks have joined, their addresses are pinned there (:meth:`SwitchAgents.pin_workers`); a
+switch that registers or answers again gets back the jobs placed on it (:meth:`SwitchAgents.reinstall`).
+:meth:`SwitchAgents.check` is the health check (:mod:`controller.monitor` calls it).
 
 Example::
 
     agents = SwitchAgents(store, tls_ca=None, timeout=5.0)
-    agents.install_all(placement.switches, job)  # ControlError(UNAVAILABLE) if one refuses: none keeps it
+    agents.install_all(placement.switches, job, key)  # ControlError(UNAVAILABLE) if one refuses
 """
 
 from __future__ import annotations
@@ -73,16 +74,35 @@ class SwitchAgents:
                 f"{exc.code().name}: {exc.details()}",
             ) from None
 
-    def counters(self, sw: SwitchRecord) -> pb.Counters | None:
-        """The switch's counters, or None (logged) if it does not answer."""
+    def check(self, sw: SwitchRecord, timeout: float) -> str:
+        """The health check: "" if the SwitchAgent answers GetInfo within ``timeout`` seconds, else the
+        error ("UNAVAILABLE: ...")."""
+        try:
+            self.stub(sw).GetInfo(pb.GetInfoRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return ""
+
+    def read_counters(self, sw: SwitchRecord) -> pb.Counters | grpc.RpcError:
+        """The switch's counters, or the error its SwitchAgent answered with."""
         try:
             return self.stub(sw).GetCounters(pb.GetCountersRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            log.warning("counters of %s: %s", sw.switch_id, exc.details())
+            return exc
+
+    def counters(self, sw: SwitchRecord, *, quiet: bool = False) -> pb.Counters | None:
+        """The switch's counters, or None (logged, at DEBUG if ``quiet``) if it does not answer."""
+        try:
+            return self.stub(sw).GetCounters(pb.GetCountersRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING, "counters of %s: %s", sw.switch_id, exc.details()
+            )
             return None
 
-    def _install(self, sw: SwitchRecord, job: pb.Job, placement: pb.Placement) -> None:
-        """Install ``job``'s part on ``sw``; raises grpc.RpcError (ALREADY_EXISTS if it is there)."""
+    def _install(self, sw: SwitchRecord, job: pb.Job, placement: pb.Placement, key: int) -> None:
+        """Install ``job``'s part on ``sw`` with the job's ``key``; raises grpc.RpcError (ALREADY_EXISTS
+        if it is there)."""
         node = job_shape(job)[sw.switch_id]
         parent = self.store.switch(node.parent) if node.parent else None
         self.stub(sw).InstallJob(
@@ -95,18 +115,20 @@ class SwitchAgents:
                 elements_per_packet=job.spec.elements_per_packet,
                 parent_address=parent.data_address if parent is not None else "",
                 parent_worker_id=node.parent_worker,
+                key=key,
             ),
             timeout=self.timeout,
         )
 
-    def install_all(self, switches: Sequence[tuple[SwitchRecord, str]], job: pb.Job) -> None:
-        """Install ``job`` on each of ``switches`` (in the order of ``job.placements``), all or nothing:
+    def install_all(self, switches: Sequence[tuple[SwitchRecord, str]], job: pb.Job, key: int) -> None:
+        """Install ``job`` with its ``key`` on each of ``switches`` (in the order of ``job.placements``),
+        all or nothing:
         if one refuses, it is removed again from those that took it and ``UNAVAILABLE`` says
         which switch failed and why."""
         installed: list[SwitchRecord] = []
         for (sw, _), placement in zip(switches, job.placements, strict=True):
             try:
-                self._install(sw, job, placement)
+                self._install(sw, job, placement, key)
                 installed.append(sw)
             except grpc.RpcError as exc:
                 for done in installed:
@@ -190,14 +212,14 @@ class SwitchAgents:
                     log.warning("job %s: pinning children on %s: %s", job.job_id, sw.switch_id, exc.details())
 
     def reinstall(self, sw: SwitchRecord) -> None:
-        """Install every job placed on ``sw`` and pin its workers (ALREADY_EXISTS is fine: it kept them).
-        Failures are logged."""
+        """Install every job placed on ``sw`` (same slots, same key) and pin its workers where they were
+        pinned (ALREADY_EXISTS is fine: it kept them). Failures are logged."""
         for job in self.store.jobs():
             for p in job.placements:
                 if p.switch_id != sw.switch_id:
                     continue
                 try:
-                    self._install(sw, job, p)
+                    self._install(sw, job, p, self.store.job_key(job.job_id))
                     self._pin(sw, job.job_id)
                     log.info("job %s installed again on %s", job.job_id, sw.switch_id)
                 except grpc.RpcError as exc:

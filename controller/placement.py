@@ -128,18 +128,25 @@ class Placement:
     """(switch, its parent's switch id or "" for the root), the root first."""
 
 
-def place(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str, Ranges]) -> Placement:
+def place(
+    spec: pb.JobSpec,
+    switches: Sequence[SwitchRecord],
+    used: Mapping[str, Ranges],
+    down: Collection[str] = (),
+) -> Placement:
     """Place a job: check ``spec``, then put it on one switch, or on a tree if it names ``workers_at``.
 
     ``switches`` are the registered switches (in registration order: ties go to the first), ``used``
-    maps a switch id to the slot ranges [lo, hi) its jobs hold (a missing id holds none). Raises
-    :class:`ControlError`: ``INVALID_ARGUMENT`` for a bad spec, ``FAILED_PRECONDITION`` when no switch
-    could ever take it, ``RESOURCE_EXHAUSTED`` when one could but has no room now.
+    maps a switch id to the slot ranges [lo, hi) its jobs hold (a missing id holds none), ``down``
+    names the switches that do not answer: they get no job. Raises :class:`ControlError`:
+    ``INVALID_ARGUMENT`` for a bad spec, ``FAILED_PRECONDITION`` when no switch could ever take it,
+    ``RESOURCE_EXHAUSTED`` when one could but has no room now, ``UNAVAILABLE`` when only switches that
+    are down could.
     """
     validate_spec(spec)
     if spec.workers_at:
-        return _place_tree(spec, switches, used)
-    return _place_single(spec, switches, used)
+        return _place_tree(spec, switches, used, down)
+    return _place_single(spec, switches, used, down)
 
 
 def _with_defaults(spec: pb.JobSpec, elements: int, slots: int) -> pb.JobSpec:
@@ -150,7 +157,7 @@ def _with_defaults(spec: pb.JobSpec, elements: int, slots: int) -> pb.JobSpec:
 
 
 def _place_single(
-    spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str, Ranges]
+    spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str, Ranges], down: Collection[str]
 ) -> Placement:
     """The switch with the most free slots among those that take the job, first fit within it."""
     if not switches:
@@ -175,13 +182,21 @@ def _place_single(
         gaps = free_gaps(used.get(sw.switch_id, ()), info.total_slots)
         free = sum(hi - lo for lo, hi in gaps)
         largest = max((hi - lo for lo, hi in gaps), default=0)
-        free_report.append(f"{sw.switch_id} has {free} free (largest free range {largest})")
         base = next((lo for lo, hi in gaps if hi - lo >= slots), None)
+        if sw.switch_id in down:
+            free_report.append(f"{sw.switch_id} is down" + (" (it has room)" if base is not None else ""))
+            continue
+        free_report.append(f"{sw.switch_id} has {free} free (largest free range {largest})")
         if base is not None:
             fits.append((free, sw, n, slots, base))
     if not fits:
         capable = any(" free " in r for r in free_report)
-        code = StatusCode.RESOURCE_EXHAUSTED if capable else StatusCode.FAILED_PRECONDITION
+        if capable:
+            code = StatusCode.RESOURCE_EXHAUSTED
+        elif any(r.endswith(" is down (it has room)") for r in free_report):
+            code = StatusCode.UNAVAILABLE
+        else:
+            code = StatusCode.FAILED_PRECONDITION
         want = f"{spec.slots} slots" if spec.slots else "its default slots"
         raise ControlError(
             code,
@@ -192,7 +207,9 @@ def _place_single(
     return Placement(_with_defaults(spec, n, slots), base, ((sw, ""),))
 
 
-def _place_tree(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str, Ranges]) -> Placement:
+def _place_tree(
+    spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mapping[str, Ranges], down: Collection[str]
+) -> Placement:
     """A job spread over several switches as a tree through their common ancestor."""
     by_id = {s.switch_id: s for s in switches}
     for leaf, n in spec.workers_at.items():
@@ -234,6 +251,11 @@ def _place_tree(spec: pb.JobSpec, switches: Sequence[SwitchRecord], used: Mappin
             tree[node] = "" if node == root else parent
             if node == root:
                 break
+    if any(sw in down for sw in tree):
+        raise ControlError(
+            StatusCode.UNAVAILABLE,
+            f"switches {sorted(sw for sw in tree if sw in down)} of the tree are down (see ListSwitches)",
+        )
     n = spec.elements_per_packet or min(by_id[sw].info.max_elements_per_packet for sw in tree)
     slots = spec.slots or placement_slots(n)
     for sw, parent in tree.items():

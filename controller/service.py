@@ -2,11 +2,14 @@
 of switch slots, programs the switches through their SwitchAgent API, and hands workers what they need.
 
 Thin: each RPC reads its request, calls placement (:mod:`controller.placement`, pure), the store
-(:mod:`controller.store`) and the switch agents (:mod:`controller.agents`), and :func:`answering` turns
-the :class:`~controller.errors.ControlError` any of them raises into ``context.abort(code, message)``.
+(:mod:`controller.store`), the switch agents (:mod:`controller.agents`) and the monitor
+(:mod:`controller.monitor`: which switches are down, which jobs idle), and :func:`answering` turns the
+:class:`~controller.errors.ControlError` any of them raises into ``context.abort(code, message)``.
 
-State lives in SQLite, so a restarted controller keeps every job; at start and whenever a switch
-registers (again) it installs the jobs placed there, so a restarted switch gets back what it carried.
+State lives in SQLite, so a restarted controller keeps every job and its key; at start and whenever a
+switch registers or answers again it installs the jobs placed there, so a restarted switch gets back
+what it carried. Each job gets a random 64-bit key (docs/protocol.md "Job keys") that its switches and
+its workers (JoinJob) get and nobody else sees.
 
 Example::
 
@@ -28,6 +31,7 @@ from grpc import StatusCode
 
 from controller.agents import AGENT_TIMEOUT, SwitchAgents
 from controller.errors import ControlError
+from controller.monitor import Monitor
 from controller.placement import free_wire_id, job_shape, leaf_of_rank, place
 from controller.store import Store, SwitchRecord
 from netagg.protocol import parse_address
@@ -74,6 +78,14 @@ def _visible(tenant: Tenant, job: pb.Job) -> bool:
     return tenant.admin or job.owner == tenant.name
 
 
+def new_key() -> int:
+    """A random non-zero 64-bit job key."""
+    key = 0
+    while not key:
+        key = secrets.randbits(64)
+    return key
+
+
 class ControllerService(pb_grpc.ControllerServicer):
     """The Controller service over a :class:`Store`."""
 
@@ -84,16 +96,29 @@ class ControllerService(pb_grpc.ControllerServicer):
         *,
         agent_tls_ca: str | None = None,
         agent_timeout: float = AGENT_TIMEOUT,
+        health_interval: float = 2.0,
+        health_failures: int = 3,
+        idle_after: float = 30.0,
     ) -> None:
+        """``health_interval``, ``health_failures``, ``idle_after``: see :class:`Monitor` (its thread
+        starts with :meth:`Monitor.start`, which :func:`serve_controller` calls)."""
         self.store = store
         self.tokens = tokens
         self.agent_tls_ca = agent_tls_ca
         self.agent_timeout = agent_timeout
         self.agents = SwitchAgents(store, tls_ca=agent_tls_ca, timeout=agent_timeout)
+        self.monitor = Monitor(
+            store, self.agents, interval=health_interval, failures=health_failures, idle_after=idle_after
+        )
 
     def close(self) -> None:
-        """Close the channels to the switch agents."""
+        """Stop the health checks and close the channels to the switch agents."""
+        self.monitor.stop()
         self.agents.close()
+
+    def jobs(self, job_ids: list[str] | None = None) -> list[pb.Job]:
+        """The stored jobs (all, or those named) with their state as the switches tell it."""
+        return [self.monitor.annotate(j) for j in self.store.jobs(job_ids)]
 
     def _job_for(self, job_id: str, tenant: Tenant) -> pb.Job:
         """The job ``job_id`` if ``tenant`` may see it."""
@@ -103,9 +128,10 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise ControlError(
                 StatusCode.INVALID_ARGUMENT, f"job_id {job_id[:80]!r} is not a job id (j-xxxxxx)"
             )
-        job = self.store.job(job_id)
-        if job is None:
+        found = self.jobs([job_id])
+        if not found:
             raise ControlError(StatusCode.NOT_FOUND, f"no job {job_id} (ListJobs shows the jobs there are)")
+        job = found[0]
         if not _visible(tenant, job):
             raise ControlError(
                 StatusCode.PERMISSION_DENIED,
@@ -122,7 +148,7 @@ class ControllerService(pb_grpc.ControllerServicer):
             with self.store.locked():  # one admission at a time: no two jobs get the same slots
                 switches = self.store.switches()
                 used = {s.switch_id: self.store.used_ranges(s.switch_id) for s in switches}
-                placement = place(request.spec, switches, used)
+                placement = place(request.spec, switches, used, self.monitor.down())
                 spec = placement.spec
                 job = pb.Job(
                     job_id=f"j-{secrets.token_hex(4)}",
@@ -139,8 +165,9 @@ class ControllerService(pb_grpc.ControllerServicer):
                         slots=spec.slots,
                         parent_switch_id=parent,
                     )
-                self.agents.install_all(placement.switches, job)
-                self.store.add_job(job)
+                key = new_key()
+                self.agents.install_all(placement.switches, job, key)
+                self.store.add_job(job, key)
                 self.agents.pin_inner(placement.switches, job)
         log.info(
             "job %s (wire %d, %s): %d workers, slots [%d, %d) on %s",
@@ -161,15 +188,24 @@ class ControllerService(pb_grpc.ControllerServicer):
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         tenant = tenant_of(context, self.tokens)
-        return pb.ListJobsResponse(jobs=[j for j in self.store.jobs() if _visible(tenant, j)])
+        return pb.ListJobsResponse(jobs=[j for j in self.jobs() if _visible(tenant, j)])
 
     def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.ServicerContext) -> pb.DeleteJobResponse:
         tenant = tenant_of(context, self.tokens)
         with answering(context), self.store.locked():
             job = self._job_for(request.job_id, tenant)
+            if job.state == pb.JOB_STATE_RUNNING and not request.force:
+                ago = time.time() - job.last_active_time if job.last_active_time else None
+                when = f", active {ago:.0f} s ago" if ago is not None else ""
+                raise ControlError(
+                    StatusCode.FAILED_PRECONDITION,
+                    f"job {job.job_id} is running: all {job.spec.workers} workers are joined{when}; "
+                    "stop them first, or delete it anyway with force (netagg ctl delete --force)",
+                )
             self.agents.remove(job)
             self.store.delete_job(job.job_id)
-        log.info("job %s deleted", job.job_id)
+        forced = job.state == pb.JOB_STATE_RUNNING
+        log.info("job %s deleted%s", job.job_id, " while it was running (force)" if forced else "")
         return pb.DeleteJobResponse()
 
     def JoinJob(self, request: pb.JoinJobRequest, context: grpc.ServicerContext) -> pb.JoinJobResponse:
@@ -184,7 +220,8 @@ class ControllerService(pb_grpc.ControllerServicer):
             address = _check_address(request.address, "address")
             with self.store.locked():
                 member = self.store.member(job.job_id, request.rank)
-                if member is not None and member.address != address and not request.replace:
+                taken = member is not None and not member.left and member.address != address
+                if member is not None and taken and not request.replace:
                     raise ControlError(
                         StatusCode.ALREADY_EXISTS,
                         f"rank {request.rank} of job {job.job_id} has joined from {member.address}; "
@@ -200,6 +237,9 @@ class ControllerService(pb_grpc.ControllerServicer):
                         StatusCode.UNAVAILABLE, f"switch {placement.switch_id} of the job is gone"
                     )
                 self.agents.pin_workers(sw, job.job_id)
+                key = self.store.job_key(job.job_id)
+        self.monitor.joined(job.job_id)
+        log.info("job %s: rank %d joined from %s", job.job_id, request.rank, address)
         return pb.JoinJobResponse(
             switch_address=sw.data_address,
             wire_job_id=job.wire_job_id,
@@ -208,7 +248,28 @@ class ControllerService(pb_grpc.ControllerServicer):
             slots=placement.slots,
             elements_per_packet=job.spec.elements_per_packet,
             total_workers=job.spec.workers,
+            key=key,
+            worker_address=address,
         )
+
+    def LeaveJob(self, request: pb.LeaveJobRequest, context: grpc.ServicerContext) -> pb.LeaveJobResponse:
+        tenant = tenant_of(context, self.tokens)
+        with answering(context):
+            job = self._job_for(request.job_id, tenant)
+            if request.rank >= job.spec.workers:
+                raise ControlError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"rank {request.rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}",
+                )
+            address = _check_address(request.address, "address")
+            left = self.store.leave_member(job.job_id, request.rank, address)
+        if left:
+            log.info("job %s: rank %d (%s) left", job.job_id, request.rank, address)
+        else:
+            log.info(
+                "job %s: rank %d is not joined from %s; nothing to leave", job.job_id, request.rank, address
+            )
+        return pb.LeaveJobResponse(left=left)
 
     def RegisterSwitch(self, request: pb.RegisterSwitchRequest, context: grpc.ServicerContext) -> pb.Switch:
         tenant = tenant_of(context, self.tokens)
@@ -217,6 +278,7 @@ class ControllerService(pb_grpc.ControllerServicer):
             with self.store.locked():
                 self.store.put_switch(rec, time.time())
                 self.agents.reinstall(rec)
+                self.monitor.registered(rec.switch_id)
         log.info(
             "switch %s registered: data %s, agent %s, %d slots",
             rec.switch_id,
@@ -278,16 +340,25 @@ class ControllerService(pb_grpc.ControllerServicer):
         wake = threading.Event()
         context.add_callback(wake.set)
         while context.is_active():
-            jobs = [j for j in self.store.jobs(list(request.job_ids) or None) if _visible(tenant, j)]
+            jobs = [j for j in self.jobs(list(request.job_ids) or None) if _visible(tenant, j)]
             snap = pb.StatsSnapshot(time=time.time(), jobs=jobs)
             for sw_id in sorted({p.switch_id for j in jobs for p in j.placements}):
                 sw = self.store.switch(sw_id)
                 if sw is None:
                     continue
                 entry = snap.switch_counters[sw_id]  # listed (empty) even if the switch does not answer
-                counters = self.agents.counters(sw)
+                counters = self.agents.counters(sw, quiet=not self.monitor.health(sw_id).up)
                 if counters is not None:
                     entry.CopyFrom(counters)
+            for job in jobs:
+                for p in job.placements:
+                    if p.switch_id not in snap.switch_counters:
+                        continue
+                    for e in snap.switch_counters[p.switch_id].jobs:
+                        if e.wire_job_id == job.wire_job_id:
+                            c = snap.job_counters.add()
+                            c.CopyFrom(e)
+                            c.job_id, c.switch_id = job.job_id, p.switch_id
             yield snap
             if wake.wait(interval):
                 return
@@ -300,8 +371,14 @@ class ControllerService(pb_grpc.ControllerServicer):
                 self.agents.reinstall(sw)
 
     def _switch_message(self, sw: SwitchRecord) -> pb.Switch:
-        used = sum(hi - lo for lo, hi in self.store.used_ranges(sw.switch_id))
+        ranges = self.store.used_ranges(sw.switch_id)
+        used = sum(hi - lo for lo, hi in ranges)
+        health = self.monitor.health(sw.switch_id)
         return pb.Switch(
+            state=pb.SWITCH_STATE_UP if health.up else pb.SWITCH_STATE_DOWN,
+            last_error=health.last_error,
+            health_failures=health.failures,
+            jobs=len(ranges),
             switch_id=sw.switch_id,
             data_address=sw.data_address,
             agent_address=sw.agent_address,
@@ -319,12 +396,23 @@ def serve_controller(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     agent_tls_ca: str | None = None,
+    health_interval: float = 2.0,
+    health_failures: int = 3,
+    idle_after: float = 30.0,
 ) -> tuple[grpc.Server, int, ControllerService]:
     """Start the controller on ``address`` (port 0 picks one); returns (server, port, servicer).
 
-    Jobs stored from an earlier run are installed again on their switches in the background.
+    Jobs stored from an earlier run are installed again on their switches in the background; the
+    health checks (:class:`Monitor`) run every ``health_interval`` seconds until ``service.close()``.
     """
-    service = ControllerService(store, tokens, agent_tls_ca=agent_tls_ca)
+    service = ControllerService(
+        store,
+        tokens,
+        agent_tls_ca=agent_tls_ca,
+        health_interval=health_interval,
+        health_failures=health_failures,
+        idle_after=idle_after,
+    )
     server, port, _ = make_server(
         address,
         tokens,
@@ -334,4 +422,5 @@ def serve_controller(
         tls_key=tls_key,
     )
     threading.Thread(target=service.reconcile, name="netagg-reconcile", daemon=True).start()
+    service.monitor.start()
     return server, port, service

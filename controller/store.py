@@ -1,8 +1,8 @@
 """The controller's state in an embedded SQLite file, so a restarted controller loses no job.
 
-Jobs, their placements and joined workers, and the registered switches. Messages are stored as their
-protobuf bytes next to the columns that are queried. One connection, guarded by a lock (the gRPC server
-calls from several threads); every change is one transaction.
+Jobs (with their keys), their placements and joined workers, and the registered switches. Messages are
+stored as their protobuf bytes next to the columns that are queried. One connection, guarded by a lock
+(the gRPC server calls from several threads); every change is one transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from netagg.protocol import format_key, parse_key
 from netagg.v1 import control_pb2 as pb
 
 __all__ = ["Member", "Store", "SwitchRecord"]
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     wire_job_id   INTEGER NOT NULL UNIQUE,
     owner         TEXT NOT NULL,
     spec          BLOB NOT NULL,      -- netagg.v1.JobSpec, defaults filled in
-    create_time   REAL NOT NULL
+    create_time   REAL NOT NULL,
+    job_key       TEXT NOT NULL DEFAULT ''  -- 16 hex digits (docs/protocol.md "Job keys"); '' = none
 );
 CREATE TABLE IF NOT EXISTS placements (
     job_id        TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
@@ -48,6 +50,7 @@ CREATE TABLE IF NOT EXISTS members (
     job_id        TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
     rank          INTEGER NOT NULL,
     address       TEXT NOT NULL,
+    has_left      INTEGER NOT NULL DEFAULT 0,  -- 1 after LeaveJob (the address stays, as pinned)
     PRIMARY KEY (job_id, rank)
 );
 """
@@ -67,10 +70,11 @@ class SwitchRecord:
 
 @dataclass(frozen=True)
 class Member:
-    """A worker that joined a job: its rank and the data-plane address it sends from."""
+    """A worker that joined a job: its rank, the data-plane address it sends from, whether it left."""
 
     rank: int
     address: str
+    left: bool = False
 
 
 class Store:
@@ -90,9 +94,15 @@ class Store:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(switches)")}
-            if "parent" not in columns:  # a file from before aggregation trees
-                self._db.execute("ALTER TABLE switches ADD COLUMN parent TEXT NOT NULL DEFAULT ''")
+            # columns added since the first version, for files made before them
+            for table, column, decl in (
+                ("switches", "parent", "TEXT NOT NULL DEFAULT ''"),  # aggregation trees
+                ("jobs", "job_key", "TEXT NOT NULL DEFAULT ''"),  # job keys: older jobs have none
+                ("members", "has_left", "INTEGER NOT NULL DEFAULT 0"),  # LeaveJob
+            ):
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -155,11 +165,20 @@ class Store:
         return [(b, b + n) for b, n in rows]
 
     # -- jobs ----------------------------------------------------------------------------------
-    def add_job(self, job: pb.Job) -> None:
+    def add_job(self, job: pb.Job, key: int = 0) -> None:
+        """Store ``job`` and its placements, with its ``key`` (0: none)."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO jobs (job_id, wire_job_id, owner, spec, create_time) VALUES (?, ?, ?, ?, ?)",
-                (job.job_id, job.wire_job_id, job.owner, job.spec.SerializeToString(), job.create_time),
+                "INSERT INTO jobs (job_id, wire_job_id, owner, spec, create_time, job_key) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id,
+                    job.wire_job_id,
+                    job.owner,
+                    job.spec.SerializeToString(),
+                    job.create_time,
+                    format_key(key) if key else "",
+                ),
             )
             for p in job.placements:
                 db.execute(
@@ -171,12 +190,20 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
+    def job_key(self, job_id: str) -> int:
+        """The job's key (0 if it has none, or no such job)."""
+        with self._lock:
+            row = self._db.execute("SELECT job_key FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return parse_key(row[0]) if row and row[0] else 0
+
     def wire_ids(self) -> set[int]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT wire_job_id FROM jobs")}
 
     def jobs(self, job_ids: list[str] | None = None) -> list[pb.Job]:
-        """Jobs (all, or those named), oldest first, with placements and joined ranks."""
+        """Jobs (all, or those named), oldest first, with placements and joined ranks (those that have
+        not left). Their state as the store knows it: running when every rank is joined, idle when
+        every rank that joined has left, pending otherwise (the servicer adds what the switches say)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, wire_job_id, owner, spec, create_time FROM jobs ORDER BY seq"
@@ -196,14 +223,17 @@ class Store:
                     "SELECT switch_id, slot_base, slots, parent FROM placements WHERE job_id = ?", (job_id,)
                 ):
                     job.placements.add(switch_id=sw, slot_base=base, slots=n, parent_switch_id=parent)
-                ranks = [
-                    r[0]
-                    for r in self._db.execute(
-                        "SELECT rank FROM members WHERE job_id = ? ORDER BY rank", (job_id,)
-                    )
-                ]
+                rows = self._db.execute(
+                    "SELECT rank, has_left FROM members WHERE job_id = ? ORDER BY rank", (job_id,)
+                ).fetchall()
+                ranks = [r for r, left in rows if not left]
                 job.joined_ranks.extend(ranks)
-                job.state = pb.JOB_STATE_RUNNING if len(ranks) == job.spec.workers else pb.JOB_STATE_PENDING
+                if len(ranks) == job.spec.workers:
+                    job.state = pb.JOB_STATE_RUNNING
+                elif rows and not ranks:
+                    job.state = pb.JOB_STATE_IDLE
+                else:
+                    job.state = pb.JOB_STATE_PENDING
                 out.append(job)
         return out
 
@@ -214,14 +244,25 @@ class Store:
     def member(self, job_id: str, rank: int) -> Member | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT rank, address FROM members WHERE job_id = ? AND rank = ?", (job_id, rank)
+                "SELECT rank, address, has_left FROM members WHERE job_id = ? AND rank = ?", (job_id, rank)
             ).fetchone()
-        return Member(*row) if row else None
+        return Member(row[0], row[1], bool(row[2])) if row else None
 
     def put_member(self, job_id: str, rank: int, address: str) -> None:
+        """Record that ``rank`` joined from ``address`` (again, after a leave)."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO members VALUES (?, ?, ?) ON CONFLICT(job_id, rank) DO UPDATE SET "
-                "address = excluded.address",
+                "INSERT INTO members (job_id, rank, address, has_left) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT(job_id, rank) DO UPDATE SET address = excluded.address, has_left = 0",
                 (job_id, rank, address),
             )
+
+    def leave_member(self, job_id: str, rank: int, address: str) -> bool:
+        """Mark ``rank`` as left if it is joined from ``address``; whether it was."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE members SET has_left = 1 WHERE job_id = ? AND rank = ? AND address = ? "
+                "AND has_left = 0",
+                (job_id, rank, address),
+            )
+            return cur.rowcount == 1

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from host_agent.errors import NetAggTimeout, NonFiniteError
+from host_agent.recovery import Recovery, Send
 from host_agent.schedule import Schedule
 from host_agent.session import Session
 from netagg import kernels
@@ -35,6 +36,7 @@ from netagg.protocol import (
     HEADER_SIZE,
     OFF_COUNT,
     OFF_FLAGS,
+    OFFSET,
     PAYLOAD_DTYPE,
     SET_BIT,
     VERSION,
@@ -46,15 +48,16 @@ from netagg.quantize import chunk_exponents, dequantize, quantize
 
 __all__ = ["DatagramEngine", "Engine", "RunEngine", "Schedule", "Send", "make_engine"]
 
-#: One thing to send: the datagram's parts (gathered by one sendmsg) and, for a run of same-size
-#: datagrams sent with one UDP GSO call, the segment size (0: the parts are one datagram).
-Send = tuple[tuple[Any, ...], int]
+# Send (from host_agent.recovery): one thing to send, the datagram's parts (gathered by one sendmsg)
+# and, for a run of same-size datagrams sent with one UDP GSO call, the segment size (0: one datagram).
 
 _CONTRIB, _RESULT, _PENDING = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
-_RETX = int(Flag.RETX)
+_REFUSE, _JOIN_ACK = int(MsgType.REFUSE), int(MsgType.JOIN_ACK)
+_RETX, _FINAL = int(Flag.RETX), int(Flag.FINAL)
+_OFF_EPOCH = OFFSET["epoch"]
 
 
-class Engine:
+class Engine(Recovery):
     """What both engines share: the schedule, each slot's position, timers and the end of the call."""
 
     #: Whether this engine takes runs of datagrams (UDP GRO) rather than one at a time.
@@ -73,6 +76,7 @@ class Engine:
         self.remaining = s.window
         self.last_progress = now
         self.pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
+        self._init_recovery()
 
     @property
     def done(self) -> bool:
@@ -101,6 +105,7 @@ class Engine:
         worker alike) if some block's agreed exponent says inf/NaN and ``nonfinite`` is "raise"."""
         _, nuses = self.positions()
         self.session.seq[: self.schedule.window] += np.asarray(nuses, dtype=np.int64)
+        self.keep_last()
         if self.is_float and nonfinite == "raise":
             bad = np.flatnonzero(self.agreed() == EXP_NONFINITE)
             if bad.size:
@@ -116,6 +121,12 @@ class Engine:
         """The error for a call that made no progress for ``timeout`` seconds, naming what it waits for."""
         pos, nuses = self.positions()
         s, p = self.schedule, self.params
+        if self.rejoin is not None:
+            return NetAggTimeout(
+                f"{who}: rejoining job {p.job} at {switch} after it said {self.rejoin_reason}: workers "
+                f"{self.rejoin.missing(p.fanin)} have not rejoined in {timeout:g}s (the allreduce of "
+                f"{s.total} elements waits for them)"
+            )
         waiting = [j for j in range(s.window) if pos[j] < nuses[j]]
         missing: set[int] = set()
         lines = []
@@ -162,6 +173,7 @@ class DatagramEngine(Engine):
         self.headers: list[bytes] = [b""] * w
         self.rows = list(session.payload[:w])  # each slot's packet payload, whole
         self._agreed = [0] * (self.schedule.nchunks if self.is_float else 0)
+        self._out_bits = self.out.view(np.uint32)  # where FINAL results are copied
         self._rto = session.rto.value
         self._got_buf: Any = None
         self._got_whole: np.ndarray | None = None
@@ -172,11 +184,28 @@ class DatagramEngine(Engine):
     def agreed(self) -> np.ndarray:
         return np.array(self._agreed, dtype=np.uint16)
 
+    def base_seq(self, j: int) -> int:
+        return self.base[j]
+
     def next_deadline(self) -> float:
-        return min(self.deadline)
+        return self.join_due if self.rejoin is not None else min(self.deadline)
 
     def start(self, now: float) -> list[Send]:
         return [self._send(j, 0, now) for j in range(self.schedule.window)]
+
+    def _resend_all(self, now: float) -> list[Send]:
+        sends: list[Send] = []
+        for j in range(self.schedule.window):
+            if self.pos[j] < self.nuses[j]:
+                hdr = bytearray(self.headers[j])
+                hdr[_OFF_EPOCH] = self.params.epoch
+                self.headers[j] = bytes(hdr)
+                hdr[OFF_FLAGS] = _RETX
+                cnt = int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
+                sends.append(((hdr, self.rows[j][:cnt]), 0))
+                self.tries[j] = 1  # Karn: no sample from this use
+                self.deadline[j] = now + self._rto
+        return sends
 
     def _send(self, j: int, k: int, now: float) -> Send:
         """Use k of slot j: quantize its chunk (none for an exponent-only use) and send it."""
@@ -238,6 +267,8 @@ class DatagramEngine(Engine):
         return ((hdr, dst), 0)
 
     def on_timer(self, now: float) -> list[Send]:
+        if self.rejoin is not None:
+            return self.rejoin_timer(now)
         sends: list[Send] = []
         if now < min(self.deadline):
             return sends
@@ -249,9 +280,9 @@ class DatagramEngine(Engine):
                 cnt = int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
                 sends.append(((hdr, self.rows[j][:cnt]), 0))
                 tries[j] += 1
-                self.deadline[j] = now + min(max_rto, self._rto * 2.0 ** tries[j])
+                self.deadline[j] = now + min(max_rto, self._rto * 2.0 ** min(tries[j], 16))
         self.stats.retransmissions += len(sends)
-        return sends
+        return sends + self.reoffers(now) if sends else sends
 
     def on_datagram(self, buf: Any, nbytes: int, now: float) -> Send | None:
         """Take one received datagram (the first ``nbytes`` of ``buf``); returns the slot's next use
@@ -260,8 +291,8 @@ class DatagramEngine(Engine):
         if nbytes < HEADER_SIZE:
             stats.stale += 1
             return None
-        version, mtype, _, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = HEADER.unpack_from(
-            buf
+        version, mtype, r_flags, r_epoch, r_job, _, r_slot, r_count, r_seq, r_exp, _, r_bitmap = (
+            HEADER.unpack_from(buf)
         )
         p, pos, nuses = self.params, self.pos, self.nuses
         j = (r_slot & (SET_BIT - 1)) - p.slot_base
@@ -273,7 +304,10 @@ class DatagramEngine(Engine):
             or pos[j] >= nuses[j]
             or r_seq != (self.base[j] + pos[j]) & 0xFFFFFFFF
         ):
-            stats.stale += 1
+            if mtype == _REFUSE or self.rejoin is not None:
+                self.control(buf, nbytes, now)  # the recovery (or a refusal that ends the call)
+            else:
+                stats.stale += 1
             return None
         if mtype == _PENDING:
             self.pending[j] = r_bitmap
@@ -284,7 +318,10 @@ class DatagramEngine(Engine):
         n = s.elements
         cnt = 0 if c < 0 else (n if c < s.nfull else s.total - c * n)
         if mtype != _RESULT or r_count != cnt or nbytes != HEADER_SIZE + 4 * cnt:
-            stats.stale += 1
+            if mtype == _REFUSE:  # about the use in flight
+                self.control(buf, nbytes, now)
+            else:
+                stats.stale += 1
             return None
         if cnt:
             if buf is not self._got_buf and len(buf) >= HEADER_SIZE + 4 * n:  # the transport's buffer
@@ -296,7 +333,9 @@ class DatagramEngine(Engine):
             else:
                 got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
             dst = self.out[c * n : c * n + cnt]
-            if self.is_float:
+            if r_flags & _FINAL:  # a result that was offered: its values as they are (rare)
+                self._out_bits[c * n : c * n + cnt] = got.view(">u4")
+            elif self.is_float:
                 e = self._agreed[c]
                 rare = e in (EXP_NONE, EXP_NONFINITE)  # zero or inf/NaN; tiny sums (below) too
                 scale = 0.0 if rare else math.ldexp(self.factor, e - EXP_BIAS - self.bits)
@@ -363,11 +402,24 @@ class RunEngine(Engine):
     def agreed(self) -> np.ndarray:
         return self._agreed
 
+    def base_seq(self, j: int) -> int:
+        return int(self.base[j])
+
     def next_deadline(self) -> float:
-        return float(self.deadline.min())
+        return self.join_due if self.rejoin is not None else float(self.deadline.min())
 
     def start(self, now: float) -> list[Send]:
         return self._prepare(self.slots, now)
+
+    def _resend_all(self, now: float) -> list[Send]:
+        self.sh["epoch"] = self.params.epoch
+        js = np.flatnonzero(self.pos < self.nuses)
+        if not js.size:
+            return []
+        self.sh["flags"][js] = _RETX
+        self.tries[js] = 1  # Karn: no samples from these uses
+        self.deadline[js] = now + self._rto
+        return self._transmit(js)
 
     def _transmit(self, js: np.ndarray) -> list[Send]:
         s = self.schedule
@@ -408,14 +460,18 @@ class RunEngine(Engine):
         return self._transmit(js)
 
     def on_timer(self, now: float) -> list[Send]:
+        if self.rejoin is not None:
+            return self.rejoin_timer(now)
         late = np.flatnonzero(self.deadline <= now)
         if not late.size:
             return []
         self.sh["flags"][late] = _RETX
         self.tries[late] += 1
-        self.deadline[late] = now + np.minimum(self.session.rto.max_rto, self._rto * 2.0 ** self.tries[late])
+        self.deadline[late] = now + np.minimum(
+            self.session.rto.max_rto, self._rto * 2.0 ** np.minimum(self.tries[late], 16)
+        )
         self.stats.retransmissions += int(late.size)
-        return self._transmit(late)
+        return self._transmit(late) + self.reoffers(now)
 
     def on_run(self, buf: Any, size: int, count: int, offset: int, now: float) -> list[Send]:
         """Take ``count`` datagrams of ``size`` bytes at ``offset`` of ``buf`` (a GRO run, or several
@@ -427,6 +483,15 @@ class RunEngine(Engine):
         s, p, pos, nuses = self.schedule, self.params, self.pos, self.nuses
         rec = np.frombuffer(buf, record_dtype((size - HEADER_SIZE) // 4), count, offset)
         h = rec["h"]
+        types = h["type"]
+        control = types == _REFUSE
+        if self.rejoin is not None:
+            control |= (types == _JOIN_ACK) | (types == _PENDING)
+        if control.any():  # the recovery's (or a refusal that ends the call): rare, one at a time
+            view = memoryview(buf)
+            for i in np.flatnonzero(control).tolist():
+                self.control(view[offset + i * size : offset + (i + 1) * size], size, now)
+            stats.stale -= int(control.sum())  # counted by control() where they are stale
         j = (h["slot"] & (SET_BIT - 1)).astype(np.int64) - p.slot_base
         ok = (h["version"] == VERSION) & (h["job"] == p.job) & (h["epoch"] == p.epoch)
         ok &= (j >= 0) & (j < s.window)
@@ -447,12 +512,19 @@ class RunEngine(Engine):
         got = rec["p"][sel]
         full = (c >= 0) & (c < s.nfull)
         bits, factor = self.bits, self.factor
+        final = (h["flags"][sel] & _FINAL) != 0  # results that were offered: copied as they are
+        if final.any():
+            n = s.elements
+            for i in np.flatnonzero(final & (c >= 0)).tolist():
+                cnt = int(s.count(int(c[i])))
+                self.out.view(np.uint32)[c[i] * n : c[i] * n + cnt] = got[i, :cnt].view(">u4")
+            full &= ~final
         if full.any():
             cf = c[full]
             self.out2d[cf] = (
                 dequantize(got[full], self._agreed[cf], bits, factor=factor) if self.is_float else got[full]
             )
-        for i in np.flatnonzero(c == s.nfull):
+        for i in np.flatnonzero((c == s.nfull) & ~final):
             row = got[i : i + 1, : s.tail]
             self.out[s.nfull * s.elements :] = (
                 dequantize(row, self._agreed[s.nfull :], bits, factor=factor)[0] if self.is_float else row[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ControllerError", "NetAggError", "NetAggTimeout", "NonFiniteError", "RefusedError"]
+__all__ = ["ControllerError", "JobReformed", "NetAggError", "NetAggTimeout", "NonFiniteError", "RefusedError"]
 
 
 class NetAggError(RuntimeError):
@@ -28,6 +28,11 @@ class RefusedError(NetAggError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class JobReformed(NetAggError):
+    """The job started over at the switch (a worker joined afresh) while this call was in flight: the
+    call cannot complete, but the worker can make the next one (its use numbers started over too)."""
 
 
 class NonFiniteError(ValueError):

@@ -1,14 +1,18 @@
 """Joining a job: at the controller (gRPC, which says where the switch is) and at the switch (JOIN until
 JOIN_ACK, docs/protocol.md "Joining"). The switch handshake is a socket-free state machine; the worker
-sends its packet and feeds it what comes back."""
+sends its packet and feeds it what comes back. A worker that closes leaves the job at the controller
+(:func:`leave_controller`), so the controller can tell an idle job from a running one."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
-from host_agent.errors import ControllerError, NetAggTimeout, RefusedError
+from host_agent.errors import ControllerError, NetAggError, NetAggTimeout, RefusedError
 from host_agent.session import JobParams
 from netagg.protocol import (
     HEADER,
@@ -21,7 +25,16 @@ from netagg.protocol import (
     parse_join_ack,
 )
 
-__all__ = ["JoinHandshake", "format_address", "join_controller", "refusal"]
+__all__ = [
+    "JoinHandshake",
+    "format_address",
+    "join_controller",
+    "leave_controller",
+    "refusal",
+    "wait_for_controller",
+]
+
+log = logging.getLogger(__name__)
 
 _JOIN_ACK, _PENDING, _REFUSE = int(MsgType.JOIN_ACK), int(MsgType.PENDING), int(MsgType.REFUSE)
 
@@ -29,7 +42,8 @@ _JOIN_ACK, _PENDING, _REFUSE = int(MsgType.JOIN_ACK), int(MsgType.PENDING), int(
 class JoinHandshake:
     """One worker's JOIN of ``job`` as ``worker_id``: :attr:`packet` is sent (again after each
     :meth:`next_wait`) until :meth:`on_datagram` returns the job's parameters. ``key`` is the job's key
-    (0: none); ``prev_round`` the round a rejoin continues (0: a fresh join)."""
+    (0: none); ``prev_round`` and ``prev_epoch`` the round a rejoin continues and the epoch this worker
+    had in it (0: a fresh join)."""
 
     def __init__(
         self,
@@ -39,11 +53,14 @@ class JoinHandshake:
         *,
         key: int = 0,
         prev_round: int = 0,
-        switch: str = "the switch",
+        prev_epoch: int = 0,
+        switch: str = "",
     ) -> None:
         self.job, self.worker_id, self.switch = job, worker_id, switch
         self.incarnation = incarnation if incarnation is not None else (secrets.randbits(32) or 1)
-        self.packet = join_packet(job, worker_id, self.incarnation, key=key, prev_round=prev_round)
+        self.packet = join_packet(
+            job, worker_id, self.incarnation, key=key, prev_round=prev_round, prev_epoch=prev_epoch
+        )
         self.heard = False  # the switch answered something for this JOIN
         self.joined_bitmap = 0  # who had joined, from the last PENDING
         self.stale = 0  # datagrams that answered no JOIN of this handshake
@@ -110,16 +127,17 @@ def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, conte
         reason = Reason(code).name
     except ValueError:
         reason = f"reason {code}"
+    switch = f"switch {switch}" if switch else "the switch"
     if reason == "unknown_job":
-        text = f"switch {switch} has no job {job} (it was deleted, or never installed there)"
+        text = f"{switch} has no job {job} (it was deleted, or never installed there)"
     elif reason == "bad_key":
         text = (
-            f"switch {switch} refused the key of job {job} (bad_key): give the job's key "
+            f"{switch} refused the key of job {job} (bad_key): give the job's key "
             "(Worker(key=...), $NETAGG_KEY or --key-file)"
         )
     elif reason == "wrong_source":
         text = (
-            f"switch {switch} takes worker {worker}'s packets for job {job} from another address (the "
+            f"{switch} takes worker {worker}'s packets for job {job} from another address (the "
             "job's worker addresses are fixed, or another process joined as this worker)"
         )
     elif reason == "count_mismatch":
@@ -128,8 +146,63 @@ def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, conte
             f"sent for it: the workers called with different sizes{context}"
         )
     else:
-        text = f"switch {switch} refused worker {worker} of job {job} ({reason})"
+        text = f"{switch} refused worker {worker} of job {job} ({reason})"
     return RefusedError(reason, text)
+
+
+def wait_for_controller(
+    ch: Any,
+    controller: str,
+    retry_for: float,
+    *,
+    report: Callable[[str], None] | None = None,
+) -> None:
+    """Return once the controller at ``controller`` answers on the gRPC channel ``ch`` (its standard
+    health service, which needs no token). If it does not, say so at once ("controller HOST:PORT
+    unreachable (...); retrying in 1 s": a WARNING log line, or ``report(line)`` when given), then wait
+    for it 1, 2, 4, ... s at a time (a health check that waits for the connection) until ``retry_for``
+    seconds have passed since the first try, and raise NetAggError naming the controller. An answer of
+    any kind, even a refusal, means it is reachable."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    check = health_pb2_grpc.HealthStub(ch).Check
+    request = health_pb2.HealthCheckRequest(service="netagg.v1.Controller")
+    start, wait, tries = time.monotonic(), 1.0, 0
+
+    def down(timeout: float, wait_for_ready: bool) -> str:
+        """ "" if it answered within ``timeout``, else why not."""
+        try:
+            check(request, timeout=timeout, wait_for_ready=wait_for_ready)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # the last part of gRPC's text says it ("...: Connection refused")
+                return f"{exc.code().name}: {(exc.details() or '').strip().rsplit(': ', 1)[-1]}"
+        return ""
+
+    why = first = down(max(0.1, min(2.0, retry_for)), False)  # a refused connection fails at once
+    while why:
+        tries += 1
+        spent = time.monotonic() - start
+        left = retry_for - spent
+        if left <= 0:
+            raise NetAggError(
+                f"controller {controller} unreachable ({first}); gave up after {tries} tries in "
+                f"{spent:.1f} s (is `netagg controller` running there?)"
+            )
+        pause = min(wait, left)
+        line = f"controller {controller} unreachable ({first}); retrying in {pause:.2g} s"
+        if tries > 1:
+            log.debug("%s", line)
+        elif report is not None:
+            report(line)
+        else:
+            log.warning("%s", line)
+        began = time.monotonic()
+        why = down(pause, True)  # returns as soon as it answers, or after the pause
+        if why and (rest := pause - (time.monotonic() - began)) > 0:
+            time.sleep(rest)  # failed early: keep the pause
+        wait *= 2
 
 
 def join_controller(
@@ -140,10 +213,15 @@ def join_controller(
     tls_ca: str | None,
     replace: bool,
     bind: str | None,
+    *,
+    retry_for: float = 30.0,
 ) -> tuple[socket.socket, Any]:
     """Bind the worker's socket and join ``job`` at the controller with its address; returns the socket
-    and the JoinJobResponse. gRPC errors become :class:`ControllerError` (a NetAggError) with the
-    controller's message and status code."""
+    and the JoinJobResponse (its ``key`` is the job's key, its ``worker_address`` what
+    :func:`leave_controller` takes). A controller that does not answer is reported at once and tried
+    again with doubling waits for ``retry_for`` seconds (:func:`wait_for_controller`), then NetAggError
+    names it; gRPC errors become :class:`ControllerError` (a NetAggError) with the controller's message
+    and status code."""
     import grpc
 
     from netagg.rpc import channel, read_token
@@ -165,6 +243,7 @@ def join_controller(
                 probe.connect((chost, cport))
                 host = probe.getsockname()[0]
         with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
+            wait_for_controller(ch, controller, retry_for)
             stub = pb_grpc.ControllerStub(ch)
             try:
                 joined = stub.JoinJob(
@@ -192,6 +271,51 @@ def join_controller(
         sock.close()
         raise
     return sock, joined
+
+
+def leave_controller(
+    controller: str,
+    job: str,
+    rank: int,
+    address: str,
+    token: str | None,
+    tls_ca: str | None,
+    *,
+    timeout: float = 1.0,
+) -> bool:
+    """Tell the controller that ``rank``, joined from ``address`` (``JoinJobResponse.worker_address``),
+    leaves ``job``: best effort, for a worker that closes. Returns whether the controller marked it as
+    left; any failure (controller gone, ``timeout`` seconds passed, the rank taken over by another
+    worker) is logged at INFO and returns False. Never raises for gRPC errors."""
+    import grpc
+
+    from netagg.rpc import channel, read_token
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    try:
+        with channel(controller, read_token(token), tls_ca=tls_ca) as ch:
+            reply = pb_grpc.ControllerStub(ch).LeaveJob(
+                pb.LeaveJobRequest(job_id=job, rank=rank, address=address), timeout=timeout
+            )
+    except grpc.RpcError as exc:
+        log.info(
+            "rank %d could not leave job %s at %s: %s: %s",
+            rank,
+            job,
+            controller,
+            exc.code().name,
+            exc.details(),
+        )
+        return False
+    except (ValueError, OSError) as exc:  # a bad address or token file
+        log.info("rank %d could not leave job %s at %s: %s", rank, job, controller, exc)
+        return False
+    if not reply.left:
+        log.info(
+            "rank %d of job %s is not joined from %s at %s: nothing to leave", rank, job, address, controller
+        )
+    return bool(reply.left)
 
 
 def format_address(host: str, port: int) -> str:

@@ -59,10 +59,20 @@ class JobParams:
 class Stats:
     """A worker's counters (packets and bytes each way, retransmissions, dropped stale packets)."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "received", "retransmissions", "sent", "stale")
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "offers",
+        "received",
+        "rejoins",
+        "retransmissions",
+        "sent",
+        "stale",
+    )
 
     def __init__(self) -> None:
         self.sent = self.received = self.retransmissions = self.stale = 0
+        self.rejoins = self.offers = 0
         self.bytes_sent = self.bytes_received = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -100,12 +110,22 @@ class Session:
     params: JobParams
     rto: Rto
     stats: Stats = field(default_factory=Stats)
+    key: int = 0
+    """The job's key, which a rejoin's JOIN carries."""
+    switch: str = ""
+    """The switch's address, for messages."""
     seq: np.ndarray = field(init=False)
     """The next use number of each slot in this epoch."""
     payload: np.ndarray = field(init=False)
     """Scratch for the payload each slot has in flight (reused by every call)."""
+    last: list[bytes | None] = field(init=False)
+    """Each slot's last result as an OFFER (docs/protocol.md, "Recovery"), kept when a call ends."""
+    reoffer: bool = False
+    """Since a resumed round: offers go again with retransmissions (an offer may be lost), until a call
+    has completed a use of every slot (then every worker holds every earlier result)."""
 
     def __post_init__(self) -> None:
         p = self.params
+        self.last = [None] * p.slots
         self.seq = np.zeros(p.slots, dtype=np.int64)
         self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)

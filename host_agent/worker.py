@@ -23,12 +23,12 @@ from typing import Any, Literal
 import numpy as np
 
 from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
-from host_agent.errors import NetAggError, NetAggTimeout, NonFiniteError
-from host_agent.join import JoinHandshake, format_address, join_controller
+from host_agent.errors import JobReformed, NetAggError, NetAggTimeout, NonFiniteError, RefusedError
+from host_agent.join import JoinHandshake, format_address, join_controller, leave_controller
 from host_agent.session import JobParams, Rto, Session, Stats
 from host_agent.tensors import as_numpy, output_for
 from host_agent.transport import LOST_ON_SEND, Transport
-from netagg.protocol import parse_address
+from netagg.protocol import parse_address, parse_key
 from netagg.udpbatch import BATCH_BELOW_ELEMENTS, recv_batch
 
 __all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "Worker", "parse_address"]
@@ -63,6 +63,8 @@ class Worker:
             retransmitted at once made storms in the measurements).
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteError` at every worker when any
             worker's input had inf/NaN; ``"nan"`` returns NaN for the affected blocks instead.
+        key: the job's key (docs/protocol.md, "Job keys"): an int, or its text form (16 hex digits);
+            default $NETAGG_KEY, else none. With ``controller`` the controller hands it out.
         bind: local ``HOST:PORT`` to send from (default: any port on the route to the switch).
         batch: send and receive packets of fewer than 1,024 elements in runs (UDP GSO/GRO). Turn it
             off where a switch reads frames off a link with AF_PACKET/pcap (BMv2 on veth): such a tap
@@ -92,6 +94,7 @@ class Worker:
         min_rto: float | None = None,
         max_rto: float = 0.5,
         nonfinite: Literal["raise", "nan"] = "raise",
+        key: int | str | None = None,
         bind: str | None = None,
         rcvbuf: int = 32 << 20,
         batch: bool = True,
@@ -118,11 +121,20 @@ class Worker:
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
         self.controller_job: str | None = None
+        self._leave: tuple[str, str, int, str, str | None, str | None] | None = None
+        if key is None:
+            key = os.environ.get("NETAGG_KEY") or 0
+        self._key = parse_key(key) if isinstance(key, str) else key
+        if not 0 <= self._key < 1 << 64:
+            raise ValueError("a job key is 64 bits")
         sock: socket.socket | None = None
         if controller is not None:
             assert isinstance(job, str)
             self.controller_job = job
-            sock, joined = join_controller(controller, job, rank, token, tls_ca, replace, bind)
+            sock, joined = join_controller(
+                controller, job, rank, token, tls_ca, replace, bind, retry_for=join_timeout
+            )
+            self._leave = (controller, job, rank, joined.worker_address, token, tls_ca)
             if world_size is not None and world_size != joined.total_workers:
                 sock.close()
                 raise NetAggError(
@@ -130,6 +142,7 @@ class Worker:
                 )
             world_size, switch = joined.total_workers, joined.switch_address
             job, worker_id = joined.wire_job_id, joined.worker_id
+            self._key = getattr(joined, "key", 0) or self._key
             if not 0 <= rank < world_size:
                 sock.close()
                 raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -193,6 +206,9 @@ class Worker:
         """Finish queued allreduces and release the sockets."""
         self._executor.shutdown(wait=True)
         self._transport.close()
+        if self._leave is not None:  # tell the controller this rank is gone (best effort)
+            leave, self._leave = self._leave, None
+            leave_controller(*leave)
 
     def __enter__(self) -> Worker:
         return self
@@ -224,9 +240,11 @@ class Worker:
 
     # -- join ----------------------------------------------------------------------------------
     def _join(self, elements: int | None) -> None:
-        handshake = JoinHandshake(self.job, self.worker_id)
+        switch = format_address(*self.switch)
+        handshake = JoinHandshake(self.job, self.worker_id, key=self._key, switch=switch)
         transport = self._transport
-        deadline = time.monotonic() + self.join_timeout
+        start = time.monotonic()
+        deadline, report = start + self.join_timeout, start + 5.0
         try:
             while True:
                 transport.send_one(handshake.packet)
@@ -236,9 +254,20 @@ class Worker:
                     if params is not None:
                         self._configure(params, expected_elements=elements)
                         return
-                if time.monotonic() >= deadline:
-                    switch = format_address(*self.switch)
+                now = time.monotonic()
+                if now >= deadline:
                     raise handshake.timeout_error(switch, self.world_size, self.join_timeout)
+                if now >= report:  # a join that waits says for whom
+                    report = now + 5.0
+                    heard = handshake.heard
+                    who = str(handshake.missing(self.world_size)) if heard else "the switch's answer"
+                    log.warning(
+                        "worker %d: waiting for workers %s to join job %d, %.0f s",
+                        self.rank,
+                        who,
+                        self.job,
+                        now - start,
+                    )
         finally:
             self.stats.stale += handshake.stale
 
@@ -257,7 +286,9 @@ class Worker:
         self.batched = self._batch and params.elements < BATCH_BELOW_ELEMENTS and self._transport.enable_gro()
         if self._min_rto_asked is None:
             self._rto.min_rto = min(self._rto.max_rto, 0.1 if self.batched else 0.02)
-        self._session = Session(params, self._rto, self.stats)
+        self._session = Session(
+            params, self._rto, self.stats, key=self._key, switch=format_address(*self.switch)
+        )
         if params.group:
             self._transport.join_group(socket.inet_ntoa(params.group.to_bytes(4, "big")), params.group_port)
         log.debug(
@@ -285,6 +316,17 @@ class Worker:
                 assert isinstance(engine, DatagramEngine)
                 self._drive(engine)
             return engine.finish(self.nonfinite)
+        except JobReformed:
+            raise  # the job started over without this call; the next call can go ahead
+        except RefusedError as exc:
+            if exc.reason == "unknown_job" and self.controller_job is not None:
+                exc = RefusedError(
+                    exc.reason,
+                    f"job {self.controller_job} is not on its switch {format_address(*self.switch)} any "
+                    f"more (wire job {self.job}): it was deleted",
+                )
+            self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
+            raise exc from None
         except NetAggError as exc:
             self._broken = f"worker unusable after an earlier failure ({exc}); create a new Worker"
             raise
@@ -339,6 +381,8 @@ class Worker:
                     stats.sent += 1
                 except LOST_ON_SEND:
                     pass  # the timer resends
+            elif engine.outbox:  # the recovery's JOIN, offers and resends
+                send(engine.take_outbox())
 
     def _drive_runs(self, engine: RunEngine) -> None:
         """Runs of small packets: everything queued is read (up to the buffer); runs of full-size
@@ -376,6 +420,8 @@ class Worker:
                     transport.send(engine.on_run(buf, nb - whole * size, 1, filled + whole * size, now))
             if filled:
                 transport.send(engine.on_run(buf, seg, filled // seg, 0, now))
+            if engine.outbox:  # the recovery's JOIN, offers and resends
+                transport.send(engine.take_outbox())
             idle_checks += 1
             if reads == 0 or idle_checks >= 32:
                 idle_checks = 0

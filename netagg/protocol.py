@@ -236,12 +236,17 @@ def pack_header(
 JOIN_WORDS = 3
 
 
-def join_packet(job: int, worker: int, incarnation: int, *, key: int = 0, prev_round: int = 0) -> bytes:
+def join_packet(
+    job: int, worker: int, incarnation: int, *, key: int = 0, prev_round: int = 0, prev_epoch: int = 0
+) -> bytes:
     """JOIN: ``worker`` of ``job`` asks to join; ``incarnation`` (non-zero) names this attempt, ``key``
-    is the job's 64-bit key (0: none) and ``prev_round`` the round it continues (0: none)."""
+    is the job's 64-bit key (0: none), ``prev_round`` and ``prev_epoch`` the round it continues and
+    the epoch it had there (0: none)."""
     if not 0 <= key < 1 << 64:
         raise ValueError(f"a job key is 64 bits, got {key:#x}")
-    hdr = pack_header(MsgType.JOIN, job=job, worker=worker, count=JOIN_WORDS, seq=incarnation)
+    hdr = pack_header(
+        MsgType.JOIN, epoch=prev_epoch, job=job, worker=worker, count=JOIN_WORDS, seq=incarnation
+    )
     return hdr + struct.pack("!III", key >> 32, key & 0xFFFFFFFF, prev_round)
 
 

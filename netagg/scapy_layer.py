@@ -52,7 +52,11 @@ class NetAgg(Packet):
         ShortField("exp", 0),
         ShortField("reserved", 0),
         XIntField("bitmap", 0),
-        FieldListField("values", [], SignedIntField("value", 0), count_from=lambda pkt: pkt.count),
+        # max_count: scapy stops at conf.max_list_count (100) values otherwise, and netagg packets carry
+        # up to 16,370 (count is 16 bits, so any datagram's values fit).
+        FieldListField(
+            "values", [], SignedIntField("value", 0), count_from=lambda pkt: pkt.count, max_count=0xFFFF
+        ),
     ]
 
     def mysummary(self) -> str:

@@ -8,6 +8,7 @@
  *   include/state.p4    registers, counters        controls/reply.p4      reply building
  *   include/elements.p4 per-element unrolling      controls/forward.p4    L2 forwarding, ARP
  *                                                  controls/parent.p4     aggregation trees
+ *                                                  controls/refuse.p4     REFUSE, rate-limited
  *                                                  controls/egress.p4     per-replica rewrite
  * Build: make p4 (p4c-bm2-ss; output in build/p4/). */
 #include <core.p4>
@@ -22,6 +23,7 @@
 #include "controls/join.p4"
 #include "controls/parent.p4"
 #include "controls/aggregate.p4"
+#include "controls/refuse.p4"
 #include "controls/egress.p4"
 
 control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
@@ -30,6 +32,7 @@ control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard
     JoinBarrier() join;
     Aggregate() aggregate;
     FromParent() from_parent;
+    Refuse() refuse;
 
     action set_switch_addr(mac_t mac, ip4_t ip) {
         meta.switch_mac = mac;
@@ -60,7 +63,7 @@ control NetaggIngress(inout headers_t hdr, inout metadata_t meta, inout standard
             }
             if (meta.drop == 1) {
                 drops.count((bit<32>)meta.drop_reason);
-                mark_to_drop(sm);
+                refuse.apply(hdr, meta, sm);  /* a REFUSE to the sender, or nothing */
             }
         } else {
             forward.apply(hdr, meta, sm);

@@ -9,9 +9,10 @@ wrong), calls the backend, and maps the backend's exceptions (:mod:`switch.backe
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -36,6 +37,7 @@ __all__ = [
     "STATUS",
     "SwitchAgentService",
     "job_config",
+    "job_counters",
     "send_address",
     "serve_agent",
     "serve_backend",
@@ -123,7 +125,12 @@ class SwitchAgentService(pb_grpc.SwitchAgentServicer):
 
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
         with _status(context):
-            return _counters(self.backend.counters())
+            counters = _counters(self.backend.counters())
+            # per job where the backend counts per job (PythonBackend.job_stats; BMv2 does not)
+            job_stats = getattr(self.backend, "job_stats", None)
+            if job_stats is not None:
+                counters.jobs.extend(job_counters(job_stats()))
+            return counters
 
     def ResetCounters(self, request: pb.ResetCountersRequest, context: grpc.ServicerContext) -> pb.Counters:
         with _status(context):
@@ -146,11 +153,35 @@ def job_config(r: pb.InstallJobRequest) -> JobConfig:
         multicast=send_address(r.multicast_group, "multicast_group") if r.multicast_group else None,
         parent=send_address(r.parent_address, "parent_address") if r.parent_address else None,
         parent_worker=r.parent_worker_id,
+        key=r.key,
+        # one key per job: a switch with a parent JOINs there with the job's key (control.proto)
+        parent_key=r.key if r.parent_address else 0,
     )
 
 
 def _counters(counters: Counters) -> pb.Counters:
     return pb.Counters(counters=counters["counters"], drops=counters["drops"])
+
+
+def job_counters(stats: Mapping[int, Mapping[str, Any]]) -> list[pb.JobCounters]:
+    """``Dataplane.job_stats()`` as JobCounters, in wire job id order: the integer entries are counters,
+    ``drops`` the drops by reason, ``joined``, ``epoch`` and ``running`` the job's round now."""
+    out = []
+    for job_id in sorted(stats):
+        s = stats[job_id]
+        c = pb.JobCounters(
+            wire_job_id=job_id,
+            joined=int(s.get("joined", 0)),
+            epoch=int(s.get("epoch", 0)),
+            running=bool(s.get("running", False)),
+        )
+        for name, value in s.items():
+            if name == "drops":
+                c.drops.update({r: int(n) for r, n in value.items()})
+            elif name not in ("joined", "epoch", "running") and not isinstance(value, Mapping):
+                c.counters[name] = int(value)
+        out.append(c)
+    return out
 
 
 def serve_agent(

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,14 @@ class PythonBackend:
 
     def set_workers(self, job_id: int, addresses: Sequence[Address]) -> None:
         self._locked(lambda: self.dataplane.set_addresses(job_id, tuple(addresses)))
+
+    def job_stats(self) -> dict[int, dict]:
+        """Per-job counters, :meth:`Dataplane.job_stats` (not part of :class:`SwitchBackend`: a backend
+        that cannot count per job has no such method, and the SwitchAgent reports none)."""
+        job_stats = getattr(self.dataplane, "job_stats", None)
+        if job_stats is None:  # a Dataplane from before per-job counters
+            return {}
+        return self._locked(lambda: copy.deepcopy(job_stats()))
 
     def counters(self, *, reset: bool = False) -> Counters:
         stats = self._locked(self.dataplane.reset_counters if reset else self.dataplane.stats)

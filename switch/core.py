@@ -196,7 +196,7 @@ class Dataplane(TreeNode):
             return self._drop("bad_worker", job)
         if mtype == _CONTRIB:
             return self._contribute(job, data, src, flags, epoch, worker, slot, count, seq, exp)
-        return self._join(job, data, src, worker, slot, seq)
+        return self._join(job, data, src, worker, slot, seq, epoch)
 
     def _drop(self, reason: str, job: JobState | None = None) -> list[Output]:
         self.drops[reason] += 1
@@ -273,6 +273,7 @@ class Dataplane(TreeNode):
         worker: int,
         slot: int,
         incarnation: int,
+        prev_epoch: int,
     ) -> list[Output]:
         cfg = job.cfg
         joined = parse_join(data)
@@ -305,6 +306,7 @@ class Dataplane(TreeNode):
             log.info("job %d: worker %d joins from %s", cfg.job_id, worker, src)
         job.incarnation[worker] = incarnation
         job.prev_round[worker] = prev_round
+        job.prev_epoch[worker] = prev_epoch
         job.join_time[worker] = now
         if cfg.addresses is None:
             job.addrs[worker] = src
@@ -315,12 +317,21 @@ class Dataplane(TreeNode):
         if not all(job.incarnation):
             return self._emit([(job.pending_join(worker, incarnation), [src])])
         job.joined = True
-        job.epoch = (job.epoch + 1) & 0xFF
-        job.round = 0
-        for inc in job.incarnation:
-            job.round ^= inc
         first = job.prev_round[0]
         job.resume = first != 0 and all(p == first for p in job.prev_round)
+        if job.resume:  # the round continues the members' lineage: it keeps its name
+            job.round = first
+        else:
+            job.round = 0
+            for inc in job.incarnation:
+                job.round ^= inc
+        # The next epoch after the latest one this switch or any member has seen (a restarted switch
+        # counts from 0 again): late packets of the members' earlier rounds stay stale. Never 0.
+        latest = job.epoch
+        for e in job.prev_epoch:
+            if e and 0 < ((e - latest) & 0xFF) < 0x80:
+                latest = e
+        job.epoch = latest % 0xFF + 1
         job.reset_slots()
         job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
         self.counters["epochs"] += 1

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # grpc is imported only by a switch that serves an agent: a s
     import grpc
 
     from netagg.rpc import Tokens
+    from switch.metrics import MetricsServer, Snapshot
 
 #: Called once the switch serves: the banner for people, and the ready line's fields for programs.
 Announce = Callable[[str, dict[str, object]], None]
@@ -157,8 +158,20 @@ class PythonSwitchOptions:
     """Serve a SwitchAgent (needed for ``register``)."""
     register: Registration | None = None
     """Register with a controller once the agent is up."""
+    join_refresh: float = 2.0
+    """Seconds a member counts towards a JOIN round after its last JOIN (docs/protocol.md, Joining)."""
+    metrics: tuple[str, int] | None = None
+    """Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one); none without."""
+    pcap: Path | None = None
+    """Write every datagram received and sent to this pcap file (UDP only)."""
 
     def __post_init__(self) -> None:
+        if self.join_refresh <= 0:
+            raise ValueError(f"join_refresh must be positive, got {self.join_refresh}")
+        if self.pcap is not None and self.ethernet:
+            raise ValueError(
+                "--pcap captures the UDP switch; with --ethernet capture the interfaces (tcpdump)"
+            )
         if not self.jobs and self.agent is None:
             raise ValueError(
                 "give --workers for a static job, or --agent/--controller to take jobs from the control plane"
@@ -179,14 +192,15 @@ class PythonSwitch:
     def __init__(self, options: PythonSwitchOptions) -> None:
         self.options = o = options
         self.server: UdpSwitch | EthernetSwitch
+        dataplane = Dataplane(o.jobs, join_refresh=o.join_refresh)
         if o.ethernet:
             assert o.ip is not None
             self.server = EthernetSwitch(
-                Dataplane(o.jobs), list(o.ethernet), o.ip, mac=o.mac, ingress_loss=o.ingress_loss
+                dataplane, list(o.ethernet), o.ip, mac=o.mac, ingress_loss=o.ingress_loss
             )
         else:
             self.server = UdpSwitch(
-                Dataplane(o.jobs),
+                dataplane,
                 *o.listen,
                 stats_file=o.stats_file,
                 stats_interval=o.stats_interval,
@@ -197,8 +211,13 @@ class PythonSwitch:
         self.backend = PythonBackend(self.server.dataplane, self.server.lock, total_slots=o.total_slots)
         self.agent: grpc.Server | None = None
         self.agent_port: int | None = None
-        self.ready: dict[str, object] = {"data": f"{self.address[0]}:{self.address[1]}", "agent": None}
-        """What the CLI's ready line says beyond the role: where to send, the agent, the id."""
+        self.metrics: MetricsServer | None = None
+        self.ready: dict[str, object] = {
+            "data": f"{self.address[0]}:{self.address[1]}",
+            "agent": None,
+            "metrics": None,
+        }
+        """What the CLI's ready line says beyond the role: where to send, the agent, the metrics, the id."""
         if o.jobs:
             cfg = o.jobs[0]
             what = (
@@ -207,6 +226,17 @@ class PythonSwitch:
         else:
             what = "no static job"
         try:
+            if o.pcap is not None and isinstance(self.server, UdpSwitch):
+                from switch.pcap import Capture
+
+                self.server.capture = Capture(o.pcap, self.address)
+                what += f"; capturing to {o.pcap}"
+            if o.metrics is not None:
+                from switch.metrics import SwitchCollector, serve_metrics
+
+                self.metrics = serve_metrics(SwitchCollector(self.snapshot, kind="python"), o.metrics)
+                self.ready["metrics"] = "{}:{}".format(*self.metrics.address)
+                what += f"; metrics on {self.metrics.url}"
             if o.agent is not None:
                 self.agent, self.agent_port = o.agent.serve(self.backend)
                 self.ready["agent"] = f"{o.agent.address[0]}:{self.agent_port}"
@@ -235,6 +265,23 @@ class PythonSwitch:
     def dataplane(self) -> Dataplane:
         return self.server.dataplane
 
+    def snapshot(self) -> Snapshot:
+        """The counters, switch-wide and per job, copied at one moment (any thread may call it)."""
+        from switch.metrics import Snapshot
+
+        dp = self.dataplane
+        # The packet loop changes the counters only while it holds this lock (once per datagram, or
+        # per GRO run), as the SwitchAgent's changes do: copied under it they are one consistent
+        # moment, and the loop waits at most for one copy of a few dicts.
+        with self.server.lock:
+            stats = dp.stats()
+            jobs = {  # job_stats() builds new dicts; their drops are copies too (dict(job.drops))
+                job_id: {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+                for job_id, values in dp.job_stats().items()
+            }
+            workers = {cfg.job_id: cfg.workers for cfg in dp.jobs}
+        return Snapshot(stats, jobs, workers)
+
     def serve_forever(self) -> None:
         self.server.serve_forever()
 
@@ -247,12 +294,17 @@ class PythonSwitch:
         self.server.stop()
 
     def close(self) -> None:
-        """Stop the agent and release the socket."""
+        """Stop the agent and the metrics server, release the socket and close the capture."""
         if self.agent is not None:
             self.agent.stop(grace=1.0)
             self.agent = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if isinstance(self.server, UdpSwitch):
             self.server.sock.close()
+            if self.server.capture is not None:
+                self.server.capture.close()
 
     def __enter__(self) -> PythonSwitch:
         return self
@@ -302,6 +354,9 @@ class Bmv2SwitchOptions:
     """Register with a controller once the agent is up."""
     jobs: tuple[JobConfig, ...] = field(default=())
     """Jobs to install at start (Mininet nodes' static job)."""
+    metrics: tuple[str, int] | None = None
+    """Serve Prometheus metrics at http://HOST:PORT/metrics: BMv2's counters are switch-wide, so only
+    the netagg_switch_* series (bytes are whole frames there)."""
 
     def __post_init__(self) -> None:
         if self.register is not None and self.agent is None:
@@ -321,13 +376,27 @@ class Bmv2Switch:
         )
         self.agent: grpc.Server | None = None
         self.agent_port: int | None = None
-        self.ready: dict[str, object] = {"data": f"{o.switch_ip}:{DEFAULT_PORT}", "agent": None}
+        self.metrics: MetricsServer | None = None
+        self.ready: dict[str, object] = {
+            "data": f"{o.switch_ip}:{DEFAULT_PORT}",
+            "agent": None,
+            "metrics": None,
+        }
         """What the CLI's ready line says beyond the role."""
         try:
             self.backend = Bmv2Backend(self.process, o.switch_ip, o.switch_mac, o.hosts)
             for cfg in o.jobs:
                 self.backend.install(cfg)
             what = f"simple_switch pid {self.process.pid}, thrift {self.process.thrift_port}"
+            if o.metrics is not None:
+                from switch.metrics import Snapshot, SwitchCollector, serve_metrics
+
+                # The driver reads BMv2's counter arrays under its own lock (switch.bmv2.Bmv2Backend).
+                backend = self.backend
+                collector = SwitchCollector(lambda: Snapshot(backend.counters()), kind="bmv2")
+                self.metrics = serve_metrics(collector, o.metrics)
+                self.ready["metrics"] = "{}:{}".format(*self.metrics.address)
+                what += f"; metrics on {self.metrics.url}"
             if o.agent is not None:
                 self.agent, self.agent_port = o.agent.serve(self.backend)
                 what = f"SwitchAgent on {o.agent.address[0]}:{self.agent_port}; {what}"
@@ -363,6 +432,9 @@ class Bmv2Switch:
         if self.agent is not None:
             self.agent.stop(grace=1.0)
             self.agent = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         self.process.stop()
 
     def __enter__(self) -> Bmv2Switch:

@@ -176,6 +176,7 @@ class JobState:
     counters: Counter[str] = field(default_factory=Counter)  # per job (Dataplane.job_stats)
     drops: Counter[str] = field(default_factory=Counter)
     prev_round: list[int] = field(init=False)  # what each member's JOIN said it continues
+    prev_epoch: list[int] = field(init=False)  # and the epoch it had there (the JOIN's epoch field)
     # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
     # packet path reads and writes single values (numpy scalars cost ~10x more there).
     seq: list[int] = field(init=False)
@@ -192,6 +193,7 @@ class JobState:
         c = self.cfg
         self.full = (1 << c.workers) - 1
         self.prev_round = [0] * c.workers
+        self.prev_epoch = [0] * c.workers
         pairs = 2 * c.slots
         self.result_dests = []
         self.reset_slots()

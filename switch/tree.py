@@ -44,6 +44,9 @@ class TreeNode:
     ) -> list[Output]:
         raise NotImplementedError
 
+    def _emit(self, outs: list[Output]) -> list[Output]:
+        raise NotImplementedError
+
     def _parent_join(self, job: JobState) -> Output:
         c = job.cfg
         pkt = join_packet(
@@ -137,13 +140,13 @@ class TreeNode:
             job.parent_epoch = epoch
             job.parent_round = ack["round"] if ack is not None else 0
             if flags & Flag.RESUME:
-                return self._resync_up(job)
+                return self._emit(self._resync_up(job))
             return []
         if mtype == MsgType.REFUSE:
             if exp in _REJOIN and job.parent_epoch is not None:
                 log.info("job %d: the parent refused (%s); rejoining it", c.job_id, Reason(exp).name)
                 self.counters["parent_rejoins"] += 1
-                return [self._start_parent_round(job, job.parent_round)]
+                return self._emit([self._start_parent_round(job, job.parent_round)])
             return []
         if mtype != _RESULT:
             return []  # PENDING: the workers' retransmissions will make this switch ask again

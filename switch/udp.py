@@ -10,10 +10,14 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netagg.service import BackgroundService
 from netagg.udpbatch import enable_gro, recv_batch, send_segments, set_socket_buffers
 from switch.core import Dataplane, Segments
+
+if TYPE_CHECKING:
+    from switch.pcap import Capture, Handle, HandleBatch
 
 __all__ = ["UdpSwitch"]
 
@@ -37,6 +41,7 @@ class UdpSwitch(BackgroundService):
         stats_interval: float = 0.0,
         multicast_ttl: int = 1,
         gro: bool = False,
+        capture: Capture | None = None,
     ) -> None:
         super().__init__()
         self.dataplane = dataplane
@@ -58,6 +63,9 @@ class UdpSwitch(BackgroundService):
         self.lock = threading.Lock()  # held per datagram; the SwitchAgent takes it to change jobs
         self.stats_file = stats_file
         self.stats_interval = stats_interval
+        self.capture = capture
+        """Where the loop records every datagram in and out (:mod:`switch.pcap`), or None; the loop
+        closes it on the way out, as it does the socket."""
 
     def serve_forever(self) -> None:
         """Receive, aggregate and send until stopped. Writes the stats file on the way out."""
@@ -65,8 +73,11 @@ class UdpSwitch(BackgroundService):
         view = memoryview(buf)
         recv = self.sock.recvfrom_into
         send = self.sock.sendto
-        handle = self.dataplane.handle
-        handle_batch = self.dataplane.handle_batch
+        handle: Handle = self.dataplane.handle
+        handle_batch: HandleBatch = self.dataplane.handle_batch
+        if self.capture is not None:  # only then: the loop without a capture calls the dataplane itself
+            handle = self.capture.tap(handle)
+            handle_batch = self.capture.tap_batch(handle_batch)
         sock = self.sock
         gro = self.gro
         lock = self.lock
@@ -110,6 +121,8 @@ class UdpSwitch(BackgroundService):
         finally:
             self.write_stats()
             self.sock.close()
+            if self.capture is not None:
+                self.capture.close()
             log.info("netagg switch stopped: %s", json.dumps(self.dataplane.stats()))
 
     def write_stats(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -98,6 +99,36 @@ def _ready_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _verbose_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``-v``/``-vv`` after the subcommand too (``netagg switch -v``), adding to ``netagg -v``."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbose_here",
+        action="count",
+        default=0,
+        help=f"log {what} at INFO, with time, logger and level, on stderr; -vv: DEBUG as well",
+    )
+
+
+def _apply_verbose(args: argparse.Namespace) -> None:
+    """Lower the root logger's level for ``-v`` given after the subcommand (main() has set the format
+    and the level of ``netagg -v``)."""
+    count = getattr(args, "verbose", 0) + getattr(args, "verbose_here", 0)
+    if count:
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(count, 2))
+
+
+def _metrics_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--metrics",
+        type=_address,
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one; the ready line "
+        f"says which): {what}",
+    )
+
+
 def _ready(args: argparse.Namespace, role: str, banner: str, **fields: object) -> None:
     """Say that this process serves: ``banner`` for people on stderr, and one JSON object for programs
     (``{"event": "ready", "role": ..., <fields>, "pid": ...}``) as a line on stdout, or written
@@ -123,3 +154,23 @@ def _server_tokens(args: argparse.Namespace) -> Tokens | None:
     if os.environ.get(TOKEN_ENV):
         return Tokens.single(os.environ[TOKEN_ENV])
     return None
+
+
+def read_key_file(path: Path) -> int:
+    """The job key in ``path`` (16 hex digits, surrounding whitespace allowed); ValueError saying what
+    is wrong with the file, in one line."""
+    from netagg.protocol import parse_key
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"--key-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--key-file {path}: not text (expected 16 hex digits)") from None
+    try:
+        key = parse_key(text)
+    except ValueError as exc:
+        raise ValueError(f"--key-file {path}: {exc}") from None
+    if key == 0:
+        raise ValueError(f"--key-file {path}: the key is 0, which means no key")
+    return key

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from netagg.cli._common import _address, _int_range
+from netagg.cli._common import _address, _int_range, read_key_file
 from netagg.protocol import MAX_WORKERS
 
 __all__ = ["add_parser"]
@@ -43,6 +44,18 @@ def add_parser(sub: Any) -> None:
     )
     a.add_argument("--timeout", type=float, default=10.0, help="seconds without progress before failing")
     a.add_argument(
+        "--join-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for every worker to join (default 60; a wait says whom it waits for)",
+    )
+    a.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help="the job's key (16 hex digits; default $NETAGG_KEY), for a switch started with --key-file",
+    )
+    a.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -71,6 +84,10 @@ def _allreduce(args: argparse.Namespace) -> int:
     from host_agent.worker import Worker
     from netagg.verify import check, inputs
 
+    if not args.timeout > 0 or not args.join_timeout > 0:
+        raise ValueError("--timeout and --join-timeout must be positive")
+    key = read_key_file(args.key_file) if args.key_file is not None else None
+
     # Repetitions alternate between two inputs (seeds seed and seed + 1), made before any is timed: each
     # reuse of a slot carries other data than its last use, and no rank makes inputs while others wait.
     xs = [
@@ -88,6 +105,8 @@ def _allreduce(args: argparse.Namespace) -> int:
         job=args.job,
         worker_id=args.worker_id,
         timeout=args.timeout,
+        join_timeout=args.join_timeout,
+        key=key,
         bind=args.bind,
         batch=not args.no_batch,
     ) as w:

@@ -9,10 +9,13 @@ from typing import Any
 from netagg.cli._common import (
     TOKEN_ENV,
     _address,
+    _apply_verbose,
     _auth_flags,
+    _metrics_flag,
     _ready,
     _ready_flag,
     _server_tokens,
+    _verbose_flag,
 )
 from netagg.cli.switch import _registration
 
@@ -73,8 +76,12 @@ def add_parser(sub: Any) -> None:
         choices=("trace", "debug", "info", "warn", "error", "off"),
         help="simple_switch --log-level (default: trace with --log-file, else off)",
     )
+    _metrics_flag(
+        b, "BMv2's counters, switch-wide only (its counter arrays are not per job; bytes are frames)"
+    )
     _auth_flags(b, server=True)
     _ready_flag(b)
+    _verbose_flag(b, "the driver's and the SwitchAgent's events")
     b.set_defaults(run=_bmv2)
 
 
@@ -82,6 +89,7 @@ def _bmv2(args: argparse.Namespace) -> int:
     from switch.bmv2 import HostPort
     from switch.daemon import AgentOptions, Bmv2SwitchOptions, run_bmv2_switch
 
+    _apply_verbose(args)
     tokens = _server_tokens(args)
     if tokens is None:
         raise ValueError(f"needs --token or --token-file (or ${TOKEN_ENV}): the SwitchAgent is authenticated")
@@ -107,6 +115,7 @@ def _bmv2(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         agent=AgentOptions(args.agent, tokens, tls_cert=args.tls_cert, tls_key=args.tls_key),
         register=_registration(args),
+        metrics=args.metrics,
     )
     run_bmv2_switch(options, lambda banner, fields: _ready(args, "bmv2", banner, **fields))
     return 0

@@ -1,12 +1,13 @@
 """``netagg ctl``: the controller's command-line client (jobs, switches, stats), as tables or JSON.
 
     netagg ctl create --name resnet --workers 4 [--type float32] [--elements N] [--slots S]
-    netagg ctl jobs | get JOB | delete JOB | switches
+    netagg ctl jobs | get JOB | delete [--force] JOB | switches
     netagg ctl stats [--interval 1] [--count N] [JOB ...]
 
 The controller is ``--controller HOST:PORT`` (default $NETAGG_CONTROLLER, else 127.0.0.1:47100); the
-token is ``--token``, ``--token-file`` or $NETAGG_TOKEN. A refused call prints one line with its gRPC
-status and exits 1.
+token is ``--token``, ``--token-file`` or $NETAGG_TOKEN. A controller that does not answer is reported
+on stderr at once and tried again, with doubling waits, for ``--retry-for`` seconds. A refused call
+prints one line with its gRPC status and exits 1.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ examples:
   netagg ctl jobs
   netagg ctl --json get j-1a2b3c4d
   netagg ctl delete j-1a2b3c4d
+  netagg ctl delete --force j-1a2b3c4d     # even while its workers run
   netagg ctl switches
   netagg ctl stats --interval 1 --count 5 j-1a2b3c4d"""
 
@@ -48,6 +50,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to keep trying a controller that does not answer (default 10)",
+    )
     _auth_flags(p, server=False)
     p.set_defaults(run=run_ctl)
     verbs = p.add_subparsers(dest="verb", required=True, parser_class=type(p))
@@ -76,10 +85,13 @@ def add_parser(sub: Any) -> None:
     g.add_argument("job_id", help="the job's id (j-...)")
     d = verbs.add_parser("delete", help="delete a job", epilog="example:\n  netagg ctl delete j-1a2b3c4d")
     d.add_argument("job_id", help="the job's id (j-...)")
+    d.add_argument(
+        "--force", action="store_true", help="delete it even while it is running (its workers then fail)"
+    )
     verbs.add_parser("switches", help="list switches", epilog="example:\n  netagg ctl switches")
     s = verbs.add_parser(
         "stats",
-        help="stream job and switch statistics",
+        help="stream job and switch statistics: per-job rates over each interval",
         epilog="example:\n  netagg ctl stats --interval 2 --count 10 j-1a2b3c4d",
     )
     s.add_argument("job_ids", nargs="*", help="jobs to follow (default: every job the token sees)")
@@ -91,11 +103,14 @@ def run_ctl(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf import json_format
 
+    from host_agent.join import wait_for_controller
     from netagg.rpc import channel, read_token
     from netagg.v1 import control_pb2 as pb
     from netagg.v1 import control_pb2_grpc as pb_grpc
 
     token = read_token(args.token, args.token_file)
+    if args.timeout <= 0 or args.retry_for < 0:
+        raise ValueError("--timeout must be > 0 and --retry-for >= 0 seconds")
 
     def show(msg: Any, table: Callable[[Any], str]) -> None:
         if args.json:
@@ -106,6 +121,16 @@ def run_ctl(args: argparse.Namespace) -> int:
             print(table(msg))
 
     with channel(args.controller, token, tls_ca=args.tls_ca) as ch:
+        try:
+            wait_for_controller(
+                ch,
+                args.controller,
+                args.retry_for,
+                report=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        except RuntimeError as exc:  # NetAggError: still unreachable
+            print(f"netagg ctl {args.verb}: {exc}", file=sys.stderr)
+            return 1
         stub = pb_grpc.ControllerStub(ch)
         t = args.timeout
         try:
@@ -133,7 +158,7 @@ def run_ctl(args: argparse.Namespace) -> int:
             elif args.verb == "get":
                 show(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t), lambda j: _jobs_table([j]))
             elif args.verb == "delete":
-                stub.DeleteJob(pb.DeleteJobRequest(job_id=args.job_id), timeout=t)
+                stub.DeleteJob(pb.DeleteJobRequest(job_id=args.job_id, force=args.force), timeout=t)
                 print(json.dumps({"deleted": args.job_id}) if args.json else f"deleted {args.job_id}")
             elif args.verb == "switches":
                 show(
@@ -144,9 +169,10 @@ def run_ctl(args: argparse.Namespace) -> int:
                 n = 0
                 req = pb.StreamStatsRequest(interval_seconds=args.interval, job_ids=args.job_ids)
                 stream = stub.StreamStats(req)
+                rates = Rates()
                 try:
                     for snap in stream:
-                        show(snap, _stats_table)
+                        show(snap, rates.table)
                         n += 1
                         if args.count and n >= args.count:
                             break
@@ -183,34 +209,79 @@ def _jobs_table(jobs: Any) -> str:
                 where,
             ]
         )
-    return _table(["JOB", "NAME", "OWNER", "STATE", "WIRE", "JOINED", "TYPE", "ELEMENTS", "SLOTS"], rows)
+    heads = ["JOB", "NAME", "OWNER", "STATE", "WIRE", "JOINED", "TYPE", "ELEMENTS", "SLOTS"]
+    notes = [f"{j.job_id}: {j.state_detail}" for j in jobs if j.state_detail]
+    return "\n".join([_table(heads, rows), *notes])
 
 
 def _switches_table(switches: Any) -> str:
+    from netagg.v1 import control_pb2 as pb
+
     rows = [
         [
             s.switch_id,
+            pb.SwitchState.Name(s.state).removeprefix("SWITCH_STATE_").lower(),
             s.info.kind,
             s.data_address,
             s.agent_address,
             f"{s.free_slots}/{s.info.total_slots}",
+            s.jobs,
             f"{s.info.min_elements_per_packet}-{s.info.max_elements_per_packet}",
             s.info.max_workers,
         ]
         for s in switches
     ]
-    return _table(["SWITCH", "KIND", "DATA", "AGENT", "FREE SLOTS", "ELEMENTS", "MAX WORKERS"], rows)
+    heads = ["SWITCH", "STATE", "KIND", "DATA", "AGENT", "FREE SLOTS", "JOBS", "ELEMENTS", "MAX WORKERS"]
+    notes = [f"{s.switch_id}: last health check failed: {s.last_error}" for s in switches if s.last_error]
+    return "\n".join([_table(heads, rows), *notes])
 
 
-def _stats_table(snap: Any) -> str:
-    import time
+class Rates:
+    """Turns StreamStats snapshots into tables; the per-job rates are over the time since the snapshot
+    before (none for the first, or after a switch's counters went back: it restarted)."""
 
-    lines = [time.strftime("%H:%M:%S", time.localtime(snap.time))]
-    keys = ("packets_in", "packets_out", "contributions", "completions", "repeats")
-    rows = []
-    for sw_id, c in sorted(snap.switch_counters.items()):
-        drops = sum(c.drops.values())
-        rows.append([sw_id, *(c.counters.get(k, 0) for k in keys), drops])
-    lines.append(_table(["SWITCH", *(k.upper() for k in keys), "DROPS"], rows))
-    lines.append(_jobs_table(snap.jobs))
-    return "\n".join(lines)
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[float, int, int, int]] = {}
+
+    def rates(self, snap: Any) -> list[list[object]]:
+        """One row per job and switch that counts per job: packets/s, MB/s, completions/s, drops, the
+        members of its round there and its epoch."""
+        rows: list[list[object]] = []
+        seen = {}
+        for c in snap.job_counters:
+            key = (c.job_id, c.switch_id)
+            now = (
+                snap.time,
+                c.counters.get("packets_in", 0),
+                c.counters.get("bytes_in", 0),
+                c.counters.get("completions", 0),
+            )
+            seen[key] = now
+            before = self._last.get(key)
+            dt = now[0] - before[0] if before is not None else 0.0
+            if before is None or dt <= 0 or any(n < b for n, b in zip(now[1:], before[1:], strict=True)):
+                pps = mbs = cps = "-"
+            else:
+                pps = f"{(now[1] - before[1]) / dt:.0f}"
+                mbs = f"{(now[2] - before[2]) / dt / 1e6:.2f}"
+                cps = f"{(now[3] - before[3]) / dt:.0f}"
+            rows.append([c.job_id, c.switch_id, pps, mbs, cps, sum(c.drops.values()), c.joined, c.epoch])
+        self._last = seen
+        return rows
+
+    def table(self, snap: Any) -> str:
+        import time
+
+        lines = [time.strftime("%H:%M:%S", time.localtime(snap.time))]
+        keys = ("packets_in", "packets_out", "contributions", "completions", "repeats")
+        rows = []
+        for sw_id, c in sorted(snap.switch_counters.items()):
+            drops = sum(c.drops.values())
+            rows.append([sw_id, *(c.counters.get(k, 0) for k in keys), drops])
+        lines.append(_table(["SWITCH", *(k.upper() for k in keys), "DROPS"], rows))
+        per_job = self.rates(snap)
+        if per_job:
+            heads = ["JOB", "SWITCH", "PACKETS/S", "MB/S", "COMPLETIONS/S", "DROPS", "JOINED", "EPOCH"]
+            lines.append(_table(heads, per_job))
+        lines.append(_jobs_table(snap.jobs))
+        return "\n".join(lines)

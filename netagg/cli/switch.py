@@ -10,13 +10,17 @@ from typing import TYPE_CHECKING, Any
 from netagg.cli._common import (
     TOKEN_ENV,
     _address,
+    _apply_verbose,
     _auth_flags,
     _fraction,
     _int_range,
     _listen_flag,
+    _metrics_flag,
     _ready,
     _ready_flag,
     _server_tokens,
+    _verbose_flag,
+    read_key_file,
 )
 from netagg.protocol import DEFAULT_PORT, MAX_ELEMENTS, MAX_SLOTS, MAX_WORKERS
 
@@ -29,13 +33,17 @@ EXAMPLES = """\
 examples:
   netagg switch --workers 4                          # one job of 4 workers on 127.0.0.1:47000
   netagg switch --workers 4 --multicast 239.255.0.1:47001 --stats-file stats.json
+  netagg switch --workers 2 --key-file job.key --metrics 127.0.0.1:9470 --pcap switch.pcap -v
   netagg switch --controller 127.0.0.1:47100 --token-file tokens --total-slots 1024
   netagg switch --ethernet eth0,eth1,eth2 --ip 10.0.0.201 --workers 2 --total-workers 4 \\
                 --parent 10.0.0.203:47000 --parent-worker 0     # a leaf switch node of a tree
 
 Once serving it prints one JSON line on stdout (or into --ready-file):
-  {"event": "ready", "role": "switch", "data": "127.0.0.1:47000", "agent": null, "pid": 1234}
-and its counters as one JSON line when it stops (SIGINT/SIGTERM)."""
+  {"event": "ready", "role": "switch", "data": "127.0.0.1:47000", "agent": null, "metrics": null, ...}
+and its counters as one JSON line when it stops (SIGINT/SIGTERM).
+
+A --pcap file opens with scapy, tcpdump and tshark; netagg's scapy layer decodes the switch's port
+(47000 by itself; another port after switch.pcap.bind_netagg(PORT))."""
 
 
 def add_parser(sub: Any) -> None:
@@ -107,6 +115,28 @@ def add_parser(sub: Any) -> None:
         default=0,
         help="this switch's worker id at the parent",
     )
+    s.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help="the static job's key: a file holding 16 hex digits (docs/protocol.md, Job keys); JOINs "
+        "without it are dropped (bad_key). Default: no key",
+    )
+    s.add_argument(
+        "--join-refresh",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="a member counts towards a JOIN round for this long after its last JOIN (default 2)",
+    )
+    _metrics_flag(s, "per-switch and per-job packets, bytes, completions, drops by reason, members, epoch")
+    s.add_argument(
+        "--pcap",
+        type=Path,
+        metavar="FILE",
+        help="write every datagram the switch receives and sends to this pcap file (UDP only; made-up "
+        "Ethernet/IP/UDP headers with the real addresses and ports). Costs nothing when not given",
+    )
     s.add_argument("--stats-file", type=Path, help="write counters as JSON here (periodically and at exit)")
     s.add_argument("--stats-interval", type=float, default=1.0, help="seconds between stats-file writes")
     s.add_argument(
@@ -136,6 +166,7 @@ def add_parser(sub: Any) -> None:
     )
     _auth_flags(s, server=True)
     _ready_flag(s)
+    _verbose_flag(s, "joins, completed rounds, offers and refusals")
     s.set_defaults(run=_switch)
 
 
@@ -144,12 +175,19 @@ def _switch(args: argparse.Namespace) -> int:
     from switch.core import JobConfig
     from switch.daemon import AgentOptions, PythonSwitchOptions, run_python_switch
 
+    _apply_verbose(args)
     if args.controller is not None and args.agent is None:
         args.agent = ("127.0.0.1", 0)
     if args.workers is None and args.agent is None:
         raise ValueError(
             "give --workers for a static job, or --agent/--controller to take jobs from the control plane"
         )
+    if args.key_file is not None and args.workers is None:
+        raise ValueError(
+            "--key-file is the static job's key: give --workers too (the controller keys its jobs)"
+        )
+    if not args.join_refresh > 0:
+        raise ValueError(f"--join-refresh must be positive, got {args.join_refresh}")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     agent = None
@@ -173,6 +211,7 @@ def _switch(args: argparse.Namespace) -> int:
                 total_workers=args.total_workers,
                 parent=args.parent,
                 parent_worker=args.parent_worker,
+                key=read_key_file(args.key_file) if args.key_file is not None else 0,
             )
         )
     if args.ethernet and not args.ip:
@@ -189,6 +228,9 @@ def _switch(args: argparse.Namespace) -> int:
         total_slots=args.total_slots,
         agent=agent,
         register=_registration(args) if agent is not None else None,
+        join_refresh=args.join_refresh,
+        metrics=args.metrics,
+        pcap=args.pcap,
     )
     stats = run_python_switch(options, lambda banner, fields: _ready(args, "switch", banner, **fields))
     print(json.dumps(stats), flush=True)

@@ -78,6 +78,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
         bit<32> bitmap = SLOT_BITMAP(state);
         bit<16> nelem = SLOT_NELEM(state);
         bit<16> expmax = SLOT_EXPMAX(state);
+        bit<8> sflags = SLOT_FLAGS(state);
         bit<32> diff = hdr.netagg.seq - cur;
         if (SLOT_TAG(state) != meta.epoch_tag || (diff != 0 && diff < 0x80000000)) {
             /* A newer use of this set (or the set is empty in this epoch): every worker has the
@@ -86,6 +87,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
             bitmap = 0;
             nelem = hdr.netagg.count;
             expmax = 0;
+            sflags = 0;
         }
         if (hdr.netagg.seq != cur || hdr.netagg.count != nelem) {
             meta.drop = 1;
@@ -93,6 +95,31 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 meta.drop_reason = DROP_STALE_SEQ;
             } else {
                 meta.drop_reason = DROP_COUNT_MISMATCH;
+                meta.refuse_detail = (bit<32>)nelem;  /* the REFUSE says which count the use has */
+            }
+        } else if ((hdr.netagg.flags & FLAG_OFFER) != 0) {
+            /* "Recovery", the switch and an OFFER: unless the use's result is known here (a newer use
+             * or an empty set counts as unknown), the offered values become it, whatever had been
+             * added, and go to every worker. At a leaf the offer also goes up as this switch's own:
+             * the job group's replica for the parent becomes it in the egress. */
+            events.count(EV_OFFERS);
+            if ((sflags & SLOT_READY_BIT) != 0) {
+                mark_to_drop(sm);
+            } else {
+                events.count(EV_RECOVERIES);
+                bit<8> final = hdr.netagg.flags & FLAG_FINAL;
+                if (hdr.wide.isValid()) {
+                    store_first_wide();
+                } else {
+                    store_first();
+                }
+                reg_slot.write(cell, SLOT_STATE(cur, meta.epoch_tag, meta.full, nelem, hdr.netagg.exp,
+                                                final | SLOT_READY_BIT));
+                hdr.netagg.worker = 0xFFFF;
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, final, nelem,
+                             hdr.netagg.exp, meta.full)
+                TO_JOB(meta.job_index)
+                meta.offer_up = meta.has_parent;
             }
         } else if ((bitmap & meta.wbit) != 0) {
             events.count(EV_REPEATS);
@@ -102,16 +129,17 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 } else {
                     stored_result();
                 }
-                if (SLOT_READY(state) == 0) {
-                    /* A tree: the partial went up and the parent's RESULT has not come back (one
-                     * of the two was lost): the worker's retransmission makes this switch send it
-                     * again. */
-                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
-                                    meta.parent_port, meta.switch_mac, meta.switch_ip)
+                if ((sflags & SLOT_READY_BIT) == 0) {
+                    /* A tree: the partial went up and the parent's RESULT has not come back (one of
+                     * the two was lost): the worker's retransmission makes this switch send it again. */
+                    TO_PARENT(FLAG_RETX, expmax, meta.job_index, meta.parent_worker, meta.parent_mac,
+                              meta.parent_ip, meta.parent_udp_port, meta.parent_port, meta.switch_mac,
+                              meta.switch_ip)
                 } else {
                     TO_SENDER
                     events.count(EV_RESULTS_RESENT);
-                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, FLAG_UNICAST, nelem, expmax, bitmap)
+                    REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
+                                 FLAG_UNICAST | (sflags & FLAG_FINAL), nelem, expmax, bitmap)
                 }
             } else {
                 TO_SENDER
@@ -153,7 +181,7 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta, inout standard_met
                 TO_PARENT(0, expmax, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip, meta.parent_udp_port,
                                 meta.parent_port, meta.switch_mac, meta.switch_ip)
             } else {
-                SLOT_READY(state) = 8w1;
+                SLOT_FLAGS(state) = SLOT_READY_BIT;
                 reg_slot.write(cell, state);
                 events.count(EV_COMPLETIONS);
                 hdr.netagg.worker = 0xFFFF;

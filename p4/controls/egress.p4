@@ -7,6 +7,7 @@
 #include "../include/state.p4"
 #include "../include/elements.p4"
 #include "reply.p4"
+#include "parent.p4"
 
 control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
     action to_worker(mac_t mac, ip4_t ip, bit<16> port) {
@@ -20,15 +21,19 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
         events.count(EV_PACKETS_OUT);
     }
 
-    action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker) {
+    action to_parent(mac_t mac, ip4_t ip, bit<16> port, bit<16> parent_worker, bit<32> parent_key_hi,
+                     bit<32> parent_key_lo) {
         hdr.ethernet.dst = mac;
         hdr.ipv4.dst = ip;
         hdr.udp.dst_port = port;
         meta.to_parent = 1;
         meta.parent_worker = parent_worker;
+        meta.parent_key_hi = parent_key_hi;
+        meta.parent_key_lo = parent_key_lo;
     }
 
-    /* (job group, PARENT_RID) -> the parent's addresses and this switch's worker id there. */
+    /* (job group, PARENT_RID) -> the parent's addresses, this switch's worker id there and the job's
+     * key there. */
     table parent_replicas {
         key = { sm.mcast_grp: exact; }
         actions = { to_parent; NoAction; }
@@ -58,20 +63,41 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
             }
         } else if (sm.mcast_grp >= JOB_GROUP_BASE) {
             parent_replicas.apply();
-            if (meta.to_parent == 1 && hdr.netagg.type == TYPE_JOIN_ACK) {
-                /* the round just completed here: this switch's JOIN at its parent */
+            bit<32> job = (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE);
+            bit<8> joined_there;
+            reg_parent_joined.read(joined_there, job);
+            bool offer = meta.to_parent == 1 && meta.offer_up == 1;
+            if (meta.to_parent == 1 && (hdr.netagg.type == TYPE_JOIN_ACK || (offer && joined_there != 1))) {
+                /* the round just completed here, or an offer before the parent acknowledged this
+                 * switch: this switch's JOIN at its parent */
                 bit<32> incarnation;
-                reg_parent_inc.read(incarnation, (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE));
+                reg_parent_inc.read(incarnation, job);
                 NO_PAYLOAD
+                PARENT_JOIN_PAYLOAD(meta.parent_key_hi, meta.parent_key_lo)
                 hdr.netagg.type = TYPE_JOIN;
+                hdr.netagg.flags = 0;
                 hdr.netagg.epoch = 0;
                 hdr.netagg.worker = meta.parent_worker;
-                hdr.netagg.count = 0;
+                hdr.netagg.slot = 0;
+                hdr.netagg.set = 0;
                 hdr.netagg.seq = incarnation;
+                hdr.netagg.exp = 0;
                 hdr.netagg.bitmap = 0;
-                hdr.udp.length = 8 + NETAGG_HEADER_BYTES;
+                hdr.udp.length = 8 + NETAGG_HEADER_BYTES + 4 * JOIN_WORDS;
                 hdr.ipv4.total_len = 20 + hdr.udp.length;
                 events.count(EV_PARENT_JOINS_SENT);
+                events.count(EV_PACKETS_OUT);
+            } else if (offer) {
+                /* a use completed here by an OFFER: the offer goes up as this switch's own (its
+                 * values, count and exponent; the parent's epoch, this switch's worker id there) */
+                bit<8> epoch_there;
+                reg_parent_epoch.read(epoch_there, job);
+                hdr.netagg.type = TYPE_CONTRIB;
+                hdr.netagg.flags = FLAG_OFFER | (hdr.netagg.flags & FLAG_FINAL);
+                hdr.netagg.epoch = epoch_there;
+                hdr.netagg.worker = meta.parent_worker;
+                hdr.netagg.bitmap = 0;
+                events.count(EV_OFFERS_SENT);
                 events.count(EV_PACKETS_OUT);
             } else {
                 mark_to_drop(sm);  /* results are not sent up this way */

@@ -18,9 +18,26 @@
         }                                                                                      \
     }
 
+/* Rule 5, for every member u: the round's XOR of incarnations, whether every member's prev_round
+ * is that of worker 0, and the latest epoch (serial order mod 256) a member's JOIN carried. */
+#define ROUND_MEMBER(u)                                                                         \
+    if ((bit<16>)u < meta.workers) {                                                           \
+        reg_incarnation.read(x, base + u);                                                     \
+        round = round ^ x;                                                                     \
+        reg_prev_round.read(x, base + u);                                                      \
+        if (x != first_prev) {                                                                 \
+            mixed = true;                                                                      \
+        }                                                                                      \
+        reg_prev_epoch.read(e, base + u);                                                      \
+        if (e != 0 && e - latest != 0 && e - latest < 128) {                                   \
+            latest = e;                                                                        \
+        }                                                                                      \
+    }
+
 control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
-    /* The JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port. */
-    action ack_payload() {
+    /* The JOIN_ACK payload: slot_base, slots, elements, fan-in, total workers, group, group port,
+     * round. */
+    action ack_payload(bit<32> round) {
         hdr.elems[0].setValid();
         hdr.elems[0].v = (bit<32>)meta.slot_base;
         hdr.elems[1].setValid();
@@ -35,6 +52,8 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
         hdr.elems[5].v = 0;   /* results come by unicast, replicated by the switch */
         hdr.elems[6].setValid();
         hdr.elems[6].v = 0;
+        hdr.elems[7].setValid();
+        hdr.elems[7].v = round;
     }
 
     apply {
@@ -57,8 +76,11 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             reg_join_time.write(idx, now);
             TO_SENDER
             if (joined == 1) {
-                ack_payload();
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full)
+                bit<40> ack;
+                reg_ack.read(ack, job);
+                ack_payload(ACK_ROUND(ack));
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, ACK_FLAGS(ack),
+                             JOIN_ACK_WORDS, 0, meta.full)
             } else {
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
             }
@@ -70,6 +92,8 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             }
             /* Rule 3 */
             reg_incarnation.write(idx, hdr.netagg.seq);
+            reg_prev_round.write(idx, meta.prev_round);
+            reg_prev_epoch.write(idx, hdr.netagg.epoch);
             reg_join_time.write(idx, now);
             members = members | meta.wbit;
             FOR_EACH_WORKER(EXPIRE_MEMBER)
@@ -83,7 +107,6 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 clock = clock + 1;
                 reg_round_clock.write(0, clock);
                 meta.epoch_tag = clock;
-                meta.epoch = meta.epoch + 1;
                 /* a new round here is a new round of this switch at its parent (if it has one): the
                  * JOIN_ACKs' replica for the parent becomes that JOIN in the egress */
                 bit<32> parent_incarnation;
@@ -92,9 +115,31 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 reg_parent_joined.write(job, 0);
                 joined = 1;
                 events.count(EV_EPOCHS);
-                ack_payload();
+                /* the round's name, and RESUME when every member continues one earlier round */
+                bit<32> round = 0;
+                bit<32> first_prev;
+                bit<32> x;
+                bool mixed = false;
+                bit<8> e;
+                bit<8> latest = meta.epoch;
+                reg_prev_round.read(first_prev, base);
+                FOR_EACH_WORKER(ROUND_MEMBER)
+                bit<8> ack_flags = 0;
+                if (first_prev != 0 && !mixed) {
+                    ack_flags = FLAG_RESUME;
+                    round = first_prev;  /* a resumed round keeps its lineage's name */
+                }
+                /* the epoch after the latest the switch or a member has seen, never 0 */
+                if (latest == 255) {
+                    meta.epoch = 1;
+                } else {
+                    meta.epoch = latest + 1;
+                }
+                reg_ack.write(job, ACK_STATE(round, ack_flags));
+                ack_payload(round);
                 /* worker and seq (the incarnation) are set per replica by the egress */
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, 0, 7, 0, meta.full)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, ack_flags,
+                             JOIN_ACK_WORDS, 0, meta.full)
                 TO_JOB(meta.job_index)
             }
             reg_members.write(job, members);

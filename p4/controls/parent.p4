@@ -11,8 +11,20 @@
 
 #define STORE_RESULT(k) reg_acc_##k.write(meta.cell, hdr.elems[k].v);
 
+/* A JOIN's payload from this switch to its parent: the job's key there, and prev_round 0 (a switch
+ * does not resume a round at its parent). */
+#define PARENT_JOIN_PAYLOAD(KEY_HI, KEY_LO)                                                          \
+    hdr.elems[0].setValid();                                                                         \
+    hdr.elems[0].v = KEY_HI;                                                                         \
+    hdr.elems[1].setValid();                                                                         \
+    hdr.elems[1].v = KEY_LO;                                                                         \
+    hdr.elems[2].setValid();                                                                         \
+    hdr.elems[2].v = 0;                                                                              \
+    hdr.netagg.count = JOIN_WORDS;
+
 /* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
- * valid elements), or a JOIN. A statement macro, as those of reply.p4 are (and for the same reason). */
+ * valid elements; FLAGS with FLAG_OFFER: the use's result, offered), or a JOIN. A statement macro, as
+ * those of reply.p4 are (and for the same reason). */
 #define TO_PARENT(FLAGS, EXPMAX, JOB_INDEX, PARENT_WORKER, PARENT_MAC, PARENT_IP, PARENT_UDP_PORT,    \
                   PARENT_PORT, SWITCH_MAC, SWITCH_IP)                                                 \
     {                                                                                                \
@@ -26,7 +38,7 @@
             hdr.netagg.epoch = tp_epoch;                                                             \
             hdr.netagg.exp = EXPMAX;                                                                 \
             hdr.netagg.bitmap = 0;                                                                   \
-            if (FLAGS == 0) {                                                                        \
+            if ((FLAGS & FLAG_RETX) == 0) {                                                          \
                 events.count(EV_PARTIALS_SENT);                                                      \
             } else {                                                                                 \
                 events.count(EV_PARTIALS_RESENT);                                                    \
@@ -40,7 +52,7 @@
             hdr.netagg.epoch = 0;                                                                    \
             hdr.netagg.slot = 0;                                                                     \
             hdr.netagg.set = 0;                                                                      \
-            hdr.netagg.count = 0;                                                                    \
+            PARENT_JOIN_PAYLOAD(meta.parent_key_hi, meta.parent_key_lo)                              \
             hdr.netagg.seq = tp_incarnation;                                                         \
             hdr.netagg.exp = 0;                                                                      \
             hdr.netagg.bitmap = 0;                                                                   \
@@ -61,7 +73,9 @@
         sm.egress_spec = PARENT_PORT;                                                                \
     }
 
-/* A JOIN_ACK, PENDING or RESULT from the parent. */
+/* A JOIN_ACK, PENDING, REFUSE or RESULT from the parent: the RESULT of a use goes down to the workers;
+ * a refusal that says this switch is not in the parent's round makes it rejoin there (a new
+ * incarnation, prev_round 0: a P4 leaf does not resume a round at its parent, README). */
 control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
     action store_result() {
         FOR_EACH_ELEMENT(STORE_RESULT)
@@ -76,13 +90,26 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
         reg_parent_epoch.read(meta.parent_epoch, job);
         reg_parent_joined.read(meta.parent_joined, job);
         events.count(EV_FROM_PARENT);
-        bool down = false;
+        bool send = false;
         if (hdr.netagg.type == TYPE_JOIN_ACK) {
             bit<32> incarnation;
             reg_parent_inc.read(incarnation, job);
             if (hdr.netagg.seq == incarnation) {
                 reg_parent_epoch.write(job, hdr.netagg.epoch);
                 reg_parent_joined.write(job, 1);
+            }
+        } else if (hdr.netagg.type == TYPE_REFUSE) {
+            if ((hdr.netagg.exp == REASON_NOT_JOINED || hdr.netagg.exp == REASON_STALE_EPOCH)
+                    && meta.parent_joined == 1) {
+                events.count(EV_PARENT_REJOINS);
+                bit<32> parent_incarnation;
+                random(parent_incarnation, 1, 0xFFFFFFFF);
+                reg_parent_inc.write(job, parent_incarnation);
+                reg_parent_joined.write(job, 0);
+                send = true;
+                /* not joined there now: the JOIN */
+                TO_PARENT(0, 0, meta.job_index, meta.parent_worker, meta.parent_mac, meta.parent_ip,
+                          meta.parent_udp_port, meta.parent_port, meta.switch_mac, meta.switch_ip)
             }
         } else if (hdr.netagg.type == TYPE_RESULT) {
             bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
@@ -91,29 +118,42 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
             reg_slot.read(state, cell);
             bool slot_ok = hdr.netagg.slot >= meta.slot_base
                 && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
-            if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok
-                    && SLOT_TAG(state) == meta.epoch_tag && SLOT_SEQ(state) == hdr.netagg.seq
-                    && SLOT_NELEM(state) == hdr.netagg.count && SLOT_BITMAP(state) == meta.full
-                    && SLOT_READY(state) == 0) {
-                down = true;
-                /* ready, and the tree's exponent maximum for repeats */
-                reg_slot.write(cell, SLOT_STATE(SLOT_SEQ(state), SLOT_TAG(state), SLOT_BITMAP(state),
-                                                SLOT_NELEM(state), hdr.netagg.exp, 8w1));
+            bool empty = SLOT_TAG(state) != meta.epoch_tag;  /* a set of an earlier epoch */
+            bool known = !empty && (SLOT_FLAGS(state) & SLOT_READY_BIT) != 0
+                && SLOT_SEQ(state) == hdr.netagg.seq;
+            bit<32> diff = hdr.netagg.seq - SLOT_SEQ(state);
+            bool fits;
+            if ((hdr.netagg.flags & FLAG_FINAL) != 0) {
+                /* a result the parent had offered to it: it stands for the use whatever this switch
+                 * holds of it, unless the set has moved on to a later use */
+                fits = empty || diff < 0x80000000;
+            } else {
+                /* the use that is complete here and waits for its result */
+                fits = !empty && diff == 0 && SLOT_NELEM(state) == hdr.netagg.count
+                    && SLOT_BITMAP(state) == meta.full;
+            }
+            if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok && !known
+                    && fits) {
+                send = true;
+                /* ready, with the tree's exponent maximum and the FINAL flag for repeats */
+                reg_slot.write(cell, SLOT_STATE(hdr.netagg.seq, meta.epoch_tag, meta.full, hdr.netagg.count,
+                                                hdr.netagg.exp,
+                                                SLOT_READY_BIT | (hdr.netagg.flags & FLAG_FINAL)));
                 if (hdr.wide.isValid()) {
                     store_result_wide();
                 } else {
                     store_result();
                 }
                 hdr.netagg.worker = 0xFFFF;
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT, 0,
-                                   hdr.netagg.count, hdr.netagg.exp, meta.full)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
+                             hdr.netagg.flags & FLAG_FINAL, hdr.netagg.count, hdr.netagg.exp, meta.full)
                 TO_JOB(meta.job_index)
             } else {
                 events.count(EV_PARENT_STALE);
             }
         }
-        if (!down) {
-            mark_to_drop(sm);  /* only a RESULT goes on (down to the workers) */
+        if (!send) {
+            mark_to_drop(sm);  /* a JOIN_ACK or PENDING is only taken in */
         }
     }
 }

@@ -37,18 +37,34 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
      * worker id there. A table of its own, looked up only for such jobs, so that the packets of a
      * job without a parent do not pay for five more fields. */
     action set_parent(mac_t parent_mac, ip4_t parent_ip, bit<16> parent_udp_port, bit<9> parent_port,
-                      bit<16> parent_worker) {
+                      bit<16> parent_worker, bit<32> parent_key_hi, bit<32> parent_key_lo) {
         meta.parent_mac = parent_mac;
         meta.parent_ip = parent_ip;
         meta.parent_udp_port = parent_udp_port;
         meta.parent_port = parent_port;
         meta.parent_worker = parent_worker;
+        meta.parent_key_hi = parent_key_hi;
+        meta.parent_key_lo = parent_key_lo;
     }
 
     /* job index -> its parent (one entry per job that has one). */
     table parents {
         key = { meta.job_index: exact; }
         actions = { set_parent; NoAction; }
+        default_action = NoAction();
+        size = NETAGG_MAX_JOBS;
+    }
+
+    action set_key(bit<32> key_hi, bit<32> key_lo) {
+        meta.key_hi = key_hi;
+        meta.key_lo = key_lo;
+    }
+
+    /* job index -> the job's 64-bit key (docs/protocol.md, "Job keys"; one entry per job that has
+     * one, none: no key). Looked up for JOINs only. */
+    table job_keys {
+        key = { meta.job_index: exact; }
+        actions = { set_key; NoAction; }
         default_action = NoAction();
         size = NETAGG_MAX_JOBS;
     }
@@ -119,10 +135,27 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 } else if (hdr.netagg.worker >= meta.workers) {
                     reject(DROP_BAD_WORKER);
                 } else if (hdr.netagg.type == TYPE_JOIN) {
-                    if (hdr.netagg.seq == 0) {
+                    /* "Joining", 0: the key is checked before anything about the job is looked at
+                     * (the source address included) or changed. */
+                    if (hdr.netagg.count != 0 && hdr.netagg.count != JOIN_WORDS) {
+                        reject(DROP_BAD_LENGTH);
+                    } else if (hdr.netagg.seq == 0) {
                         reject(DROP_BAD_INCARNATION);
-                    } else if (!from_worker) {
-                        reject(DROP_WRONG_SOURCE);
+                    } else {
+                        bit<32> join_key_hi = 0;
+                        bit<32> join_key_lo = 0;
+                        if (hdr.netagg.count == JOIN_WORDS) {
+                            join_key_hi = hdr.elems[0].v;
+                            join_key_lo = hdr.elems[1].v;
+                            meta.prev_round = hdr.elems[2].v;
+                        }
+                        job_keys.apply();
+                        if ((meta.key_hi != 0 || meta.key_lo != 0)
+                                && (join_key_hi != meta.key_hi || join_key_lo != meta.key_lo)) {
+                            reject(DROP_BAD_KEY);
+                        } else if (!from_worker) {
+                            reject(DROP_WRONG_SOURCE);
+                        }
                     }
                 } else if (!slot_ok) {
                     reject(DROP_BAD_SLOT);

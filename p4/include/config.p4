@@ -39,10 +39,34 @@
 #define TYPE_CONTRIB 3
 #define TYPE_RESULT 4
 #define TYPE_PENDING 5
+#define TYPE_REFUSE 6
 
 /* Flags. */
 #define FLAG_RETX 1
 #define FLAG_UNICAST 2
+#define FLAG_RESUME 4
+#define FLAG_OFFER 8
+#define FLAG_FINAL 16
+
+/* A JOIN's payload, when it has one: key_hi, key_lo, prev_round (docs/protocol.md, "Message types"). */
+#define JOIN_WORDS 3
+/* A JOIN_ACK's payload: slot_base, slots, elements, fan-in, total_workers, group, group_port, round. */
+#define JOIN_ACK_WORDS 8
+
+/* REFUSE reasons: the `exp` field of a REFUSE (docs/protocol.md, "Refusals"). */
+#define REASON_NOT_JOINED 1
+#define REASON_STALE_EPOCH 2
+#define REASON_UNKNOWN_JOB 3
+#define REASON_COUNT_MISMATCH 4
+#define REASON_WRONG_SOURCE 5
+#define REASON_BAD_KEY 6
+
+/* Refusals are rate-limited per job by a token bucket of REFUSE_BURST tokens refilled at one per
+ * REFUSE_INTERVAL_US (1,000 per second, bursts of 100: docs/protocol.md, "Refusals"), kept as GCRA's
+ * one number per bucket (the theoretical arrival time: include/state.p4). Packets of unknown job ids
+ * share the bucket after the jobs' (index NETAGG_MAX_JOBS). */
+#define REFUSE_INTERVAL_US 1000
+#define REFUSE_BURST 100
 
 /* A member that has not refreshed its JOIN for this long is removed (docs/protocol.md, "Joining", 4):
  * 2 s in microseconds (ingress_global_timestamp's unit on BMv2). */
@@ -66,12 +90,13 @@
 #define DROP_BAD_SLOT 7
 #define DROP_BAD_SET 8
 #define DROP_BAD_INCARNATION 9
-#define DROP_NOT_JOINED 10
-#define DROP_STALE_EPOCH 11
-#define DROP_WRONG_SOURCE 12
-#define DROP_STALE_SEQ 13
-#define DROP_COUNT_MISMATCH 14
-#define NUM_DROP_REASONS 15
+#define DROP_BAD_KEY 10
+#define DROP_NOT_JOINED 11
+#define DROP_STALE_EPOCH 12
+#define DROP_WRONG_SOURCE 13
+#define DROP_STALE_SEQ 14
+#define DROP_COUNT_MISMATCH 15
+#define NUM_DROP_REASONS 16
 
 /* Events: index into the `events` counter (same names as the Python switch's counters). */
 #define EV_PACKETS_IN 0
@@ -90,6 +115,12 @@
 #define EV_PARTIALS_RESENT 13
 #define EV_PARENT_STALE 14
 #define EV_PARENT_JOINS_SENT 15
-#define NUM_EVENTS 16
+#define EV_OFFERS 16
+#define EV_RECOVERIES 17
+#define EV_REFUSALS 18
+#define EV_REFUSALS_SUPPRESSED 19
+#define EV_OFFERS_SENT 20
+#define EV_PARENT_REJOINS 21
+#define NUM_EVENTS 22
 
 #endif

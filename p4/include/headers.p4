@@ -109,10 +109,14 @@ struct metadata_t {
     bit<16> parent_udp_port;
     bit<9> parent_port;
     bit<16> parent_worker;
+    bit<32> parent_key_hi; /* the key this switch's JOINs at the parent carry */
+    bit<32> parent_key_lo;
     bit<8> parent_epoch;
     bit<8> parent_joined;
     bit<1> upstream;       /* a JOIN_ACK, PENDING or RESULT from the parent */
     bit<1> to_parent;      /* egress: this replica goes to the parent */
+    bit<1> offer_up;       /* a RESULT completed by an OFFER at a leaf: its parent's replica is the
+                            * OFFER up (controls/egress.p4) */
     /* the sender's configured address, from the worker table */
     bit<1> worker_found;
     ip4_t worker_ip;
@@ -120,9 +124,14 @@ struct metadata_t {
     /* slot state */
     bit<32> cell;          /* 2 * slot + set */
     bit<32> wbit;          /* 1 << worker */
+    /* a JOIN: the job's key (from the job_keys table; 0 = none) and what the JOIN carries */
+    bit<32> key_hi;
+    bit<32> key_lo;
+    bit<32> prev_round;    /* the JOIN's prev_round (0 without payload) */
     /* what to do with the packet */
     bit<1> drop;
     bit<8> drop_reason;
+    bit<32> refuse_detail; /* a REFUSE's bitmap: the use's count for count_mismatch */
 }
 
 #endif

@@ -22,6 +22,19 @@ register<bit<32>>(NETAGG_MAX_JOBS) reg_members;     /* workers in the current JO
 #define JOB_JOINED(s) s[7:0]
 register<bit<48>>(NETAGG_MAX_JOBS) reg_job;
 register<bit<32>>(1) reg_round_clock;
+/* The last completed JOIN round (docs/protocol.md, "Joining", 5), for JOIN_ACKs sent again:
+ *   round    the XOR of the members' incarnations (the JOIN_ACK's last word)
+ *   flags    FLAG_RESUME when every member gave the same non-zero prev_round, else 0 */
+#define ACK_STATE(round, flags) ((round) ++ (flags))
+#define ACK_ROUND(s) s[39:8]
+#define ACK_FLAGS(s) s[7:0]
+register<bit<40>>(NETAGG_MAX_JOBS) reg_ack;
+/* The refusal rate limit (docs/protocol.md, "Refusals"): a token bucket per job, and one more (index
+ * NETAGG_MAX_JOBS) shared by unknown job ids, as GCRA keeps it: the theoretical arrival time of the
+ * next refusal, in ingress_global_timestamp's microseconds. A refusal at time t is sent if
+ * tat - t <= (REFUSE_BURST - 1) x REFUSE_INTERVAL_US, and then tat = max(tat, t) + REFUSE_INTERVAL_US:
+ * exactly a bucket of REFUSE_BURST tokens refilled at one per REFUSE_INTERVAL_US, in one number. */
+register<bit<48>>(NETAGG_MAX_JOBS + 1) reg_refuse_tat;
 /* A tree: this switch's incarnation, epoch and JOIN state at the job's parent. */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_parent_inc;
 register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_epoch;
@@ -30,22 +43,27 @@ register<bit<8>>(NETAGG_MAX_JOBS) reg_parent_joined;
 /* Per job and worker (index = job_index * 32 + worker). */
 register<bit<32>>(NETAGG_JOB_WORKERS) reg_incarnation;
 register<bit<48>>(NETAGG_JOB_WORKERS) reg_join_time;
+register<bit<32>>(NETAGG_JOB_WORKERS) reg_prev_round;  /* the prev_round of the member's JOIN */
+register<bit<8>>(NETAGG_JOB_WORKERS) reg_prev_epoch;   /* the epoch field of the member's JOIN */
 
 /* Per slot set (index = 2 * slot + set), one register read and one write per contribution:
  *   seq      use number held
  *   tag      the job's JOB_TAG when written
  *   bitmap   contributors so far
  *   nelem    the use's count
- *   expmax   maximum exponent proposal
- *   ready    1: the use's RESULT is known (here or from the parent) */
-#define SLOT_STATE(seq, tag, bitmap, nelem, expmax, ready) \
-    ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (ready))
+ *   expmax   maximum exponent proposal (of a use completed by an OFFER: the offer's exponent)
+ *   sflags   bit 0 (SLOT_READY_BIT): the use's RESULT is known (here or from the parent);
+ *            FLAG_FINAL: that result is final values, from an OFFER ("Recovery"; the flag its
+ *            RESULTs carry, repeats' unicast RESULTs included) */
+#define SLOT_STATE(seq, tag, bitmap, nelem, expmax, sflags) \
+    ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (sflags))
 #define SLOT_SEQ(s) s[135:104]
 #define SLOT_TAG(s) s[103:72]
 #define SLOT_BITMAP(s) s[71:40]
 #define SLOT_NELEM(s) s[39:24]
 #define SLOT_EXPMAX(s) s[23:8]
-#define SLOT_READY(s) s[7:0]
+#define SLOT_FLAGS(s) s[7:0]
+#define SLOT_READY_BIT 1
 register<bit<136>>(NETAGG_SLOT_SETS) reg_slot;
 /* Accumulators: one register array per element k of a packet, indexed by slot set (2 * slot + set).
  * Holds the sum once the use is complete, which is also the stored result sent again to a worker that

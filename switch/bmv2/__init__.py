@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from switch.bmv2.driver import JOB_JOINED_MASK, Bmv2Backend, HostPort, counter_names, short_names
+from switch.bmv2.driver import JOB_JOINED_MASK, Bmv2Backend, HostPort, counter_names, key_words, short_names
 from switch.bmv2.process import (
     LOG_LEVELS,
     P4_DIR,
@@ -51,6 +51,7 @@ __all__ = [
     # them against the sources)
     "JOB_JOINED_MASK",
     "counter_names",
+    "key_words",
     "short_names",
 ]
 

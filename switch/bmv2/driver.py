@@ -1,9 +1,10 @@
 """The BMv2 table driver: :class:`Bmv2Backend` implements :class:`switch.backend.SwitchBackend` by
 programming netagg's P4 program in a running :class:`~switch.bmv2.process.Bmv2Process`.
 
-A job becomes an entry of the ``jobs`` table, its workers entries of ``workers`` (source check) and
-``replicas`` (egress rewrite), and a multicast group with one node per worker; a parent adds entries of
-``parents`` and ``parent_replicas`` and one more node. Counters are the P4 ``drops`` and ``events``
+A job becomes an entry of the ``jobs`` table (and of ``job_keys`` if it has a key), its workers entries
+of ``workers`` (source check) and ``replicas`` (egress rewrite), and a multicast group with one node per
+worker; a parent adds entries of ``parents`` and ``parent_replicas`` (with the job's key there) and one
+more node. Counters are the P4 ``drops`` and ``events``
 counters, whose indices are read from p4/include/config.p4.
 """
 
@@ -72,6 +73,7 @@ class _Job:
     workers: list[int] = field(default_factory=list)  # handles in the workers table
     replicas: list[int] = field(default_factory=list)  # handles in the replicas table
     nodes: list[int] = field(default_factory=list)  # multicast node handles
+    key_handle: int | None = None  # its entry in job_keys (a job with a key)
     parent_entries: list[tuple[str, int]] = field(default_factory=list)  # (table, handle)
     parent_node: int | None = None
 
@@ -82,6 +84,12 @@ _COUNTER = re.compile(r"\((\d+) bytes, (\d+) packets\)")
 # ... and register_read with "reg_job[0]= 1099511627776"
 _REGISTER = re.compile(r"\]=\s*(\d+)")
 JOB_JOINED_MASK = 0xFF  # reg_job's low byte (JOB_JOINED in p4/include/state.p4)
+
+
+def key_words(key: int) -> tuple[int, int]:
+    """A 64-bit job key as the two 32-bit words a JOIN carries (high word first) and the P4 tables
+    hold."""
+    return key >> 32, key & 0xFFFFFFFF
 
 
 def _handle(out: str) -> int:
@@ -254,21 +262,30 @@ class Bmv2Backend:
                 f"register_write reg_job {index} 0",
                 f"register_write reg_members {index} 0",
                 f"register_write reg_parent_joined {index} 0",
+                f"register_write reg_ack {index} 0",
+                f"register_write reg_refuse_tat {index} 0",
                 f"table_add {self._n('jobs')} {self._n('set_job')} {cfg.job_id} => {index} {cfg.slot_base} "
                 f"{cfg.slots} {cfg.workers} {full} {total} {cfg.elements} {has_parent}",
                 f"mc_mgrp_create {group}",
             ]
         )
-        job = _Job(cfg, index, _handle(outs[3]))
+        job = _Job(cfg, index, _handle(outs[5]))
         self._jobs[cfg.job_id] = job
+        if cfg.key:
+            hi, lo = key_words(cfg.key)
+            out = self.switch.cli(
+                [f"table_add {self._n('job_keys')} {self._n('set_key')} {index} => {hi} {lo}"]
+            )
+            job.key_handle = _handle(out[0])
         if cfg.parent is not None and parent_host is not None:
             ip, udp_port = cfg.parent
+            key = " ".join(map(str, key_words(cfg.parent_key)))
             outs = self.switch.cli(
                 [
                     f"table_add {self._n('parents')} {self._n('set_parent')} {index} => "
-                    f"{parent_host.mac} {ip} {udp_port} {parent_host.port} {cfg.parent_worker}",
+                    f"{parent_host.mac} {ip} {udp_port} {parent_host.port} {cfg.parent_worker} {key}",
                     f"table_add {self._n('parent_replicas')} {self._n('to_parent')} {group} => "
-                    f"{parent_host.mac} {ip} {udp_port} {cfg.parent_worker}",
+                    f"{parent_host.mac} {ip} {udp_port} {cfg.parent_worker} {key}",
                     f"mc_node_create {self.constants['PARENT_RID']} {parent_host.port}",
                 ]
             )
@@ -287,6 +304,8 @@ class Bmv2Backend:
             raise NotFound(f"job {job_id} is not installed")
         self._clear_workers(job)
         cmds = [f"table_delete {table} {handle}" for table, handle in job.parent_entries]
+        if job.key_handle is not None:
+            cmds.append(f"table_delete {self._n('job_keys')} {job.key_handle}")
         if job.parent_node is not None:
             cmds += [
                 f"mc_node_dissociate {self._group(job)} {job.parent_node}",

@@ -15,7 +15,7 @@ from typing import Any
 
 from netagg.scapy_layer import NetAgg
 
-__all__ = ["BIG_A", "BIG_B", "CASES", "ELEMENTS", "HOSTS", "Case", "Send"]
+__all__ = ["BIG_A", "BIG_B", "CASES", "ELEMENTS", "HOSTS", "KEY", "PARENT_KEY", "Case", "Send", "big_offer"]
 
 JOB = 5
 WORKERS = 2
@@ -52,6 +52,8 @@ class Case:
     sends: tuple[Send, ...]
     tree: bool = False
     """The switch is a leaf of a tree: its parent is host "p" (docs/protocol.md, "Aggregation trees")."""
+    key: int = 0
+    """The job's key (docs/protocol.md, "Job keys"; 0: none)."""
 
 
 def _n(**kw: Any) -> bytes:
@@ -69,8 +71,24 @@ def _contrib(worker: int, slot: int, seq: int, values: list[int], epoch: int = 1
     )
 
 
+def _signed(word: int) -> int:
+    """A 32-bit word as the layer's signed payload element."""
+    return word - 2**32 if word >= 2**31 else word
+
+
+def _join_with(worker: int, incarnation: int, key: int = 0, prev_round: int = 0, **kw: Any) -> bytes:
+    """A JOIN with its 3-word payload: key_hi, key_lo, prev_round."""
+    words = [key >> 32, key & 0xFFFFFFFF, prev_round]
+    return _join(worker, incarnation, values=[_signed(w) for w in words], **kw)
+
+
 def _joined() -> list[Send]:
     return [Send("w0", _join(0, 111)), Send("w1", _join(1, 222))]
+
+
+KEY = 0x0123456789ABCDEF
+PARENT_KEY = 0xFEDCBA9876543210
+RESUME, OFFER, FINAL = 0x04, 0x08, 0x10  # Flag bits the scapy layer does not name
 
 
 def _big(mul: int, add: int, head: list[int]) -> list[int]:
@@ -210,14 +228,20 @@ def _cases() -> list[Case]:
             ),
         ),
     ]
+    cases += _key_and_round_cases(a, b)
+    cases += _refusal_cases(a, b)
+    cases += _offer_cases(a, b)
     p = "p"
 
     def parent_ack(epoch: int = 4) -> Callable[[int], bytes]:
         return lambda inc: _n(type="JOIN_ACK", worker=PARENT_WORKER, epoch=epoch, seq=inc, bitmap=3)
 
-    def parent_result(slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050) -> bytes:
+    def parent_result(
+        slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050, flags: int = 0
+    ) -> bytes:
         return _n(
             type="RESULT",
+            flags=flags,
             worker=0xFFFF,
             slot=slot,
             set=seq & 1,
@@ -253,8 +277,168 @@ def _cases() -> list[Case]:
             ),
             tree=True,
         ),
+        Case(
+            "tree: offers up, FINAL results down, the parent's refusals",
+            (
+                *_joined(),
+                Send("w0", _contrib(0, 8, 0, a, exp=1030, flags=OFFER | FINAL)),  # down, and the JOIN again
+                Send(p, parent_ack()),
+                Send("w1", _contrib(1, 9, 0, b, exp=1040, flags=OFFER | FINAL)),  # down, and the offer up
+                Send("w0", _contrib(0, 10, 0, a)),
+                Send("w1", _contrib(1, 10, 0, b)),  # complete: the partial up
+                Send(p, parent_result(10, 0, total, flags=FINAL)),  # an offered result: down, FINAL
+                Send("w0", _contrib(0, 10, 0, a, flags="RETX")),  # a repeat: unicast, FINAL
+                Send(p, parent_result(11, 2, total, flags=FINAL)),  # FINAL for an empty set: down
+                Send(p, parent_result(11, 0, total, flags=FINAL)),  # older than the set's use: stale
+                Send(p, parent_result(8, 0, a)),  # known here: stale
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=1)),  # not_joined: rejoin
+                Send("w0", _contrib(0, 9, 1, a)),
+                Send("w1", _contrib(1, 9, 1, b)),  # complete, not joined there: the JOIN again
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=2)),  # not joined: nothing
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=6)),  # bad_key: nothing
+                Send(p, parent_ack(epoch=5)),
+                Send("w1", _contrib(1, 9, 1, b, flags="RETX")),  # the partial up, epoch 5
+                Send(p, _n(type="REFUSE", worker=PARENT_WORKER, slot=9, seq=1, epoch=6, exp=2)),  # rejoin
+            ),
+            tree=True,
+        ),
     ]
     return cases
+
+
+def _key_and_round_cases(a: list[int], b: list[int]) -> list[Case]:
+    """JOIN payloads (docs/protocol.md, "Joining", 0 and 5; "Job keys")."""
+    r = 0x5EED0001
+    keyed = [Send("w0", _join_with(0, 111, KEY)), Send("w1", _join_with(1, 222, KEY))]
+    return [
+        Case(
+            "job key: JOINs without it, with another, from elsewhere",
+            (
+                Send("w0", _join(0, 111)),  # no payload: key 0, not the job's: bad_key, refused
+                Send("w0", _join_with(0, 111, KEY ^ 1)),  # another key: bad_key
+                Send("w0", _join_with(0, 111, 0)),  # key 0 in the payload: bad_key
+                Send("x", _join_with(0, 999, KEY ^ 1 << 63)),  # from elsewhere, wrong key: bad_key first
+                Send("x", _join_with(0, 999, KEY)),  # from elsewhere, right key: wrong_source
+                *keyed,  # the round completes: JOIN_ACK to both, round = 111 ^ 222
+                Send("w1", _join_with(1, 333)),  # a new incarnation without the key: no new round
+                Send("w1", _join(1, 444)),
+                Send("w0", _join_with(0, 111, KEY)),  # the round stands: JOIN_ACK again
+                Send("w0", _contrib(0, 8, 0, a)),
+                Send("w1", _contrib(1, 8, 0, b)),  # and it aggregates
+            ),
+            key=KEY,
+        ),
+        Case(
+            "JOIN payload lengths",
+            (
+                Send("w0", _join(0, 111, values=[1, 2])),  # 2 words: bad_length
+                Send("w0", _join(0, 111, values=[1, 2, 3, 4])),  # 4 words: bad_length
+                Send("w0", _join(0, 111, values=[0, 0, 0])[:-4]),  # shorter than its count: bad_length
+                Send("w0", _join_with(0, 0, KEY)),  # incarnation 0 comes first: bad_incarnation
+                Send("w0", _join_with(0, 111, 0, 0)),  # 3 words, key and prev_round 0: a member
+                Send("w1", _join(1, 222)),  # none: the same; completes
+                Send("w1", _join(1, 222)),
+            ),
+        ),
+        Case(
+            "a job without a key takes any key",
+            (
+                Send("w0", _join_with(0, 111, KEY)),
+                Send("w1", _join_with(1, 222, 0)),
+                Send("w0", _join(0, 111)),
+            ),
+        ),
+        Case(
+            "JOIN_ACK round and RESUME",
+            (
+                Send("w0", _join_with(0, 0x10000001, KEY, r)),
+                Send("w1", _join_with(1, 0x20000002, KEY, r)),  # both continue round r: RESUME
+                Send("w1", _join_with(1, 0x20000002, KEY, r)),  # a repeat: the same JOIN_ACK
+                Send("w0", _join_with(0, 0x30000003, KEY, r)),  # a new round
+                Send("w1", _join_with(1, 0x40000004, KEY, r + 1)),  # mixed prev_round: no RESUME
+                Send("w0", _join_with(0, 0x50000005, KEY, 0)),
+                Send("w1", _join_with(1, 0x60000006, KEY, 0)),  # both 0: no RESUME
+                Send("w0", _join_with(0, 0x70000007, KEY, 0)),
+                Send("w1", _join_with(1, 0x80000008, KEY, r)),  # 0 and r: no RESUME
+                Send("w1", _join_with(1, 0x90000009, KEY, 0x10000001 ^ 0x20000002)),  # replaces w1 first
+                Send("w0", _join_with(0, 0xA000000A, KEY, 0x10000001 ^ 0x20000002)),  # RESUME
+            ),
+            key=KEY,
+        ),
+        Case(
+            "epochs after the latest a member had",
+            (
+                # serial order from the switch's epoch 0: 3 is later, 200 is 56 earlier: epoch 4
+                Send("w0", _join_with(0, 0x11, 0, r, epoch=200)),
+                Send("w1", _join_with(1, 0x22, 0, r, epoch=3)),
+                Send("w0", _join_with(0, 0x33, 0, r, epoch=130)),
+                Send("w1", _join_with(1, 0x44, 0, r, epoch=0)),  # 130 is 126 after 4: epoch 131
+                Send("w0", _join_with(0, 0x55, 0, r, epoch=255)),
+                Send("w1", _join_with(1, 0x66, 0, r, epoch=255)),  # after 255 comes 1, never 0
+                Send("w0", _join_with(0, 0x77, 0, 0, epoch=0)),
+                Send("w1", _join_with(1, 0x88, 0, 0, epoch=0)),  # none given: the switch's own + 1
+            ),
+        ),
+    ]
+
+
+def _refusal_cases(a: list[int], b: list[int]) -> list[Case]:
+    """Every reason a switch answers with a REFUSE (docs/protocol.md, "Refusals")."""
+    return [
+        Case(
+            "refusals: not_joined, stale_epoch, unknown_job, wrong_source, count_mismatch",
+            (
+                Send("w0", _contrib(0, 9, 3, a, epoch=0)),  # not_joined (epoch 0 before any round)
+                Send("w0", _join(0, 111)),
+                Send("w0", _contrib(0, 9, 3, a, epoch=0)),  # still not_joined
+                Send("w1", _join(1, 222)),
+                Send("w0", _contrib(0, 9, 3, a, epoch=7)),  # stale_epoch: the REFUSE has epoch 1
+                Send("w0", _contrib(0, 9, 3, a, job=99)),  # unknown_job: epoch 0
+                Send("w0", _join(0, 5, job=98)),  # a JOIN of an unknown job
+                Send("x", _contrib(1, 9, 3, b)),  # wrong_source
+                Send("w0", _contrib(0, 9, 3, a)),  # use 3 with 8 elements
+                Send("w1", _contrib(1, 9, 3, b[:5])),  # count_mismatch: the REFUSE's bitmap is 8
+                Send("w1", _contrib(1, 9, 3, b, flags="RETX")),  # completes
+                Send("w1", _contrib(1, 9, 1, b)),  # stale_seq: not refused
+                Send("w0", _contrib(5, 9, 3, a)),  # bad_worker: not refused
+                Send("w0", _n(type="REFUSE", worker=0, slot=9, seq=3, exp=1)),  # bad_type: never answered
+                Send("w1", _join(1, 333)),  # a new round begins
+                Send("w0", _contrib(0, 9, 5, a)),  # not_joined with the job's epoch (1)
+            ),
+        ),
+    ]
+
+
+def _offer_cases(a: list[int], b: list[int]) -> list[Case]:
+    """CONTRIBs with OFFER (docs/protocol.md, "Recovery", the switch and an OFFER)."""
+    return [
+        Case(
+            "offers: incomplete, complete, empty, newer, older, other count",
+            (
+                *_joined(),
+                Send("w0", _contrib(0, 8, 4, a, exp=1030)),  # use 4 incomplete
+                Send("w1", _contrib(1, 8, 4, b, exp=1040, flags=OFFER | FINAL)),  # completes it: RESULT FINAL
+                Send("w0", _contrib(0, 8, 4, a, exp=1030, flags="RETX")),  # a repeat: unicast, FINAL kept
+                Send("w0", _contrib(0, 8, 4, a, exp=1030, flags=OFFER | FINAL)),  # complete: nothing
+                Send("w0", _contrib(0, 8, 4, a[:3], flags=OFFER)),  # another count: count_mismatch
+                Send("w0", _contrib(0, 8, 2, a, flags=OFFER | FINAL)),  # older: stale_seq
+                Send("w1", _contrib(1, 9, 7, b, exp=1050, flags=OFFER)),  # empty set, no FINAL: RESULT 0
+                Send("w0", _contrib(0, 9, 7, a, flags="RETX")),  # a repeat: unicast, no FINAL
+                Send("w0", _contrib(0, 9, 9, a[:2], exp=7, flags=OFFER | FINAL)),  # newer than 7: complete
+                Send("w0", _contrib(0, 10, 0, [], exp=1100, flags=OFFER | FINAL)),  # a bootstrap use
+                Send("w1", _contrib(1, 10, 0, [], exp=1000)),  # a repeat of it
+                Send("w1", _contrib(1, 11, 2, a, flags=OFFER | FINAL | 1)),  # RETX counted
+                Send("w0", _contrib(0, 11, 2, a, epoch=3, flags=OFFER | FINAL)),  # stale_epoch: refused
+                Send("w0", _contrib(0, 8, 6, big_offer(), exp=1060, flags=OFFER | FINAL)),  # full packet
+                Send("w1", _contrib(1, 8, 6, BIG_B, exp=1061)),  # a repeat: the stored wide result
+            ),
+        ),
+    ]
+
+
+def big_offer() -> list[int]:
+    """A full packet's offered result."""
+    return _rotated(BIG_A, 5)
 
 
 CASES: list[Case] = _cases()

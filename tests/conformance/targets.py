@@ -28,6 +28,7 @@ from tests.conformance.cases import (
     ELEMENTS,
     HOSTS,
     JOB,
+    PARENT_KEY,
     PARENT_WORKER,
     SLOT_BASE,
     SLOTS,
@@ -59,6 +60,8 @@ def job_for(case: Case) -> JobConfig:
         total_workers=4 if case.tree else None,
         parent=(HOSTS["p"][0], HOSTS["p"][1]) if case.tree else None,
         parent_worker=PARENT_WORKER,
+        key=case.key,
+        parent_key=PARENT_KEY if case.tree else 0,
     )
 
 

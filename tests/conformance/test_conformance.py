@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netagg.protocol import MsgType
+from netagg.protocol import JOIN_ACK_PARAMS, MsgType, Reason
 from netagg.scapy_layer import NetAgg
 from switch.bmv2 import compile_p4, find_binary
 from tests.conformance import cases
@@ -144,7 +144,10 @@ def test_the_cases_mean_what_they_say(python) -> None:
         "bad_incarnation": 1,
         "stale_epoch": 1,
     }
-    assert all(o == [] for o in outs[2:-1]) and len(outs[-1]) == 2  # only the good pair gives a RESULT
+    # only the good pair gives a RESULT; of the drops, only stale_epoch is answered (a REFUSE)
+    assert [len(o) for o in outs[2:-1]] == [0] * 9 + [1, 0, 0] and len(outs[-1]) == 2
+    [(_, refuse)] = _results(outs[11])
+    assert refuse.type == MsgType.REFUSE and refuse.exp == Reason.stale_epoch
     outs, counters = python["foreign jobs, workers, slots and sources"]
     assert counters["drops"] == {"unknown_job": 1, "bad_worker": 1, "bad_slot": 2, "wrong_source": 2}
     assert outs[-1] == python["malformed headers"][0][-1]  # the same sum as without the forgeries
@@ -153,6 +156,92 @@ def test_the_cases_mean_what_they_say(python) -> None:
     # version 1, RESULT, UNICAST
     assert len(outs[-1]) == 1 and outs[-1][0][1][_PAYLOAD_HEX:].startswith("010402")
     assert python["contributions before the job is joined"][1]["drops"] == {"not_joined": 2}
+
+
+def _one(outs: list[tuple[int, str]]) -> tuple[int, NetAgg]:
+    [(port, pkt)] = _results(outs)
+    return port, pkt
+
+
+def test_refusals_say_why_and_go_back_to_the_sender(python) -> None:
+    """docs/protocol.md, "Refusals": a 24-byte REFUSE to the dropped datagram's source with its job,
+    worker, slot and seq, the reason in exp, the job's epoch (0 for an unknown job), and in bitmap the
+    use's count (count_mismatch) or the refused packet's epoch (not_joined, stale_epoch)."""
+    outs, counters = python["refusals: not_joined, stale_epoch, unknown_job, wrong_source, count_mismatch"]
+    want = {  # datagram: (port, reason, epoch, job, bitmap)
+        0: (1, Reason.not_joined, 0, cases.JOB, 0),
+        2: (1, Reason.not_joined, 0, cases.JOB, 0),
+        4: (1, Reason.stale_epoch, 1, cases.JOB, 7),
+        5: (1, Reason.unknown_job, 0, 99, 0),
+        6: (1, Reason.unknown_job, 0, 98, 0),
+        7: (3, Reason.wrong_source, 1, cases.JOB, 0),
+        9: (2, Reason.count_mismatch, 1, cases.JOB, 8),
+        15: (1, Reason.not_joined, 1, cases.JOB, 1),
+    }
+    for i, (port, reason, epoch, job, bitmap) in want.items():
+        got_port, pkt = _one(outs[i])
+        assert (got_port, pkt.type, pkt.exp, pkt.epoch, pkt.job, pkt.bitmap) == (
+            port,
+            MsgType.REFUSE,
+            reason,
+            epoch,
+            job,
+            bitmap,
+        ), i
+        assert pkt.count == 0 and int(pkt.flags) == 0 and len(bytes(pkt)) == 24
+        assert pkt.slot == (0 if i == 6 else 9) and pkt.seq == {6: 5, 15: 5}.get(i, 3)
+    assert all(outs[i] == [] for i in (8, 11, 12, 13))  # stale_seq, bad_worker, bad_type: no answer
+    assert counters["counters"]["refusals"] == len(want)
+
+
+def test_keys_keep_joins_without_them_from_starting_a_round(python) -> None:
+    outs, counters = python["job key: JOINs without it, with another, from elsewhere"]
+    reasons = [_one(outs[i])[1].exp for i in range(5)] + [_one(outs[i])[1].exp for i in (7, 8)]
+    assert reasons == [Reason.bad_key] * 4 + [Reason.wrong_source] + [Reason.bad_key] * 2
+    assert counters["drops"] == {"bad_key": 6, "wrong_source": 1}
+    assert counters["counters"]["epochs"] == 1  # the keyless JOINs after the round started none
+    _, ack = _one(outs[9])
+    assert ack.type == MsgType.JOIN_ACK and ack.epoch == 1 and len(_results(outs[11])) == 2
+
+
+def test_join_ack_round_and_resume(python) -> None:
+    outs, _ = python["JOIN_ACK round and RESUME"]
+    acks = [(i, _results(outs[i])) for i in (1, 2, 4, 6, 8, 10)]
+    # a resumed round keeps its lineage's name (the common prev_round); others are named by the XOR
+    rounds = [0x5EED0001, 0x5EED0001, 0x30000003 ^ 0x40000004]
+    rounds += [0x50000005 ^ 0x60000006, 0x70000007 ^ 0x80000008, 0x10000001 ^ 0x20000002]
+    resume = [True, True, False, False, False, True]
+    for (i, got), want_round, want_resume in zip(acks, rounds, resume, strict=True):
+        for _, pkt in got:
+            words = dict(zip(JOIN_ACK_PARAMS, [v % 2**32 for v in pkt.values], strict=True))
+            assert pkt.type == MsgType.JOIN_ACK and pkt.count == len(JOIN_ACK_PARAMS), i
+            assert words["round"] == want_round and bool(int(pkt.flags) & cases.RESUME) == want_resume, i
+
+
+def test_a_rounds_epoch_follows_the_latest_a_member_had(python) -> None:
+    outs, _ = python["epochs after the latest a member had"]
+    epochs = [{pkt.epoch for _, pkt in _results(outs[i])} for i in (1, 3, 5, 7)]
+    assert epochs == [{4}, {131}, {1}, {2}]
+
+
+def test_offers_complete_a_use_with_their_values(python) -> None:
+    outs, counters = python["offers: incomplete, complete, empty, newer, older, other count"]
+    final, unicast = cases.FINAL, 0x02
+    got = _results(outs[3])  # the offer completes use 4: its values, FINAL, to both
+    assert sorted(p for p, _ in got) == [1, 2]
+    assert all(
+        int(r.flags) == final and r.exp == 1040 and list(r.values) == [10, 20, -30, 1, -1, 5, 6, 7]
+        for _, r in got
+    )
+    _, repeat = _one(outs[4])
+    assert int(repeat.flags) == unicast | final and list(repeat.values) == [10, 20, -30, 1, -1, 5, 6, 7]
+    assert outs[5] == [] and outs[7] == []  # the use is complete: nothing; an older use: stale_seq
+    assert _one(outs[6])[1].exp == Reason.count_mismatch
+    assert int(_one(outs[9])[1].flags) == unicast  # offered without FINAL: the repeat has none
+    _, wide = _one(outs[16])
+    assert list(wide.values) == cases.big_offer() and int(wide.flags) == unicast | final
+    assert counters["drops"] == {"stale_epoch": 1, "stale_seq": 1, "count_mismatch": 1}
+    assert counters["counters"]["offers"] == 7 and counters["counters"]["recoveries"] == 6
 
 
 # -- BMv2 ------------------------------------------------------------------------------------------------

@@ -69,13 +69,14 @@ def test_two_jobs_share_a_switch_a_third_waits_for_room(controller, switch_facto
             assert {rank["wire_job"] for rank in ranks} == {job.wire_job_id}
             assert {rank["slot_base"] for rank in ranks} == {job.placements[0].slot_base}
         assert a.placements[0].slot_base != b.placements[0].slot_base
-        assert stub.GetJob(pb.GetJobRequest(job_id=a.job_id)).state == pb.JOB_STATE_RUNNING
+        # every worker left as it closed (LeaveJob): the job is idle, not running
+        assert stub.GetJob(pb.GetJobRequest(job_id=a.job_id)).state == pb.JOB_STATE_IDLE
 
         with pytest.raises(grpc.RpcError) as err:
             create(stub, "c", 4, 16)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "has 0 free" in err.value.details()
-        stub.DeleteJob(pb.DeleteJobRequest(job_id=a.job_id))
+        stub.DeleteJob(pb.DeleteJobRequest(job_id=a.job_id))  # idle: no force needed
         c = create(stub, "c", 4, 16)
         ranks = run_workers(wk.controller_job, 4, controller.address, c.job_id, TOKEN, CASES[:1], timeout=120)
         assert all(r["ok"] for rank in ranks for r in rank["results"])

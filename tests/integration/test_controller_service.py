@@ -428,6 +428,9 @@ def test_tree_placement(tmp_path: Path) -> None:
                 4,
             )
             assert len({(c.slot_base, c.slots) for c in (root, l1, l2)}) == 1
+            # one key for the whole tree: the leaves JOIN their parent with it
+            assert root.key != 0 and root.key == l1.key == l2.key == l1.parent_key == l2.parent_key
+            assert root.parent_key == 0
             joins = [
                 stub.JoinJob(pb.JoinJobRequest(job_id=job.job_id, rank=r, address=f"127.0.0.1:{6000 + r}"))
                 for r in range(4)
@@ -445,7 +448,7 @@ def test_tree_placement(tmp_path: Path) -> None:
             bad = spec(workers=2, workers_at={"leaf1": 1, "nowhere": 1})
             code, message = code_of(lambda: stub.CreateJob(pb.CreateJobRequest(spec=bad)))
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "nowhere" in message
-            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id))
+            stub.DeleteJob(pb.DeleteJobRequest(job_id=job.job_id, force=True))  # every rank joined: running
             assert all(dp.jobs == [] for dp in planes.values())
     finally:
         server.stop(grace=None)

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from switch.bmv2 import JOB_JOINED_MASK, LOG_LEVELS, P4_DIR, Bmv2Process, counter_names, p4_constants
+from netagg.protocol import JOIN_ACK_PARAMS, JOIN_WORDS, Flag, MsgType, Reason, join_packet
+from switch.bmv2 import (
+    JOB_JOINED_MASK,
+    LOG_LEVELS,
+    P4_DIR,
+    Bmv2Process,
+    counter_names,
+    key_words,
+    p4_constants,
+)
 from switch.core import DROP_REASONS
 
 
@@ -27,6 +36,31 @@ def test_events_and_sizes() -> None:
     assert {"packets_in", "contributions", "completions", "repeats", "epochs"} <= set(events.values())
     assert constants["NETAGG_ELEMENTS"] % 8 == 0 and 8 <= constants["NETAGG_ELEMENTS"] <= 64
     assert constants["NETAGG_PORT"] == 47000
+
+
+def test_message_types_flags_reasons_and_payloads_are_the_protocols() -> None:
+    """config.p4's numbers for the wire (docs/protocol.md) are netagg.protocol's."""
+    c = p4_constants()
+    assert {m.name: c[f"TYPE_{m.name}"] for m in MsgType} == {m.name: int(m) for m in MsgType}
+    assert {f: c[f"FLAG_{f}"] for f in ("RETX", "UNICAST", "RESUME", "OFFER", "FINAL")} == {
+        f: int(Flag[f]) for f in ("RETX", "UNICAST", "RESUME", "OFFER", "FINAL")
+    }
+    assert {k[len("REASON_") :].lower(): v for k, v in c.items() if k.startswith("REASON_")} == {
+        r.name: int(r) for r in Reason
+    }
+    assert c["JOIN_WORDS"] == JOIN_WORDS and c["JOIN_ACK_WORDS"] == len(JOIN_ACK_PARAMS)
+    # every refused reason is a drop reason of the same name
+    drops = set(counter_names("DROP_", c).values())
+    assert {r.name for r in Reason} <= drops
+    # the rate limit of "Refusals": 1,000 per second, bursts of 100
+    assert c["REFUSE_INTERVAL_US"] == 1000 and c["REFUSE_BURST"] == 100
+
+
+def test_the_driver_splits_keys_as_a_join_carries_them() -> None:
+    key = 0x0123456789ABCDEF
+    hi, lo = key_words(key)
+    assert (hi, lo) == (0x01234567, 0x89ABCDEF)
+    assert join_packet(1, 0, 5, key=key)[24:32] == hi.to_bytes(4, "big") + lo.to_bytes(4, "big")
 
 
 def test_every_control_is_wired_into_the_top_file() -> None:

@@ -62,6 +62,11 @@ class ControllerStub:
                 request_serializer=netagg_dot_v1_dot_control__pb2.JoinJobRequest.SerializeToString,
                 response_deserializer=netagg_dot_v1_dot_control__pb2.JoinJobResponse.FromString,
                 _registered_method=True)
+        self.LeaveJob = channel.unary_unary(
+                '/netagg.v1.Controller/LeaveJob',
+                request_serializer=netagg_dot_v1_dot_control__pb2.LeaveJobRequest.SerializeToString,
+                response_deserializer=netagg_dot_v1_dot_control__pb2.LeaveJobResponse.FromString,
+                _registered_method=True)
         self.RegisterSwitch = channel.unary_unary(
                 '/netagg.v1.Controller/RegisterSwitch',
                 request_serializer=netagg_dot_v1_dot_control__pb2.RegisterSwitchRequest.SerializeToString,
@@ -110,7 +115,9 @@ class ControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Remove a job from its switches and free its slots. NOT_FOUND, PERMISSION_DENIED as GetJob.
+        """Remove a job from its switches and free its slots. FAILED_PRECONDITION if the job is running (its
+        workers are joined and it is not idle) unless DeleteJobRequest.force; NOT_FOUND,
+        PERMISSION_DENIED as GetJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,19 +133,30 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaveJob(self, request, context):
+        """A worker leaves a job (its host agent closes): the rank no longer counts as joined, and a job whose
+        joined workers have all left is JOB_STATE_IDLE. A leave from an address the rank has not joined
+        from (another worker took the rank over) changes nothing (LeaveJobResponse.left is false).
+        INVALID_ARGUMENT for a rank outside [0, workers); NOT_FOUND, PERMISSION_DENIED as GetJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterSwitch(self, request, context):
         """A switch announces itself (switches started with --controller do this). Re-registering the same
-        switch_id updates its addresses and installs its jobs again (a restarted switch gets back what it
-        carried). The controller calls the switch's SwitchAgent with the caller's token, first to read its
-        SwitchInfo (UNAVAILABLE if it cannot). INVALID_ARGUMENT for a bad address or id; PERMISSION_DENIED
-        for a token that is not an admin token.
+        switch_id updates its addresses, installs its jobs again (a restarted switch gets back what it
+        carried: same slots and key, workers pinned where they were) and marks it SWITCH_STATE_UP. The
+        controller calls the switch's SwitchAgent with the caller's token, first to read its SwitchInfo
+        (UNAVAILABLE if it cannot). INVALID_ARGUMENT for a bad address or id; PERMISSION_DENIED for a
+        token that is not an admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSwitches(self, request, context):
-        """The switches the controller knows, with their free slots.
+        """The switches the controller knows, with their free slots and whether they answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +196,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.JoinJob,
                     request_deserializer=netagg_dot_v1_dot_control__pb2.JoinJobRequest.FromString,
                     response_serializer=netagg_dot_v1_dot_control__pb2.JoinJobResponse.SerializeToString,
+            ),
+            'LeaveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveJob,
+                    request_deserializer=netagg_dot_v1_dot_control__pb2.LeaveJobRequest.FromString,
+                    response_serializer=netagg_dot_v1_dot_control__pb2.LeaveJobResponse.SerializeToString,
             ),
             'RegisterSwitch': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterSwitch,
@@ -333,6 +356,33 @@ class Controller:
             '/netagg.v1.Controller/JoinJob',
             netagg_dot_v1_dot_control__pb2.JoinJobRequest.SerializeToString,
             netagg_dot_v1_dot_control__pb2.JoinJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagg.v1.Controller/LeaveJob',
+            netagg_dot_v1_dot_control__pb2.LeaveJobRequest.SerializeToString,
+            netagg_dot_v1_dot_control__pb2.LeaveJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -514,7 +564,7 @@ class SwitchAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCounters(self, request, context):
-        """Read the counters (all jobs together).
+        """Read the counters: all jobs together, and per job where the switch can count per job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
