@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     params = sum(p.numel() for p in model.parameters())
     traffic = state.traffic() if state is not None else {}
+    summary = {}
     if state is not None:
-        state.close()
+        state.close()  # at every rank; logs what went where (summary())
+        summary = state.summary()
     if rank == 0:
         result = {
             "mode": "netagg" if args.switch else "gloo",
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             "test_accuracy": epochs[-1]["test_accuracy"],
             "test_loss": epochs[-1]["test_loss"],
             "traffic_per_worker": traffic,
-            "fallbacks": state.stats.fallbacks if state is not None else 0,
+            "fallbacks": summary.get("fallbacks", 0),  # calls through the switch that failed
+            "gloo_buckets": summary.get("gloo_buckets", 0),  # buckets that went through gloo instead
+            "netagg": summary,
         }
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -175,7 +175,8 @@ def test_example_runs_under_torchrun(switch_factory, tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = json.loads(out.read_text())
-    assert run["mode"] == "netagg" and run["world_size"] == 2 and run["fallbacks"] == 0
+    assert run["mode"] == "netagg" and run["world_size"] == 2 and run["fallbacks"] == run["gloo_buckets"] == 0
+    assert run["netagg"]["switch_buckets"] == run["netagg"]["buckets"] > 0
     assert (
         run["traffic_per_worker"]["bytes_sent"] > run["parameters"] * 4 * run["steps"]
     )  # every step went through
