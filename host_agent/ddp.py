@@ -195,6 +195,7 @@ class NetAggState:
         self._joined_before = False  # a join was tried: later ones replace this rank's earlier worker
         self._last_traffic: dict[str, int] = {}
         self._group: Any = None  # the group the fallback's collectives run on
+        self._switch_seen = ""  # the switch's address, as the last worker knew it
         self._peers: PeerResults | None = None  # asks the other ranks for a result this one lost
         self._seq = 0  # the number of the next bucket (the same at every rank: DDP's order)
         self._outs: dict[int, torch.Tensor] = {}  # the switch's result for each bucket index
@@ -252,6 +253,8 @@ class NetAggState:
         try:
             if self._worker is None:
                 self._worker = self._connect()
+                host, port = self._worker.switch
+                self._switch_seen = f"{host}:{port}"
             joined = True
             # the mean, with the division folded into dequantization (no pass of its own); gradient
             # buckets are floating point. Into ``out``: a call that fails leaves the bucket intact.
@@ -421,7 +424,7 @@ class NetAggState:
         log.log(
             level,
             "netagg: rank %d: %d buckets, %d (%.1f MiB) through the switch at %s, %d (%.1f MiB) through %s; "
-            "%d failed calls %s, %d tries to go back, %d succeeded",
+            "%d failed calls%s, %d tries to go back, %d succeeded",
             self.rank,
             s["buckets"],
             s["switch_buckets"],
@@ -431,16 +434,14 @@ class NetAggState:
             s["gloo_bytes"] / 2**20,
             self._backend(),
             s["fallbacks"],
-            {cause[:120]: n for cause, n in s["causes"].items()} or "",
+            f" {dict((c[:120], n) for c, n in s['causes'].items())}" if s["causes"] else "",
             s["retries"],
             s["returns"],
         )
 
     def _where(self) -> str:
-        if self._worker is not None:
-            host, port = self._worker.switch
-            return f"{host}:{port}"
-        return self.switch or f"of job {self.job} (controller {self.controller})"
+        """The switch's address, as the last worker knew it (a controller's job: unknown before that)."""
+        return self._switch_seen or self.switch or f"(job {self.job}, controller {self.controller})"
 
     def _backend(self) -> str:
         if self._group is None:
