@@ -37,12 +37,13 @@ def grads(
     switch: str | dict[str, Any] | None,
     bucket_cap_mb: float,
     steps: int = 2,
+    bucket_view: bool = False,
 ) -> dict[str, Any]:
     """Train ``steps`` steps with plain SGD; return the last step's averaged and local gradients, and
     with a switch what the hook sent and got for every bucket ("buckets": {"step/index": (sent, mean)}).
 
     ``switch``: the switch's address, or the NetAggState arguments (e.g. controller=, job=, token=), or
-    None for DDP's default allreduce."""
+    None for DDP's default allreduce. ``bucket_view``: DDP's ``gradient_as_bucket_view``."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -52,7 +53,7 @@ def grads(
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = DDP(_model(0), bucket_cap_mb=bucket_cap_mb)
+        model = DDP(_model(0), bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=bucket_view)
         state = None
         buckets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         now = {"step": 0}

@@ -54,6 +54,23 @@ def test_gradients_match_allreduce_hook(switch_factory, world: int, bucket_cap_m
             np.testing.assert_array_equal(r["buckets"][key][1], mean)
 
 
+def test_gradients_as_bucket_views(switch_factory) -> None:
+    """The hook returns an output buffer of its own, not the bucket: DDP copies it into gradients that
+    are views of its buckets as well (the second step starts from gradients the hook gave)."""
+    sw = switch_factory(2, elements=MAX_ELEMENTS)
+    ours = run_workers(dw.grads, 2, 2, free_port(), sw.address, 0.01, 2, True, timeout=300)
+    gloo = run_workers(dw.grads, 2, 2, free_port(), None, 0.01, 2, True, timeout=300)
+    atol = 2.0 ** (1 - scale_bits(2)) * max(r["local_max"] for r in ours)
+    import torch
+
+    for rank in range(2):
+        assert ours[rank]["stats"]["switch_buckets"] == ours[rank]["stats"]["buckets"] > 0
+        for a, b in zip(ours[rank]["averaged"], gloo[rank]["averaged"], strict=True):
+            torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), atol=atol, rtol=2**-20)
+    for a, b in zip(ours[0]["averaged"], ours[1]["averaged"], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_hook_through_the_controller(tmp_path, switch_factory) -> None:
     from netagg.cli.launch import ControllerProcess
     from netagg.rpc import channel
