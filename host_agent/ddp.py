@@ -248,7 +248,8 @@ class NetAggState:
                 return out
 
     def _through_switch(self, seq: int, tensor: torch.Tensor, out: torch.Tensor) -> bool:
-        """The bucket's mean into ``out`` through the switch; False if the call failed."""
+        """The bucket's mean into ``out`` through the switch (or, when this rank's call failed after
+        others got the result, from one of them); False if nobody got it."""
         joined = False
         try:
             if self._worker is None:
