@@ -489,8 +489,8 @@ class RunEngine(Engine):
             control |= (types == _JOIN_ACK) | (types == _PENDING)
         if control.any():  # the recovery's (or a refusal that ends the call): rare, one at a time
             view = memoryview(buf)
-            for i in np.flatnonzero(control).tolist():
-                self.control(view[offset + i * size : offset + (i + 1) * size], size, now)
+            for r in np.flatnonzero(control).tolist():
+                self.control(view[offset + r * size : offset + (r + 1) * size], size, now)
             stats.stale -= int(control.sum())  # counted by control() where they are stale
         j = (h["slot"] & (SET_BIT - 1)).astype(np.int64) - p.slot_base
         ok = (h["version"] == VERSION) & (h["job"] == p.job) & (h["epoch"] == p.epoch)
@@ -515,9 +515,10 @@ class RunEngine(Engine):
         final = (h["flags"][sel] & _FINAL) != 0  # results that were offered: copied as they are
         if final.any():
             n = s.elements
-            for i in np.flatnonzero(final & (c >= 0)).tolist():
-                cnt = int(s.count(int(c[i])))
-                self.out.view(np.uint32)[c[i] * n : c[i] * n + cnt] = got[i, :cnt].view(">u4")
+            for fi in np.flatnonzero(final & (c >= 0)).tolist():
+                lo = int(c[fi]) * n
+                fcnt = s.count(int(c[fi]))
+                self.out.view(np.uint32)[lo : lo + fcnt] = got[fi, :fcnt].view(">u4")
             full &= ~final
         if full.any():
             cf = c[full]

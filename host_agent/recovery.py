@@ -164,7 +164,14 @@ class Recovery:
             old.job,
             params.epoch,
         )
-        self.session.reoffer = True
+        pos, _ = self.positions()
+        need = self.session.seq.copy()  # slots outside this call: their next use
+        for j in range(self.schedule.window):
+            need[j] = self.base_seq(j) + pos[j]
+        for j, held in enumerate(self.session.last):
+            if held is None and (j >= self.schedule.window or pos[j] == 0):
+                need[j] = -1  # no result of this slot anywhere yet: nothing to offer
+        self.session.reoffer = need
         self.outbox += self._offers() + self._resend_all(now)
         self.reoffer_due = now + self.session.rto.value
 
@@ -172,7 +179,7 @@ class Recovery:
     def reoffers(self, now: float) -> list[Send]:
         """With a timer's retransmissions after a resumed round: the offers again (at most once per
         retransmission timeout), since a lost offer leaves the workers without that result waiting."""
-        if not self.session.reoffer or now < self.reoffer_due:
+        if self.session.reoffer is None or now < self.reoffer_due:
             return []
         self.reoffer_due = now + self.session.rto.value
         return self._offers()
@@ -184,9 +191,9 @@ class Recovery:
         last = self.session.last
         sends: list[Send] = []
         for j in range(p.slots):
-            pkt = self.offer_of(j, pos[j] - 1) if j < s.window and pos[j] > 0 else last[j]
-            if pkt is not None:
-                pkt = bytearray(pkt)
+            held = self.offer_of(j, pos[j] - 1) if j < s.window and pos[j] > 0 else last[j]
+            if held is not None:
+                pkt = bytearray(held)
                 pkt[OFF_EPOCH] = p.epoch
                 sends.append(((pkt,), 0))
         self.stats.offers += len(sends)
@@ -225,5 +232,8 @@ class Recovery:
         last = self.session.last
         for j in range(self.schedule.window):
             last[j] = self.offer_of(j, nuses[j] - 1)
-        if self.schedule.window == self.params.slots:
-            self.session.reoffer = False
+        need = self.session.reoffer
+        if need is not None and np.all(
+            (need < 0) | (((self.session.seq - 1 - need) & 0xFFFFFFFF) < 0x80000000)
+        ):
+            self.session.reoffer = None  # every worker holds every result from before the resume

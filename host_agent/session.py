@@ -120,9 +120,10 @@ class Session:
     """Scratch for the payload each slot has in flight (reused by every call)."""
     last: list[bytes | None] = field(init=False)
     """Each slot's last result as an OFFER (docs/protocol.md, "Recovery"), kept when a call ends."""
-    reoffer: bool = False
-    """Since a resumed round: offers go again with retransmissions (an offer may be lost), until a call
-    has completed a use of every slot (then every worker holds every earlier result)."""
+    reoffer: np.ndarray | None = None
+    """Since a resumed round: each slot's first use after it. Offers go again with retransmissions (an
+    offer may be lost) until this worker holds the result of that use in every slot: then every
+    worker contributed to it, so every worker holds every result from before the resume."""
 
     def __post_init__(self) -> None:
         p = self.params

@@ -25,7 +25,6 @@ from netagg.protocol import (
     Flag,
     MsgType,
     Reason,
-    parse_join,
     pending_packet,
     refuse_packet,
 )
@@ -40,6 +39,7 @@ from switch.jobs import (
     Segments,
     check_disjoint,
 )
+from switch.rounds import Rounds
 from switch.tree import TreeNode
 
 # JobConfig and the rest are the dataplane's vocabulary: importable from here as before.
@@ -75,7 +75,7 @@ class _Bucket:
         self.tokens, self.token_time = 0.0, float("-inf")
 
 
-class Dataplane(TreeNode):
+class Dataplane(Rounds, TreeNode):
     """The aggregation switch's dataplane for any number of jobs with disjoint slot ranges."""
 
     def __init__(
@@ -264,89 +264,6 @@ class Dataplane(TreeNode):
     def _contribute_batch(self, view: memoryview, seg: int, k: int, src: Address) -> list[Output] | None:
         outs = contribute_batch(self._jobs, self.counters, view, seg, k, src)
         return self._emit(outs) if outs else outs
-
-    def _join(
-        self,
-        job: JobState,
-        data: bytes | bytearray | memoryview,
-        src: Address,
-        worker: int,
-        slot: int,
-        incarnation: int,
-        prev_epoch: int,
-    ) -> list[Output]:
-        cfg = job.cfg
-        joined = parse_join(data)
-        if joined is None:
-            return self._drop("bad_length", job)
-        if incarnation == 0:
-            return self._drop("bad_incarnation", job)
-        key, prev_round = joined
-        if cfg.key and key != cfg.key:
-            self._drop("bad_key", job)
-            return self._refuse(job, Reason.bad_key, src, cfg.job_id, worker, slot, incarnation)
-        if cfg.addresses is not None and src != cfg.addresses[worker]:
-            self._drop("wrong_source", job)
-            return self._refuse(job, Reason.wrong_source, src, cfg.job_id, worker, slot, incarnation)
-        self.counters["joins"] += 1
-        job.counters["joins"] += 1
-        now = self._clock()
-        if job.incarnation[worker] == incarnation:  # a repeat of a JOIN we have
-            job.join_time[worker] = now
-            if job.joined:
-                return self._emit([(job.join_ack(worker), [src])])
-            return self._emit([(job.pending_join(worker, incarnation), [src])])
-        if job.joined:  # a new incarnation after a complete round: a new round begins
-            log.info("job %d: worker %d joins afresh from %s: a new round begins", cfg.job_id, worker, src)
-            job.joined = False
-            job.incarnation = [0] * cfg.workers
-            if cfg.addresses is None:
-                job.addrs = [None] * cfg.workers
-        else:
-            log.info("job %d: worker %d joins from %s", cfg.job_id, worker, src)
-        job.incarnation[worker] = incarnation
-        job.prev_round[worker] = prev_round
-        job.prev_epoch[worker] = prev_epoch
-        job.join_time[worker] = now
-        if cfg.addresses is None:
-            job.addrs[worker] = src
-        for w in range(cfg.workers):  # members that stopped refreshing their JOIN are gone
-            if job.incarnation[w] and now - job.join_time[w] > self.join_refresh:
-                job.incarnation[w] = 0
-                self.counters["join_expired"] += 1
-        if not all(job.incarnation):
-            return self._emit([(job.pending_join(worker, incarnation), [src])])
-        job.joined = True
-        first = job.prev_round[0]
-        job.resume = first != 0 and all(p == first for p in job.prev_round)
-        if job.resume:  # the round continues the members' lineage: it keeps its name
-            job.round = first
-        else:
-            job.round = 0
-            for inc in job.incarnation:
-                job.round ^= inc
-        # The next epoch after the latest one this switch or any member has seen (a restarted switch
-        # counts from 0 again): late packets of the members' earlier rounds stay stale. Never 0.
-        latest = job.epoch
-        for e in job.prev_epoch:
-            if e and 0 < ((e - latest) & 0xFF) < 0x80:
-                latest = e
-        job.epoch = latest % 0xFF + 1
-        job.reset_slots()
-        job.result_dests = [cfg.multicast] if cfg.multicast else list(job.addrs)
-        self.counters["epochs"] += 1
-        job.counters["epochs"] += 1
-        log.info(
-            "job %d: round complete, epoch %d (%s), %d workers",
-            cfg.job_id,
-            job.epoch,
-            "resumes the previous round" if job.resume else "a fresh start",
-            cfg.workers,
-        )
-        outs: list[Output] = [(job.join_ack(w), [job.addrs[w]]) for w in range(cfg.workers)]
-        if cfg.parent is not None:  # a new round here is a new round of this switch at its parent
-            outs.append(self._start_parent_round(job, job.parent_round if job.resume else 0))
-        return self._emit(outs)
 
     def _result(
         self, job: JobState, k: int, slot: int, count: int, seq: int, exp: int, flags: int = 0

@@ -177,6 +177,7 @@ class JobState:
     drops: Counter[str] = field(default_factory=Counter)
     prev_round: list[int] = field(init=False)  # what each member's JOIN said it continues
     prev_epoch: list[int] = field(init=False)  # and the epoch it had there (the JOIN's epoch field)
+    repeated: list[bool] = field(init=False)  # the member has repeated its JOIN (it is alive)
     # Per use-state of each (slot, set), flattened to index 2 * slot + set: plain lists, because the
     # packet path reads and writes single values (numpy scalars cost ~10x more there).
     seq: list[int] = field(init=False)
@@ -194,6 +195,7 @@ class JobState:
         self.full = (1 << c.workers) - 1
         self.prev_round = [0] * c.workers
         self.prev_epoch = [0] * c.workers
+        self.repeated = [False] * c.workers
         pairs = 2 * c.slots
         self.result_dests = []
         self.reset_slots()

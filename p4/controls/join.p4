@@ -71,17 +71,24 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
         NO_PAYLOAD  /* a JOIN may carry elements; no reply to it does */
         hdr.netagg.slot = 0;
         hdr.netagg.set = 0;
+        bit<32> repeated;  /* members that have repeated their JOIN since they joined (alive) */
+        reg_repeated.read(repeated, job);
+        bool check = false;
         if ((members & meta.wbit) != 0 && incarnation == hdr.netagg.seq) {
             /* Rule 1: a repeat of a JOIN we have refreshes the member. */
             reg_join_time.write(idx, now);
-            TO_SENDER
+            repeated = repeated | meta.wbit;
             if (joined == 1) {
+                TO_SENDER
                 bit<40> ack;
                 reg_ack.read(ack, job);
                 ack_payload(ACK_ROUND(ack));
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, ACK_FLAGS(ack),
                              JOIN_ACK_WORDS, 0, meta.full)
+            } else if (members == meta.full) {
+                check = true;  /* a mixed round that waited for this repeat */
             } else {
+                TO_SENDER
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
             }
         } else {
@@ -89,6 +96,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 /* Rule 2: a new incarnation after a complete round starts a new round. */
                 joined = 0;
                 members = 0;
+                repeated = 0;
             }
             /* Rule 3 */
             reg_incarnation.write(idx, hdr.netagg.seq);
@@ -96,12 +104,33 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             reg_prev_epoch.write(idx, hdr.netagg.epoch);
             reg_join_time.write(idx, now);
             members = members | meta.wbit;
+            repeated = repeated & ~meta.wbit;
             FOR_EACH_WORKER(EXPIRE_MEMBER)
             if (members != meta.full) {
                 TO_SENDER
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
             } else {
-                /* Rule 5: the round is complete: a new epoch, whose slot state starts empty. */
+                check = true;
+            }
+        }
+        if (check) {
+            /* Rule 5: the round's name, whether every member continues one earlier round, and the
+             * latest epoch a member had */
+            bit<32> round = 0;
+            bit<32> first_prev;
+            bit<32> x;
+            bool mixed = false;
+            bit<8> e;
+            bit<8> latest = meta.epoch;
+            reg_prev_round.read(first_prev, base);
+            FOR_EACH_WORKER(ROUND_MEMBER)
+            if (mixed && repeated != meta.full) {
+                /* members continuing different rounds: each must have repeated its JOIN (a stray or
+                 * dead member cannot break the others' lineage) */
+                TO_SENDER
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
+            } else {
+                /* the round is complete: a new epoch, whose slot state starts empty */
                 bit<32> clock;
                 reg_round_clock.read(clock, 0);
                 clock = clock + 1;
@@ -115,15 +144,6 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 reg_parent_joined.write(job, 0);
                 joined = 1;
                 events.count(EV_EPOCHS);
-                /* the round's name, and RESUME when every member continues one earlier round */
-                bit<32> round = 0;
-                bit<32> first_prev;
-                bit<32> x;
-                bool mixed = false;
-                bit<8> e;
-                bit<8> latest = meta.epoch;
-                reg_prev_round.read(first_prev, base);
-                FOR_EACH_WORKER(ROUND_MEMBER)
                 bit<8> ack_flags = 0;
                 if (first_prev != 0 && !mixed) {
                     ack_flags = FLAG_RESUME;
@@ -142,9 +162,10 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                              JOIN_ACK_WORDS, 0, meta.full)
                 TO_JOB(meta.job_index)
             }
-            reg_members.write(job, members);
-            reg_job.write(job, JOB_STATE(meta.epoch, meta.epoch_tag, joined));
         }
+        reg_repeated.write(job, repeated);
+        reg_members.write(job, members);
+        reg_job.write(job, JOB_STATE(meta.epoch, meta.epoch_tag, joined));
     }
 }
 

@@ -8,6 +8,7 @@
 
 /* Per job (index = job_index from the job table). */
 register<bit<32>>(NETAGG_MAX_JOBS) reg_members;     /* workers in the current JOIN round */
+register<bit<32>>(NETAGG_MAX_JOBS) reg_repeated;    /* members that repeated their JOIN (alive) */
 /* What every packet of a job needs, in one register so that it costs one read (BMv2 pays per
  * primitive, and on a build with logging macros each one also formats its log line's arguments):
  *   epoch    the job's epoch on the wire (mod 256)

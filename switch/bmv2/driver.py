@@ -209,6 +209,7 @@ class Bmv2Backend:
         cmds = [
             f"register_write reg_job {job.index} {state & ~JOB_JOINED_MASK}",
             f"register_write reg_members {job.index} 0",
+            f"register_write reg_repeated {job.index} 0",
         ]
         group = self._group(job)
         for w, (host, port) in enumerate(hosts):
@@ -220,11 +221,12 @@ class Bmv2Backend:
                 f"{host.mac} {host.ip} {port}"
             )
             cmds.append(f"mc_node_create {w + 1} {host.port}")
+        first = len(cmds) - 3 * len(hosts)  # the register writes come first
         outs = self.switch.cli(cmds)
         for w in range(len(hosts)):
-            job.workers.append(_handle(outs[2 + 3 * w]))
-            job.replicas.append(_handle(outs[3 + 3 * w]))
-            job.nodes.append(_handle(outs[4 + 3 * w]))
+            job.workers.append(_handle(outs[first + 3 * w]))
+            job.replicas.append(_handle(outs[first + 1 + 3 * w]))
+            job.nodes.append(_handle(outs[first + 2 + 3 * w]))
         self.switch.cli([f"mc_node_associate {group} {n}" for n in job.nodes])
 
     def _install(self, cfg: JobConfig) -> None:
@@ -257,19 +259,16 @@ class Bmv2Backend:
         full = (1 << cfg.workers) - 1
         group = self.constants["JOB_GROUP_BASE"] + index
         has_parent = int(cfg.parent is not None and parent_host is not None)
+        clear = ("reg_job", "reg_members", "reg_repeated", "reg_parent_joined", "reg_ack", "reg_refuse_tat")
         outs = self.switch.cli(
             [
-                f"register_write reg_job {index} 0",
-                f"register_write reg_members {index} 0",
-                f"register_write reg_parent_joined {index} 0",
-                f"register_write reg_ack {index} 0",
-                f"register_write reg_refuse_tat {index} 0",
+                *(f"register_write {reg} {index} 0" for reg in clear),
                 f"table_add {self._n('jobs')} {self._n('set_job')} {cfg.job_id} => {index} {cfg.slot_base} "
                 f"{cfg.slots} {cfg.workers} {full} {total} {cfg.elements} {has_parent}",
                 f"mc_mgrp_create {group}",
             ]
         )
-        job = _Job(cfg, index, _handle(outs[5]))
+        job = _Job(cfg, index, _handle(outs[len(clear)]))
         self._jobs[cfg.job_id] = job
         if cfg.key:
             hi, lo = key_words(cfg.key)

@@ -355,11 +355,15 @@ def _key_and_round_cases(a: list[int], b: list[int]) -> list[Case]:
                 Send("w1", _join_with(1, 0x20000002, KEY, r)),  # both continue round r: RESUME
                 Send("w1", _join_with(1, 0x20000002, KEY, r)),  # a repeat: the same JOIN_ACK
                 Send("w0", _join_with(0, 0x30000003, KEY, r)),  # a new round
-                Send("w1", _join_with(1, 0x40000004, KEY, r + 1)),  # mixed prev_round: no RESUME
+                Send("w1", _join_with(1, 0x40000004, KEY, r + 1)),  # mixed prev_round: each must repeat
+                Send("w0", _join_with(0, 0x30000003, KEY, r)),  # w0 has; w1 has not: PENDING
+                Send("w1", _join_with(1, 0x40000004, KEY, r + 1)),  # now both: no RESUME
                 Send("w0", _join_with(0, 0x50000005, KEY, 0)),
-                Send("w1", _join_with(1, 0x60000006, KEY, 0)),  # both 0: no RESUME
+                Send("w1", _join_with(1, 0x60000006, KEY, 0)),  # both 0: not mixed, no RESUME
                 Send("w0", _join_with(0, 0x70000007, KEY, 0)),
-                Send("w1", _join_with(1, 0x80000008, KEY, r)),  # 0 and r: no RESUME
+                Send("w1", _join_with(1, 0x80000008, KEY, r)),  # 0 and r: mixed
+                Send("w1", _join_with(1, 0x80000008, KEY, r)),
+                Send("w0", _join_with(0, 0x70000007, KEY, 0)),  # both repeated: no RESUME
                 Send("w1", _join_with(1, 0x90000009, KEY, 0x10000001 ^ 0x20000002)),  # replaces w1 first
                 Send("w0", _join_with(0, 0xA000000A, KEY, 0x10000001 ^ 0x20000002)),  # RESUME
             ),
