@@ -3,6 +3,7 @@ process sharing torch's in-memory HashStore (no sockets), each with the state it
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from host_agent.ddp_peers import PeerResults  # noqa: E402
 
 def ranks(world: int, held: dict[int, Any]) -> list[PeerResults]:
     store = dist.PrefixStore("netagg-ddp/test/", dist.HashStore())
-    return [PeerResults(store, r, world, lambda r=r: held.get(r)) for r in range(world)]
+    return [PeerResults(store, r, world, functools.partial(held.get, r)) for r in range(world)]
 
 
 def test_a_rank_that_holds_the_result_passes_it_on() -> None:
