@@ -110,9 +110,9 @@ class NetAggState:
             re-run on the same job needs. Without it such a join is refused (``ALREADY_EXISTS``) and the
             hook raises :class:`host_agent.errors.ControllerError` at the first bucket rather than
             train on gloo. The state's own later joins always replace its earlier worker.
-        key: a static job's key (int, or 16 hex digits), if the switch was started with one (default:
+        key: the job's key (int, or 16 hex digits), for a static job whose switch has one (default:
             $NETAGG_KEY, as :class:`host_agent.Worker` reads it). A controller's job gets its key from
-            the controller.
+            the controller, which wins over this one (as in Worker).
         rank, world_size: default to torch.distributed's (of ``process_group``).
         job: the job id configured at the switch (int), or the controller's job id (str).
         process_group: the group DDP uses. Without it the fallback runs on a gloo group of the hook's
@@ -163,9 +163,7 @@ class NetAggState:
             raise ValueError(
                 f"with controller=..., job is the controller's job id ('j-...'), got {self.job!r}"
             )
-        if self.key is not None:
-            if self.controller is not None:
-                raise ValueError("key is for a static job (switch=...); the controller gives its job's key")
+        if self.key is not None:  # checked as Worker checks it, before the first bucket
             if isinstance(self.key, str):
                 self.key = parse_key(self.key)
             if not 0 <= self.key < 1 << 64:

@@ -217,3 +217,17 @@ def test_a_result_lost_to_one_rank_is_passed_on_by_another(switch_factory) -> No
             np.testing.assert_array_equal(ga, gb)  # the same bits at every rank
             bound = 2.0 ** -scale_bits(2) * gmax * (1 + 2**-20) + 2**-23 * np.abs(exact)
             assert np.all(np.abs(ga - exact) <= bound)
+
+
+def test_a_static_job_with_a_key(switch_factory, tmp_path: Path) -> None:
+    """key= reaches the switch: with the job's key every bucket goes through it; with another key the
+    first bucket raises the switch's bad_key refusal (a configuration error, never fallen back from)."""
+    key_file = tmp_path / "job.key"
+    key_file.write_text("00c0ffee00c0ffee\n")
+    sw = switch_factory(2, extra=["--key-file", str(key_file)])
+    good = run_workers(dw.grads, 2, 2, free_port(), {"switch": sw.address, "key": "00c0ffee00c0ffee"}, 0.2)
+    for r in good:
+        assert r["stats"]["switch_buckets"] == r["stats"]["buckets"] > 0 and r["stats"]["fallbacks"] == 0
+    with pytest.raises(WorkerFailed) as failed:
+        run_workers(dw.grads, 2, 2, free_port(), {"switch": sw.address, "key": 0xBAD}, 0.2, timeout=300)
+    assert "bad_key" in str(failed.value)

@@ -250,8 +250,6 @@ def test_state_validates_the_join_and_retry_arguments() -> None:
         NetAggState(**ok, key="xyz")
     with pytest.raises(ValueError, match="64 bits"):
         NetAggState(**ok, key=1 << 64)
-    with pytest.raises(ValueError, match="static job"):
-        NetAggState(controller="127.0.0.1:2", job="j-1", rank=0, world_size=2, key=1)
     with pytest.raises(ValueError, match="int job id"):
         NetAggState(switch="127.0.0.1:1", job="j-1", rank=0, world_size=2)
     with pytest.raises(ValueError, match="retry_after"):
