@@ -317,7 +317,8 @@ class NetAggState:
 
     def _failed(self, seq: int, exc: BaseException) -> None:
         """Book a failed call; raise it if the user asked for errors."""
-        self._close_worker()
+        if getattr(self._worker, "_broken", True):  # unusable after its failure (JobReformed is not)
+            self._close_worker()
         if self.fallback == "error":
             raise exc
         cause = f"{type(exc).__name__}: {exc}"

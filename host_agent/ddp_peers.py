@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 POLL = 0.1
 """Seconds between the serving thread's looks at the store for a request (one small request each)."""
+
+ASK_POLL = 0.01
+"""Seconds between an asking rank's looks for the answer (only while it asks)."""
 
 
 # The agreement row each rank contributes: its bucket's number and size, the number of the last bucket
@@ -107,14 +111,17 @@ class PeerResults:
         rank has it (or none answered within ``timeout`` seconds)."""
         n = self.store.add("requests", 1)
         self.store.set(f"need/{n}", f"{seq} {out.numel()} {out.element_size()} {self.rank}")
-        try:
-            self.store.wait([f"have/{n}"], datetime.timedelta(seconds=timeout))
-        except RuntimeError:  # DistStoreError (a RuntimeError): timed out
-            log.warning(
-                "netagg: rank %d: no rank answered for bucket %d within %g s", self.rank, seq, timeout
-            )
-            return False
-        data = self.store.get(f"have/{n}")
+        # Looks, not a blocking wait: the store's client is shared with this rank's serving thread, which
+        # a wait would hold off (and two ranks asking at once would each wait out their timeout).
+        key, deadline = f"have/{n}", time.monotonic() + timeout
+        while not self.store.check([key]):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "netagg: rank %d: no rank answered for bucket %d within %g s", self.rank, seq, timeout
+                )
+                return False
+            time.sleep(ASK_POLL)
+        data = self.store.get(key)
         if not data:
             return False
         flat = out.view(-1).view(torch.uint8)

@@ -17,37 +17,53 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from host_agent.ddp import RETRY_JOIN_TIMEOUT
 from netagg.cli.launch import SwitchProcess, WorkerFailed, free_port, run_workers
 from netagg.protocol import HEADER, MAX_ELEMENTS, MsgType, parse_address, scale_bits
 from tests.integration import ddp_workers as dw
 
 
 def _restart_when_killed(
-    sw: SwitchProcess, start: Any, marker: Path, done: threading.Event, started: list[SwitchProcess]
+    sw: SwitchProcess,
+    start: Any,
+    marker: Path,
+    done: threading.Event,
+    started: list[SwitchProcess],
+    delay: float,
 ) -> None:
-    """Once ``sw`` has died, start a switch on the same address and write its address to ``marker``."""
+    """Once ``sw`` has died, wait ``delay`` seconds, start a switch on the same address and write its
+    address to ``marker``."""
     while not done.is_set():
         if not sw.alive():
+            if done.wait(delay):
+                return
             started.append(start(sw.address))
             marker.write_text(started[-1].address)
             return
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("world", [2])  # 4 passes too (about a minute on 2 cores)
-def test_switch_killed_and_restarted_mid_training(switch_factory, tmp_path: Path, world: int) -> None:
+@pytest.mark.parametrize(
+    ("world", "delay"), [(2, 0.0), (2, 12.0)], ids=["restart", "slow-restart"]
+)  # world 4 passes too (about a minute on 2 cores)
+def test_switch_killed_and_restarted_mid_training(
+    switch_factory, tmp_path: Path, world: int, delay: float
+) -> None:
     """Trains as well as gloo, and buckets go through the switch again after the restart.
 
-    Without recovery in the worker the calls in flight when the switch died time out, those buckets and
-    the next ones go through gloo, and a new worker joins the restarted switch after the back-off. With
-    it, the workers rejoin by themselves and no bucket needs gloo. Either way summary() must say what
-    went where, and the logs must say it too."""
+    A switch back within the workers' timeout (5 s): they rejoin by themselves and finish their calls;
+    no bucket needs gloo. (Before the worker could rejoin, the calls in flight timed out, those buckets
+    and the next ones went through gloo, and a new worker joined the restarted switch after the
+    back-off: the test takes either.) A switch away for longer (``delay`` 12 s, more than a call's
+    timeout and a try's join together): the calls time out and the fallback carries the run until a
+    try after the back-off finds the switch back. Either way
+    summary() must say what went where, and the logs must say it too."""
     sw = switch_factory(world)
     marker = tmp_path / "restarted"
     done, started = threading.Event(), []  # type: ignore[var-annotated]
     watcher = threading.Thread(
         target=_restart_when_killed,
-        args=(sw, lambda address: switch_factory(world, listen=address), marker, done, started),
+        args=(sw, lambda address: switch_factory(world, listen=address), marker, done, started, delay),
     )
     watcher.start()
     kill_step, epochs = 30, 12
@@ -107,6 +123,10 @@ def test_switch_killed_and_restarted_mid_training(switch_factory, tmp_path: Path
         summary_line = log[-1]
         assert "buckets" in summary_line[1] and summary_line[0] == (30 if s["gloo_buckets"] else 20)
     assert new_switch.get("counters", {}).get("completions", 0) > 0, new_switch
+    if delay > 5.0 + RETRY_JOIN_TIMEOUT:  # away longer than a call and a try: the fallback carried it
+        for r in ours:
+            s = r["summary"]
+            assert s["gloo_buckets"] > 0 and s["fallbacks"] >= 1 and s["returns"] >= 1, s
 
 
 def test_rerun_on_the_same_controller_job_needs_replace(tmp_path, switch_factory) -> None:

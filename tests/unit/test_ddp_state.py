@@ -278,3 +278,25 @@ def test_a_call_that_raises_something_else_is_not_swallowed() -> None:
     state._make_worker = broken
     with pytest.raises(ValueError, match="rank must be"):
         bucket(state)
+
+
+def test_a_worker_that_is_still_usable_is_kept() -> None:
+    """A call that failed with JobReformed leaves its Worker usable (``_broken`` unset): the bucket
+    falls back, and the try to go back uses the same worker instead of joining again."""
+    from host_agent.errors import JobReformed
+
+    state, sw, clock = make_state()
+    bucket(state)
+    worker = state._worker
+    worker._broken = None
+
+    def reformed(x: Any, out: Any, *, average: bool) -> Any:
+        del worker.allreduce  # the next call goes through
+        raise JobReformed("job 1 was re-formed while this call ran")
+
+    worker.allreduce = reformed
+    bucket(state, 1)
+    assert state.stats.gloo_buckets == 1 and sw.closed == 0
+    clock[0] += 1
+    bucket(state, 2)
+    assert len(sw.made) == 1 and state.stats.returns == 1 and state._worker is worker
