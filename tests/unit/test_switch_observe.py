@@ -15,9 +15,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from netagg.cli import main
-from netagg.cli._common import _apply_verbose
+from netagg.cli._common import _apply_verbose, read_key_file
 from netagg.cli.main import build_parser
-from netagg.cli._common import read_key_file
 from netagg.protocol import MsgType, join_packet, pack_header
 from netagg.scapy_layer import NetAgg
 from switch.core import JobConfig
