@@ -63,9 +63,6 @@ class Recovery:
     def base_seq(self, j: int) -> int:
         raise NotImplementedError
 
-    def start(self, now: float) -> list[Send]:
-        raise NotImplementedError
-
     def _resend_all(self, now: float) -> list[Send]:
         """Every use in flight again, with the session's epoch and RETX."""
         raise NotImplementedError

@@ -15,9 +15,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from netagg.cli import main
-from netagg.cli._common import _apply_verbose
+from netagg.cli._common import _apply_verbose, read_key_file
 from netagg.cli.main import build_parser
-from netagg.cli.switch import _read_key
 from netagg.protocol import MsgType, join_packet, pack_header
 from netagg.scapy_layer import NetAgg
 from switch.core import JobConfig
@@ -161,17 +160,17 @@ def test_capture_ipv6_has_a_valid_udp_checksum(tmp_path: Path) -> None:
 def test_bad_key_files(tmp_path: Path, text: str, error: str) -> None:
     (tmp_path / "k").write_text(text)
     with pytest.raises(ValueError, match=error):
-        _read_key(tmp_path / "k")
+        read_key_file(tmp_path / "k")
 
 
 def test_key_file(tmp_path: Path) -> None:
     (tmp_path / "k").write_text("  0x00112233445566FF\n")
-    assert _read_key(tmp_path / "k") == 0x00112233445566FF
+    assert read_key_file(tmp_path / "k") == 0x00112233445566FF
     with pytest.raises(ValueError, match=f"--key-file {tmp_path / 'nope'}: No such file"):
-        _read_key(tmp_path / "nope")
+        read_key_file(tmp_path / "nope")
     (tmp_path / "b").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match="not text"):
-        _read_key(tmp_path / "b")
+        read_key_file(tmp_path / "b")
 
 
 def test_bad_switch_flags_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
