@@ -46,11 +46,12 @@ import torch
 import torch.distributed as dist
 
 from host_agent.ddp_peers import READY, SEQ, SIZE, PeerResults, agree, pass_on
+from host_agent.ddp_stats import NetAggStats
 from host_agent.errors import ControllerError, RefusedError
 from host_agent.worker import NetAggError, Worker, parse_address
 from netagg.protocol import parse_key
 
-__all__ = ["NetAggState", "NetAggStats", "netagg_hook"]
+__all__ = ["NetAggState", "NetAggStats", "netagg_hook"]  # NetAggStats: host_agent.ddp_stats
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +69,6 @@ uses the switch. Later joins (tries to go back to the switch) fall back on any e
 configured right and the job may come back."""
 
 MAX_CAUSES = 16  # distinct causes kept in the summary; further ones are counted under "other"
-
-
-@dataclass
-class NetAggStats:
-    """What the hook did, per rank (:meth:`NetAggState.summary` returns it as a dict)."""
-
-    buckets: int = 0
-    """Buckets allreduced, by either way."""
-    switch_buckets: int = 0
-    """Buckets whose result came from the switch (including ``peer_buckets``)."""
-    switch_bytes: int = 0
-    """Gradient bytes of those buckets (bucket sizes, not bytes on the wire)."""
-    gloo_buckets: int = 0
-    """Buckets allreduced by the process group because the switch did not serve."""
-    gloo_bytes: int = 0
-    """Gradient bytes of those buckets."""
-    peer_buckets: int = 0
-    """Buckets whose switch result another rank passed on: this rank's call failed, theirs did not."""
-    fallbacks: int = 0
-    """Calls through the switch that failed (a first failure and each failed try to go back)."""
-    retries: int = 0
-    """Tries to go back to the switch."""
-    returns: int = 0
-    """Tries that succeeded: the switch served again."""
-    causes: dict[str, int] = field(default_factory=dict)
-    """Why calls failed: the error's type and message, and how many times."""
 
 
 @dataclass

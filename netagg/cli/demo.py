@@ -140,8 +140,8 @@ def run_train_demo(workers: int = 4, epochs: int = 20, out_dir: Path = Path("out
     print(
         f"\n{params:,} parameters, {steps} steps of {workers} workers; the switch added "
         f"{counters.get('contributions', 0):,} packets into {counters.get('completions', 0):,} results "
-        f"and dropped {sum((switch_stats or {}).get('drops', {}).values())}; fallbacks to gloo: "
-        f"{ours['fallbacks']}."
+        f"and dropped {sum((switch_stats or {}).get('drops', {}).values())}; buckets through gloo: "
+        f"{ours.get('gloo_buckets', 0)} (failed calls: {ours['fallbacks']})."
     )
     report = {
         "workers": workers,

@@ -130,9 +130,9 @@ class Cluster:
             emit(w, sends + e.take_outbox())
             if e.done:
                 e.finish("raise")
-                out = arrays[w]
-                assert out is not None
-                results[w].append(out.copy())
+                held = arrays[w]
+                assert held is not None
+                results[w].append(held.copy())
                 engines[w] = None
                 if nxt[w] < len(calls):
                     begin(w)
