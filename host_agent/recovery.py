@@ -149,7 +149,7 @@ class Recovery:
             # fails at every worker that has one, whatever its progress: were some to start it
             # again and others not, their later calls would pair up wrongly.
             self.session.seq[:] = 0
-            self.session.last = [None] * params.slots
+            self.session.last_seq[:] = -1
             raise JobReformed(
                 f"job {old.job} was re-formed at the switch by a worker that joined afresh (a restarted "
                 "process, one whose call failed, or a stray JOIN in a job without a key): the call in "
@@ -165,8 +165,8 @@ class Recovery:
         need = self.session.seq.copy()  # slots outside this call: their next use
         for j in range(self.schedule.window):
             need[j] = self.base_seq(j) + pos[j]
-        for j, held in enumerate(self.session.last):
-            if held is None and (j >= self.schedule.window or pos[j] == 0):
+        for j, seq in enumerate(self.session.last_seq.tolist()):
+            if seq < 0 and (j >= self.schedule.window or pos[j] == 0):
                 need[j] = -1  # no result of this slot anywhere yet: nothing to offer
         self.session.reoffer = need
         self.outbox += self._offers() + self._resend_all(now)
@@ -185,10 +185,10 @@ class Recovery:
         """For each slot of the job, the result of its last completed use, as an OFFER."""
         p, s = self.params, self.schedule
         pos, _ = self.positions()
-        last = self.session.last
         sends: list[Send] = []
         for j in range(p.slots):
-            held = self.offer_of(j, pos[j] - 1) if j < s.window and pos[j] > 0 else last[j]
+            in_call = j < s.window and pos[j] > 0
+            held = self.offer_of(j, pos[j] - 1) if in_call else self.session.last_offer(j)
             if held is not None:
                 pkt = bytearray(held)
                 pkt[OFF_EPOCH] = p.epoch
@@ -223,12 +223,22 @@ class Recovery:
         return hdr + payload
 
     def keep_last(self) -> None:
-        """At the end of a call: keep each slot's last result as its OFFER (the user may change the
-        output once the call returns)."""
+        """At the end of a call (after the use numbers advanced): keep each slot's last result, for
+        the offers of a resume (the user may change the output once the call returns). Two copies of
+        one window of the output, with numpy."""
+        s, sess = self.schedule, self.session
+        w, n = s.window, s.elements
         _, nuses = self.positions()
-        last = self.session.last
-        for j in range(self.schedule.window):
-            last[j] = self.offer_of(j, nuses[j] - 1)
+        js = np.arange(w)
+        lastc = s.chunks(js, np.asarray(nuses, dtype=np.int64) - 1)  # every slot carried a chunk
+        bits = self.out.view(np.uint32)
+        full = lastc < s.nfull
+        if full.any():
+            sess.last_vals[js[full]] = bits[: s.nfull * n].reshape(s.nfull, n)[lastc[full]]
+        if not full.all():  # the short last chunk
+            sess.last_vals[int(js[~full][0]), : s.tail] = bits[s.nfull * n :]
+        sess.last_seq[:w] = (sess.seq[:w] - 1) & 0xFFFFFFFF
+        sess.last_count[:w] = s.counts(lastc)
         need = self.session.reoffer
         if need is not None and np.all(
             (need < 0) | (((self.session.seq - 1 - need) & 0xFFFFFFFF) < 0x80000000)

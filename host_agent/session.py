@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netagg.protocol import PAYLOAD_DTYPE, scale_bits
+from netagg.protocol import PAYLOAD_DTYPE, Flag, MsgType, pack_header, scale_bits, slot_field
 
 __all__ = ["JobParams", "Rto", "Session", "Stats"]
 
@@ -118,8 +118,12 @@ class Session:
     """The next use number of each slot in this epoch."""
     payload: np.ndarray = field(init=False)
     """Scratch for the payload each slot has in flight (reused by every call)."""
-    last: list[bytes | None] = field(init=False)
-    """Each slot's last result as an OFFER (docs/protocol.md, "Recovery"), kept when a call ends."""
+    last_vals: np.ndarray = field(init=False)
+    """Each slot's last result (its values' 32 bits), kept when a call ends: the OFFER this worker
+    makes of it after a resume (docs/protocol.md, "Recovery"), since the user may change the output."""
+    last_seq: np.ndarray = field(init=False)
+    """The use number of each slot's kept result (-1: none)."""
+    last_count: np.ndarray = field(init=False)
     reoffer: np.ndarray | None = None
     """Since a resumed round: each slot's first use after it. Offers go again with retransmissions (an
     offer may be lost) until this worker holds the result of that use in every slot: then every
@@ -127,6 +131,25 @@ class Session:
 
     def __post_init__(self) -> None:
         p = self.params
-        self.last = [None] * p.slots
+        self.last_vals = np.zeros((p.slots, p.elements), dtype=np.uint32)
+        self.last_seq = np.full(p.slots, -1, dtype=np.int64)
+        self.last_count = np.zeros(p.slots, dtype=np.int64)
         self.seq = np.zeros(p.slots, dtype=np.int64)
         self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)
+
+    def last_offer(self, j: int) -> bytes | None:
+        """The OFFER of slot ``j``'s kept result (epoch 0: set when sent), or None."""
+        seq = int(self.last_seq[j])
+        if seq < 0:
+            return None
+        p, count = self.params, int(self.last_count[j])
+        hdr = pack_header(
+            MsgType.CONTRIB,
+            flags=Flag.OFFER | Flag.FINAL,
+            job=p.job,
+            worker=p.worker_id,
+            slot=slot_field(p.slot_base + j, seq & 1),
+            count=count,
+            seq=seq,
+        )  # exp 0: a call's last use proposes nothing for a next one
+        return hdr + self.last_vals[j, :count].astype(">u4").tobytes()
