@@ -224,21 +224,20 @@ class Recovery:
 
     def keep_last(self) -> None:
         """At the end of a call (after the use numbers advanced): keep each slot's last result, for
-        the offers of a resume (the user may change the output once the call returns). Two copies of
-        one window of the output, with numpy."""
+        the offers of a resume (the user may change the output once the call returns). The last use
+        of each slot carries one of the call's last ``window`` chunks, so this is one copy of the end
+        of the output. Slots this call did not use need nothing kept: this call completed, so every
+        worker finished the call before it and holds all of its results."""
         s, sess = self.schedule, self.session
         w, n = s.window, s.elements
-        _, nuses = self.positions()
-        js = np.arange(w)
-        lastc = s.chunks(js, np.asarray(nuses, dtype=np.int64) - 1)  # every slot carried a chunk
-        bits = self.out.view(np.uint32)
-        full = lastc < s.nfull
-        if full.any():
-            sess.last_vals[js[full]] = bits[: s.nfull * n].reshape(s.nfull, n)[lastc[full]]
-        if not full.all():  # the short last chunk
-            sess.last_vals[int(js[~full][0]), : s.tail] = bits[s.nfull * n :]
+        first = s.nchunks - w  # the first of the last `window` chunks
+        tail = self.out.view(np.uint32)[first * n :]
+        sess.last_vals[: tail.size] = tail
+        chunks = first + (np.arange(w) - first) % w  # slot j's last chunk: the one with c % w == j
+        sess.last_offset[:w] = (chunks - first) * n
+        sess.last_count[:w] = s.counts(chunks)
         sess.last_seq[:w] = (sess.seq[:w] - 1) & 0xFFFFFFFF
-        sess.last_count[:w] = s.counts(lastc)
+        sess.last_seq[w:] = -1
         need = self.session.reoffer
         if need is not None and np.all(
             (need < 0) | (((self.session.seq - 1 - need) & 0xFFFFFFFF) < 0x80000000)

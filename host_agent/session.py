@@ -119,11 +119,13 @@ class Session:
     payload: np.ndarray = field(init=False)
     """Scratch for the payload each slot has in flight (reused by every call)."""
     last_vals: np.ndarray = field(init=False)
-    """Each slot's last result (its values' 32 bits), kept when a call ends: the OFFER this worker
-    makes of it after a resume (docs/protocol.md, "Recovery"), since the user may change the output."""
+    """The last call's last chunks (their values' 32 bits), kept when it ends: the results this worker
+    offers after a resume (docs/protocol.md, "Recovery"), since the user may change the output."""
     last_seq: np.ndarray = field(init=False)
     """The use number of each slot's kept result (-1: none)."""
     last_count: np.ndarray = field(init=False)
+    last_offset: np.ndarray = field(init=False)
+    """Where each slot's kept result starts in ``last_vals``."""
     reoffer: np.ndarray | None = None
     """Since a resumed round: each slot's first use after it. Offers go again with retransmissions (an
     offer may be lost) until this worker holds the result of that use in every slot: then every
@@ -131,9 +133,10 @@ class Session:
 
     def __post_init__(self) -> None:
         p = self.params
-        self.last_vals = np.zeros((p.slots, p.elements), dtype=np.uint32)
+        self.last_vals = np.zeros(p.slots * p.elements, dtype=np.uint32)
         self.last_seq = np.full(p.slots, -1, dtype=np.int64)
         self.last_count = np.zeros(p.slots, dtype=np.int64)
+        self.last_offset = np.zeros(p.slots, dtype=np.int64)
         self.seq = np.zeros(p.slots, dtype=np.int64)
         self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)
 
@@ -152,4 +155,5 @@ class Session:
             count=count,
             seq=seq,
         )  # exp 0: a call's last use proposes nothing for a next one
-        return hdr + self.last_vals[j, :count].astype(">u4").tobytes()
+        at = int(self.last_offset[j])
+        return hdr + self.last_vals[at : at + count].astype(">u4").tobytes()
