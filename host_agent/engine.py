@@ -158,6 +158,8 @@ class DatagramEngine(Engine):
     """One datagram at a time (large packets). The hot path: per-slot state in plain lists, and each
     chunk costs a few :mod:`netagg.kernels` calls on one row."""
 
+    kept_as_received = True
+
     def __init__(
         self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
     ) -> None:
@@ -362,6 +364,9 @@ class DatagramEngine(Engine):
             return self._send(j, k + 1, now)
         self.deadline[j] = math.inf
         self.remaining -= 1
+        if cnt:  # the slot's last result: kept for a resume's offers while it is in the cache
+            at = (c - s.nchunks + s.window) * n
+            self.session.last_vals[at : at + cnt] = self._out_bits[c * n : c * n + cnt]
         return None
 
 

@@ -67,6 +67,10 @@ class Recovery:
         """Every use in flight again, with the session's epoch and RETX."""
         raise NotImplementedError
 
+    #: Whether the engine copies each slot's last result into the session as it arrives (the
+    #: one-datagram engine: the data is in the cache then), so that :meth:`keep_last` need not.
+    kept_as_received = False
+
     def _init_recovery(self) -> None:
         self.outbox: list[Send] = []
         self.rejoin: JoinHandshake | None = None
@@ -231,8 +235,9 @@ class Recovery:
         s, sess = self.schedule, self.session
         w, n = s.window, s.elements
         first = s.nchunks - w  # the first of the last `window` chunks
-        tail = self.out.view(np.uint32)[first * n :]
-        sess.last_vals[: tail.size] = tail
+        if not self.kept_as_received:
+            tail = self.out.view(np.uint32)[first * n :]
+            sess.last_vals[: tail.size] = tail
         chunks = first + (np.arange(w) - first) % w  # slot j's last chunk: the one with c % w == j
         sess.last_offset[:w] = (chunks - first) * n
         sess.last_count[:w] = s.counts(chunks)
