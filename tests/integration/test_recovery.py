@@ -15,6 +15,7 @@ import json
 import random
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,18 +151,35 @@ def _flood(address: tuple[str, int], real_join: bytes, real_contrib: bytes, n: i
             s.close()
 
 
+def _packets_in(metrics: str) -> float:
+    """The switch's packets_in, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('netagg_switch_packets_total{direction="in"}'):
+                return float(line.split()[-1])
+    raise AssertionError("no netagg_switch_packets_total in the metrics")
+
+
 def test_a_flood_of_random_and_mutated_packets_does_not_wedge_a_static_job(
     switch_factory, workers_at, tmp_path: Path
 ) -> None:
     stats = tmp_path / "stats.json"
-    sw = switch_factory(W, stats_file=stats, elements=64)
+    sw = switch_factory(W, stats_file=stats, elements=64, extra=["--metrics", "127.0.0.1:0"])
     ws = workers_at(sw.address)
     xs = inputs("int32", 10_000, 5)
     check(xs, [f.result() for f in [w.allreduce_async(x) for w, x in zip(ws, xs, strict=True)]], 64)
     host, port = sw.address.rsplit(":", 1)
     real_join = join_packet(1, 2, 0x12345678)
     real_contrib = HEADER.pack(1, MsgType.CONTRIB, 0, 1, 1, 2, 3, 2, 7, 0, 0, 0) + b"\x00\x00\x00\x01" * 2
+    before = _packets_in(sw.ready["metrics"])
     _flood((host, int(port)), real_join, real_contrib, 100_000, seed=6)
+    # "After the flood": the switch has taken every datagram off its socket (its counters say so; the
+    # kernel may hold thousands queued), and one join refresh has passed, so no stray is still a
+    # member. A flood that goes on while the workers call can end their calls in a job without a key.
+    deadline = time.monotonic() + 60
+    while _packets_in(sw.ready["metrics"]) < before + 100_000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.5)
     assert sw.proc.poll() is None, "the switch died"
     ys = inputs("int32", 10_000, 7)
     outs = [f.result(timeout=60) for f in [w.allreduce_async(y) for w, y in zip(ws, ys, strict=True)]]
@@ -238,3 +256,27 @@ def test_a_worker_that_joins_afresh_ends_the_others_call_and_the_next_call_works
         assert [f.result(timeout=30).tolist() for f in futures] == [[0, 2, 4, 6]] * 2
     finally:
         b2w.close()
+
+
+def test_a_worker_from_another_address_is_told_so(switch_factory) -> None:
+    """A job with fixed worker addresses (the controller pins them): a worker joining from elsewhere
+    is refused at once with wrong_source, named in its error."""
+    from netagg.cli.launch import free_port
+    from netagg.rpc import channel
+    from netagg.v1 import control_pb2 as pb
+    from netagg.v1 import control_pb2_grpc as pb_grpc
+
+    token = "recovery-test-token-7"
+    sw = switch_factory(None, agent="127.0.0.1:0", token=token)
+    assert sw.agent_address is not None
+    pinned = [f"127.0.0.1:{free_port(udp=True)}" for _ in range(2)]
+    with channel(sw.agent_address, token) as ch:
+        pb_grpc.SwitchAgentStub(ch).InstallJob(
+            pb.InstallJobRequest(
+                wire_job_id=5, workers=2, slots=4, elements_per_packet=64, worker_addresses=pinned
+            )
+        )
+    t0 = time.monotonic()
+    with pytest.raises(RefusedError, match="takes worker 1's packets for job 5 from another address") as err:
+        Worker(sw.address, 1, 2, job=5, join_timeout=30)
+    assert err.value.reason == "wrong_source" and time.monotonic() - t0 < 10
