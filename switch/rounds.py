@@ -22,26 +22,11 @@ class Rounds:
     counters: collections.Counter[str]
     join_refresh: float
     _clock: Callable[[], float]
-    _start_parent_round: Callable[[JobState, int], Output]  # switch.tree.TreeNode's
-
-    def _drop(self, reason: str, job: JobState | None = None) -> list[Output]:
-        raise NotImplementedError
-
-    def _emit(self, outs: list[Output]) -> list[Output]:
-        raise NotImplementedError
-
-    def _refuse(
-        self,
-        job: JobState | None,
-        reason: Reason,
-        src: Address,
-        job_id: int,
-        worker: int,
-        slot: int,
-        seq: int,
-        detail: int = 0,
-    ) -> list[Output]:
-        raise NotImplementedError
+    # The dataplane's (switch.core.Dataplane) and the tree's (switch.tree.TreeNode):
+    _drop: Callable[..., list[Output]]
+    _emit: Callable[[list[Output]], list[Output]]
+    _refuse: Callable[..., list[Output]]
+    _start_parent_round: Callable[[JobState, int], Output]
 
     def _join(
         self,

@@ -45,6 +45,19 @@ def switch_outputs(outs) -> list[tuple[bytes, list[str]]]:
     return res
 
 
+def join_all(dp: Dataplane, workers: int) -> list[Session]:
+    """Every worker's JOIN handshake through the dataplane (worker w at address "w<w>"); the last JOIN
+    acks them all. Their sessions."""
+    shakes = [JoinHandshake(JOB, w) for w in range(workers)]
+    params: list[JobParams | None] = [None] * workers
+    for w, hs in enumerate(shakes):
+        for data, dests in switch_outputs(dp.handle(hs.packet, f"w{w}")):
+            for dest in dests:
+                i = int(dest[1:])
+                params[i] = shakes[i].on_datagram(data, len(data)) or params[i]
+    return [Session(p, Rto(0.02, 0.5)) for p in params if p is not None]
+
+
 class Net:
     """W engines, one dataplane and the channel between them."""
 
@@ -58,15 +71,7 @@ class Net:
         self.inflight: list[tuple[str, int, bytes]] = []  # (direction, worker, datagram)
 
     def _join(self, workers: int) -> list[Session]:
-        """Every worker's JOIN handshake through the dataplane; the last JOIN acks them all."""
-        shakes = [JoinHandshake(JOB, w) for w in range(workers)]
-        params: list[JobParams | None] = [None] * workers
-        for w, hs in enumerate(shakes):
-            for data, dests in switch_outputs(self.dp.handle(hs.packet, f"w{w}")):
-                for dest in dests:
-                    i = int(dest[1:])
-                    params[i] = shakes[i].on_datagram(data, len(data)) or params[i]
-        return [Session(p, Rto(0.02, 0.5)) for p in params if p is not None]
+        return join_all(self.dp, workers)
 
     def put(self, direction: str, w: int, data: bytes) -> None:
         if self.rng.random() < self.loss:

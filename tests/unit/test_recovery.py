@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 
 from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
 from host_agent.errors import RefusedError
-from host_agent.join import JoinHandshake
 from host_agent.session import JobParams, Rto, Session
 from netagg.protocol import MsgType, Reason, decode, refuse_packet, slot_field
 from netagg.verify import allreduce_error_bound
 from switch.core import Dataplane, JobConfig
-from tests.unit.test_engine import datagrams, switch_outputs
+from tests.unit.test_engine import datagrams, join_all, switch_outputs
 
 JOB = 7
 
@@ -39,21 +38,11 @@ class Cluster:
         self.cfg = JobConfig(JOB, workers, slots, elements)
         self.dp = self._switch()
         self.inflight: list[tuple[str, str, bytes]] = []  # (direction, worker address, datagram)
-        self.sessions = self._join(workers)
+        self.sessions = join_all(self.dp, workers)
         self.restarts = 0
 
     def _switch(self) -> Dataplane:
         return Dataplane([self.cfg], join_refresh=1e9, clock=lambda: self.now)
-
-    def _join(self, workers: int) -> list[Session]:
-        shakes = [JoinHandshake(JOB, w) for w in range(workers)]
-        params: list[JobParams | None] = [None] * workers
-        for w, hs in enumerate(shakes):
-            for data, dests in switch_outputs(self.dp.handle(hs.packet, f"w{w}")):
-                for dest in dests:
-                    i = int(dest[1:])
-                    params[i] = shakes[i].on_datagram(data, len(data)) or params[i]
-        return [Session(p, Rto(0.02, 0.5)) for p in params if p is not None]
 
     def put(self, direction: str, addr: str, data: bytes) -> None:
         if self.rng.random() < self.loss:
