@@ -74,6 +74,17 @@ def _check_address(text: str, what: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _rank_and_address(job: pb.Job, rank: int, address: str) -> str:
+    """A worker's rank checked against ``job`` and its ``HOST:PORT`` checked (JoinJob, LeaveJob):
+    the address, or a ControlError (INVALID_ARGUMENT)."""
+    if rank >= job.spec.workers:
+        raise ControlError(
+            StatusCode.INVALID_ARGUMENT,
+            f"rank {rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}",
+        )
+    return _check_address(address, "address")
+
+
 def _visible(tenant: Tenant, job: pb.Job) -> bool:
     return tenant.admin or job.owner == tenant.name
 
@@ -212,12 +223,7 @@ class ControllerService(pb_grpc.ControllerServicer):
         tenant = tenant_of(context, self.tokens)
         with answering(context):
             job = self._job_for(request.job_id, tenant)
-            if request.rank >= job.spec.workers:
-                raise ControlError(
-                    StatusCode.INVALID_ARGUMENT,
-                    f"rank {request.rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}",
-                )
-            address = _check_address(request.address, "address")
+            address = _rank_and_address(job, request.rank, request.address)
             with self.store.locked():
                 member = self.store.member(job.job_id, request.rank)
                 taken = member is not None and not member.left and member.address != address
@@ -256,12 +262,7 @@ class ControllerService(pb_grpc.ControllerServicer):
         tenant = tenant_of(context, self.tokens)
         with answering(context):
             job = self._job_for(request.job_id, tenant)
-            if request.rank >= job.spec.workers:
-                raise ControlError(
-                    StatusCode.INVALID_ARGUMENT,
-                    f"rank {request.rank} is outside job {job.job_id}'s ranks 0-{job.spec.workers - 1}",
-                )
-            address = _check_address(request.address, "address")
+            address = _rank_and_address(job, request.rank, request.address)
             left = self.store.leave_member(job.job_id, request.rank, address)
         if left:
             log.info("job %s: rank %d (%s) left", job.job_id, request.rank, address)

@@ -295,12 +295,7 @@ class PythonSwitch:
 
     def close(self) -> None:
         """Stop the agent and the metrics server, release the socket and close the capture."""
-        if self.agent is not None:
-            self.agent.stop(grace=1.0)
-            self.agent = None
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
+        _stop_servers(self)
         if isinstance(self.server, UdpSwitch):
             self.server.sock.close()
             if self.server.capture is not None:
@@ -312,6 +307,16 @@ class PythonSwitch:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.close()
+
+
+def _stop_servers(switch: PythonSwitch | Bmv2Switch) -> None:
+    """Stop a switch's agent and metrics servers, if it runs them (both switch kinds' close())."""
+    if switch.agent is not None:
+        switch.agent.stop(grace=1.0)
+        switch.agent = None
+    if switch.metrics is not None:
+        switch.metrics.close()
+        switch.metrics = None
 
 
 def run_python_switch(options: PythonSwitchOptions, announce: Announce) -> dict[str, Any]:
@@ -429,12 +434,7 @@ class Bmv2Switch:
         self._stop.set()
 
     def close(self) -> None:
-        if self.agent is not None:
-            self.agent.stop(grace=1.0)
-            self.agent = None
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
+        _stop_servers(self)
         self.process.stop()
 
     def __enter__(self) -> Bmv2Switch:
