@@ -125,7 +125,10 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 && hdr.udp.src_port == meta.worker_port;
             bool slot_ok = hdr.netagg.slot >= meta.slot_base
                 && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
-            if (!(hdr.netagg.type == TYPE_CONTRIB && meta.job_found == 1 && from_worker && slot_ok
+            /* a reduce-scatter's chunk belongs to a rank of the whole job, or to every worker */
+            bool root_ok = coll != COLL_REDUCE_SCATTER || hdr.netagg.op[7:0] == ROOT_ALL
+                || (bit<32>)hdr.netagg.op[7:0] < meta.total_workers;
+            if (!(hdr.netagg.type == TYPE_CONTRIB && meta.job_found == 1 && from_worker && slot_ok && root_ok
                   && hdr.netagg.count <= meta.elements && hdr.netagg.set == hdr.netagg.seq[0:0]
                   && meta.joined != 0 && hdr.netagg.epoch == meta.epoch)) {
                 if (hdr.netagg.type != TYPE_CONTRIB && hdr.netagg.type != TYPE_JOIN) {
@@ -141,6 +144,8 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                     reject(DROP_UNKNOWN_JOB);
                 } else if (hdr.netagg.worker >= meta.workers) {
                     reject(DROP_BAD_WORKER);
+                } else if (hdr.netagg.type == TYPE_CONTRIB && !root_ok) {
+                    reject(DROP_BAD_OP);
                 } else if (hdr.netagg.type == TYPE_JOIN) {
                     /* "Joining", 0: the key is checked before anything about the job is looked at
                      * (the source address included) or changed. */
