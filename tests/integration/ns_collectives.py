@@ -2,7 +2,8 @@
 bound to the address the switch has for it), each result checked against numpy from inputs every rank
 rebuilds: for tests/integration/test_bmv2.py.
 
-    python -m tests.integration.ns_collectives --switch IP:PORT --rank R --world-size W --bind IP:PORT
+    python -m tests.integration.ns_collectives --switch IP:PORT --rank R --world-size W --bind IP:PORT \
+        [--worker-id I]   # in a tree: the worker's id at its leaf
 
 Prints one JSON line: {check name: ok} and the worker's counters.
 """
@@ -71,10 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world-size", type=int, required=True)
     p.add_argument("--bind", required=True)
+    p.add_argument("--worker-id", type=int, default=None, help="the worker's id at its switch (a tree)")
     p.add_argument("--shard", type=int, default=1000, help="elements per rank's shard")
     a = p.parse_args(argv)
     # no GSO runs: simple_switch taps the veth with pcap (README, "BMv2")
-    with Worker(a.switch, a.rank, a.world_size, bind=a.bind, batch=False, timeout=30) as w:
+    with Worker(
+        a.switch, a.rank, a.world_size, worker_id=a.worker_id, bind=a.bind, batch=False, timeout=30
+    ) as w:
         report: dict[str, Any] = {"checks": run(w, a.rank, a.world_size, a.shard), "stats": w.stats.as_dict()}
     print(json.dumps(report))
     return 0
