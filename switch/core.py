@@ -401,10 +401,9 @@ class Dataplane(Rounds, TreeNode):
                 self.counters["results_resent"] += 1
                 stored = job.out_view[k]
                 size = HEADER_SIZE if stored[OFF_FLAGS] & _EMPTY else HEADER_SIZE + 4 * count
-                if op and worker != op & 0xFF and self._owner_only(job, k):
-                    size = HEADER_SIZE  # a reduce-scatter's other workers get the header alone
                 resend = bytearray(stored[:size])
-                if size == HEADER_SIZE and count:
+                if op and worker != op & 0xFF and self._owner_only(job, k):
+                    resend = resend[:HEADER_SIZE]  # a reduce-scatter's other workers: the header alone
                     resend[OFF_FLAGS] |= _EMPTY
                 resend[OFF_FLAGS] |= _UNICAST  # FINAL, if the result came from an offer, stays
                 struct.pack_into("!H", resend, OFF_WORKER, worker)

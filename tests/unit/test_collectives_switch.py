@@ -126,6 +126,7 @@ def test_a_leaf_sends_reduce_scatter_up_for_everyone_and_empty_partials_empty() 
     for w in range(2):
         outs = dp.handle(contrib(w, 1, 0, None, op=ag, count=2), f"w{w}")
     [(data, dests)] = outs
+    assert isinstance(data, bytes | bytearray | memoryview)
     assert len(bytes(data)) == 24 and bytes(data)[2] & Flag.EMPTY and dests == [("parent", 1)]
     # The parent's RESULT of the reduce-scatter goes down to every child, payload and all.
     result = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ class Cluster:
         batched: bool,
         in_place: bool,
         restart_at: list[int],
-        kinds: list[tuple[Collective, Schedule | None]] | None = None,
+        kinds: Sequence[tuple[Collective, Schedule | None]] | None = None,
     ) -> list[list[np.ndarray]]:
         """Every worker makes ``calls`` in order; the switch restarts after it has handled each of
         ``restart_at`` packets, unless some worker has begun its last call (a worker that has returned
