@@ -58,6 +58,10 @@ class ExperimentOptions:
     switch daemons share two CPUs with eight workers (descheduled for tens of ms), and the spurious
     copies then take link time; None: the worker's own default."""
     forwarding: str = "bridge"
+    host_nice: int = 5
+    """Niceness added to every host process (netagg's workers and gloo's ranks alike), so that the
+    switch daemons, which stand for switch hardware, are not starved by the eight hosts on two CPUs
+    (the ring's forwarding is the kernel's, in softirq, which no niceness delays)."""
     baseline: bool = True
     """Run gloo's ring beside netagg."""
     tcp_bytes: int = 30_000_000
@@ -127,6 +131,8 @@ def run_experiment(
                             run = _case(net, mib, coll, opts, ring_first=k % 2 == 1)
                             runs.append({"bandwidth_mbit": bw, "loss_percent": loss, **run})
                             progress.line(run)
+                            partial = {"runs": runs, "tcp_checks": checks, "complete": False}
+                            (out_dir / "experiment.json").write_text(json.dumps(partial, indent=1))
                     if (
                         opts.train
                         and shape is largest
@@ -136,7 +142,7 @@ def run_experiment(
                         from mininet_topos.training import train_both
 
                         for model in opts.train:
-                            training.append(train_both(net, model, opts.epochs, out_dir))
+                            training.append(train_both(net, model, opts.epochs, out_dir, opts.host_nice))
     summary = {
         "topology": base.name,
         "hosts": len(base.hosts),
@@ -151,6 +157,7 @@ def run_experiment(
         "tcp_checks": checks,
         "runs": runs,
         "training": training,
+        "complete": True,
         "options": {k: v for k, v in asdict(opts).items() if k != "extra"},
         "machine": _machine(),
     }
@@ -184,43 +191,62 @@ class _Progress:
 
 
 def _tcp_line(c: dict[str, Any]) -> str:
-    return (
-        f"{c['from']} -> {c['to']}: {c['bytes'] / 1e6:.0f} MB in {c['seconds']:.2f} s = "
-        f"{c['mbit_per_s']:.1f} Mbit/s" + (f" ({c['of_link']:.0%} of the link)" if c.get("of_link") else "")
+    share = f" ({c['of_link']:.0%} of the link)" if c.get("of_link") else ""
+    return f"{len(c['flows'])} flows as the ring sends, {c['forwarding']} forwarding: slowest " + (
+        f"{c['slowest_mbit_per_s']:.1f} Mbit/s{share}"
     )
 
 
 def tcp_check(net: NetnsNetwork, nbytes: int, port: int = 5001) -> dict[str, Any]:
-    """Plain TCP (one Python socket each way) from the first host to the last, across every switch
-    between them: what the forwarding lets through, in Mbit/s and as a share of the slowest link's
-    rate."""
-    a, b = net.topo.hosts[0], net.topo.hosts[-1]
-    rx = net.popen(
-        b.name, [*HOSTRUN, "tcp-recv", "--listen", f"{b.ip}:{port}"], stdout=subprocess.PIPE, cwd=ROOT
-    )
-    try:
-        assert rx.stdout is not None
-        rx.stdout.readline()  # listening
-        tx = net.run(
-            a.name, [*HOSTRUN, "tcp-send", "--to", f"{b.ip}:{port}", "--bytes", str(nbytes)], timeout=60
+    """Plain TCP (Python sockets) as the ring sends: every host to the next one at once (the last to
+    the first), across every switch between them. Per flow Mbit/s; the slowest flow as a share of the
+    slowest link's rate says whether the switch nodes' forwarding would limit the ring."""
+    hosts = net.topo.hosts
+    pairs = [(hosts[k], hosts[(k + 1) % len(hosts)]) for k in range(len(hosts))]
+    if len(hosts) == 2:
+        pairs = pairs[:1]
+    receivers = [
+        net.popen(
+            b.name, [*HOSTRUN, "tcp-recv", "--listen", f"{b.ip}:{port}"], stdout=subprocess.PIPE, cwd=ROOT
         )
-        if tx.returncode != 0:
-            raise RuntimeError(f"the TCP check's sender failed: {tx.stderr.strip()[-500:]}")
-        out, _ = rx.communicate(timeout=30)
+        for _, b in pairs
+    ]
+    senders = []
+    try:
+        for rx in receivers:
+            assert rx.stdout is not None
+            rx.stdout.readline()  # listening
+        senders = [
+            net.popen(
+                a.name,
+                [*HOSTRUN, "tcp-send", "--to", f"{b.ip}:{port}", "--bytes", str(nbytes)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            for a, b in pairs
+        ]
+        for tx in senders:
+            _, err = tx.communicate(timeout=60)
+            if tx.returncode != 0:
+                raise RuntimeError(f"the TCP check's sender failed: {err.strip()[-500:]}")
+        flows = [json.loads(rx.communicate(timeout=30)[0].strip().splitlines()[-1]) for rx in receivers]
     finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
-    got = json.loads(out.strip().splitlines()[-1])
+        for p in [*receivers, *senders]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     rates = [lk.bandwidth_mbit for lk in net.topo.links if lk.bandwidth_mbit]
     link = min(rates) if rates else None
+    slowest = min(f["mbit_per_s"] for f in flows)
     return {
-        "from": a.name,
-        "to": b.name,
+        "flows": [f"{a.name}->{b.name}" for a, b in pairs],
         "forwarding": net.forwarding,
-        **got,
+        "bytes": nbytes,
+        "mbit_per_s": [round(f["mbit_per_s"], 2) for f in flows],
+        "slowest_mbit_per_s": slowest,
         "link_mbit": link,
-        "of_link": got["mbit_per_s"] / link if link else None,
+        "of_link": slowest / link if link else None,
     }
 
 
@@ -271,6 +297,7 @@ def _run_hosts(
     procs = []
     for rank, host in enumerate(topo.hosts):
         cmd = [
+            *("nice", "-n", str(opts.host_nice)),
             *HOSTRUN,
             "collective",
             *("--impl", impl, "--collective", coll, "--rank", str(rank), "--world-size", str(w)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -109,6 +110,8 @@ class NetnsNetwork:
             if self.forwarding == "bridge":
                 for sw in self.topo.switches:
                     self._bridge(sw.name, sw.ip, sw.mac)
+            else:
+                self._offloads_off()
             self._shape()
         except BaseException:
             self.stop()
@@ -148,6 +151,18 @@ class NetnsNetwork:
             ns.link("set", index=br, address=mac, mtu=MTU)
             ns.addr("add", index=br, address=ip, prefixlen=24)
             ns.link("set", index=br, state="up")
+
+    def _offloads_off(self) -> None:
+        """Raw-Ethernet switch nodes pass frames on as they read them, and a veth hands a frame with
+        its TCP checksum not yet filled in (checksum offload) or as one 64 KB segment (TSO) to a raw
+        socket: TCP across them gets nowhere unless every port computes checksums and segments in
+        software (ethtool; without it TCP between hosts fails, UDP to the switches works)."""
+        if shutil.which("ethtool") is None:
+            log.warning("no ethtool: TCP between hosts will not cross raw-Ethernet switch nodes")
+            return
+        for node in self.node_names():
+            for port in self.ports[node]:
+                self.run(node, ["ethtool", "-K", port, "tx", "off", "tso", "off", "gso", "off", "gro", "off"])
 
     def _shape(self) -> None:
         """Rate, delay and loss on each end's egress (:func:`mininet_topos.links.shape`); loss that

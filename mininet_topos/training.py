@@ -29,12 +29,13 @@ step), 2048 a bigger one (4.3 M parameters, 17 MB per step)."""
 _port = [29900]
 
 
-def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path) -> dict[str, Any]:
+def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path, nice: int = 5) -> dict[str, Any]:
     """One training run on every host; rank 0's report (with ``wall_s``, the slowest host's)."""
     topo = net.topo
     world = len(topo.hosts)
     _port[0] += 1
     env = [
+        *("nice", "-n", str(nice)),  # as the experiment's collectives (ExperimentOptions.host_nice)
         "env",
         f"MASTER_ADDR={topo.hosts[0].ip}",
         f"MASTER_PORT={_port[0]}",
@@ -85,7 +86,7 @@ def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path) -> 
     return report
 
 
-def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path) -> dict[str, Any]:
+def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path, nice: int = 5) -> dict[str, Any]:
     """The ``model`` workload ("small" or "big", :data:`MODELS`) with netagg and with the ring on
     ``net``'s hosts: per-step time, accuracy and time to accuracy side by side."""
     hidden = MODELS[model]
@@ -93,7 +94,7 @@ def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path) -> dic
         f"  DDP training, {model} model (hidden {hidden}), {epochs} epochs: netagg, then the ring", flush=True
     )
     runs = {
-        key: train(net, impl, hidden, epochs, out_dir / f"train_{model}_{key}.json")
+        key: train(net, impl, hidden, epochs, out_dir / f"train_{model}_{key}.json", nice)
         for key, impl in (("netagg", "netagg"), ("ring", "gloo"))
     }
     row: dict[str, Any] = {"model": model, "hidden": hidden, "workers": len(net.topo.hosts), "epochs": epochs}

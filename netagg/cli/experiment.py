@@ -83,6 +83,13 @@ def add_parser(sub: Any) -> None:
         "--slots", type=_int_range(1, 1024), default=128, help="slots of the job (each worker's window)"
     )
     e.add_argument(
+        "--host-nice",
+        type=_int_range(0, 19),
+        default=5,
+        help="niceness added to every host process, netagg's and gloo's alike (default 5: the switch "
+        "daemons stand for switch hardware and must not starve behind the hosts)",
+    )
+    e.add_argument(
         "--min-rto",
         type=float,
         default=0.2,
@@ -173,6 +180,7 @@ def _experiment(args: argparse.Namespace) -> int:
         elements=args.elements,
         slots=args.slots,
         min_rto=args.min_rto,
+        host_nice=args.host_nice,
         forwarding=args.forwarding,
         baseline=not args.no_baseline,
         train=train,
