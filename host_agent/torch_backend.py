@@ -1,0 +1,560 @@
+"""The torch.distributed backend ``"netagg"``: collectives through a netagg switch.
+
+    import host_agent                               # registers the backend (so does torch's entry point)
+    import torch.distributed as dist
+
+    # NETAGG_SWITCH=127.0.0.1:47000 (a static job), or NETAGG_CONTROLLER + NETAGG_JOB=j-... + NETAGG_TOKEN
+    dist.init_process_group("netagg", init_method="tcp://...", rank=r, world_size=w)  # or torchrun's env://
+
+:class:`NetAggProcessGroup` is a Python :class:`torch.distributed.ProcessGroup` over one
+:class:`host_agent.Worker`. allreduce (SUM, AVG, MAX, MIN), reduce-scatter, all-gather, broadcast and
+barrier go through the switch for float32, bfloat16, float16 and int32 (gathers and broadcasts: any
+dtype, as bytes); everything else (send/recv, all_to_all, gather, scatter, reduce to one rank, other
+reductions and dtypes) goes through a gloo group built on the same store, counted per op in
+:meth:`NetAggProcessGroup.stats` and logged once per kind. Collectives return at once: the worker's I/O
+thread carries them out in the order they were made and completes each work's future, so the caller
+(DDP's backward pass, FSDP2's prefetch) computes meanwhile.
+
+Only the group created first in a process (normally the default group) uses the switch: a job at the
+switch has one member per rank. Further ``netagg`` groups (``new_group``, DeviceMesh sub-meshes) are
+gloo groups with the same stats, their collectives counted as fallbacks (reason ``"subgroup"``).
+Where the environment comes from: :mod:`host_agent.torch_config`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# Private torch names (tests/integration/test_torch_backend.py::test_private_torch_names fails loudly
+# when torch renames them): a Work completed by a torch future, and the store a group's backends share.
+from torch._C._distributed_c10d import _create_work_from_future
+
+from host_agent.torch_config import BackendConfig, config_from_env
+from host_agent.worker import Worker
+
+__all__ = ["BACKEND", "NetAggProcessGroup", "create_process_group", "register"]
+
+log = logging.getLogger(__name__)
+
+BACKEND = "netagg"
+
+REDUCE_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16, torch.int32})
+"""Element types the switch reduces (floats quantized, docs/protocol.md "Quantization"; int32 exact)."""
+
+_FLOATS = frozenset({torch.float32, torch.bfloat16, torch.float16})
+_RED = dist.ReduceOp.RedOpType
+_SWITCH_OPS = {_RED.SUM: "sum", _RED.AVG: "sum", _RED.MAX: "max", _RED.MIN: "min"}
+
+_Work = Any  # torch's Work (C++); its Python stubs are incomplete
+
+
+def _red_op(op: Any) -> Any:
+    """The RedOpType of a ReduceOp or RedOpType."""
+    return getattr(op, "op", op)
+
+
+def _bytes(t: torch.Tensor) -> Any:
+    """A contiguous tensor's memory as a flat numpy uint8 array (shared, not copied)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+class NetAggProcessGroup(dist.ProcessGroup):
+    """One rank of a torch.distributed group whose collectives go through a netagg switch.
+
+    Made by :func:`create_process_group` (``init_process_group("netagg")`` calls it); ``worker`` is None
+    for a group that sends everything through ``gloo``.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        worker: Worker | None,
+        gloo: Any,
+        where: str,
+    ) -> None:
+        super().__init__(rank, world_size)
+        self._rank, self._world = rank, world_size
+        self._worker = worker
+        self._gloo = gloo
+        self._where = where
+        self._group_name = ""
+        self._lock = threading.Lock()
+        self._switch_ops: Counter[str] = Counter()
+        self._fallbacks: Counter[str] = Counter()
+        self._reasons: dict[str, str] = {}
+
+    # -- identity --------------------------------------------------------------------------------
+    def size(self) -> int:
+        return self._world
+
+    def rank(self) -> int:
+        return self._rank
+
+    def getBackendName(self) -> str:  # noqa: N802 (torch's name)
+        return BACKEND
+
+    def _set_group_name(self, name: str) -> None:
+        """c10d names every group after creating it; DeviceMesh and functional collectives look it up."""
+        self._group_name = name
+        super()._set_group_name(name)
+
+    @property
+    def group_name(self) -> str:
+        if not self._group_name:
+            raise RuntimeError("the netagg process group has no name yet (c10d sets it after creation)")
+        return self._group_name
+
+    @property
+    def group_desc(self) -> str:
+        return f"netagg: {self._where}"
+
+    def __repr__(self) -> str:
+        return f"NetAggProcessGroup(rank={self._rank}, world_size={self._world}, {self._where})"
+
+    # -- what went where -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Collectives through the switch and through gloo (per op), and the worker's traffic."""
+        with self._lock:
+            out: dict[str, Any] = {
+                "switch": self._worker is not None,
+                "where": self._where,
+                "switch_ops": dict(self._switch_ops),
+                "fallbacks": dict(self._fallbacks),
+                "fallback_reasons": dict(self._reasons),
+            }
+        out["traffic"] = self._worker.stats.as_dict() if self._worker is not None else {}
+        return out
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker that carries this group's collectives (None for a gloo-only group)."""
+        return self._worker
+
+    def shutdown(self) -> None:
+        """Finish queued collectives and release the worker (``destroy_process_group`` calls it)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def abort(self) -> None:
+        self.shutdown()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _via_gloo(self, op: str, reason: str) -> Any:
+        """The inner gloo group, for one collective of kind ``op`` that cannot go through the switch."""
+        with self._lock:
+            self._fallbacks[op] += 1
+            first = op not in self._reasons
+            if first:
+                self._reasons[op] = reason
+        if first:
+            log.warning("netagg: %s goes through gloo (%s); counted in stats()['fallbacks']", op, reason)
+        return self._gloo
+
+    def _switch(self, op: str) -> Worker:
+        with self._lock:
+            self._switch_ops[op] += 1
+        assert self._worker is not None
+        return self._worker
+
+    def _reason(self, kind: str, tensors: Sequence[torch.Tensor], op: Any = None) -> str | None:
+        """Why this collective cannot go through the switch, or None if it can."""
+        if self._worker is None:
+            return "subgroup" if self._gloo is not None else "no switch"
+        if hasattr(self._worker, "_closed") and self._worker._closed:  # pragma: no cover
+            return "worker closed"
+        for t in tensors:
+            if t.device.type != "cpu":
+                return f"{t.device.type} tensor"
+        if not _V2 and (kind not in ("allreduce", "allreduce_coalesced") or _red_op(op) not in (_RED.SUM, _RED.AVG) or any(t.dtype not in (torch.float32, torch.int32) for t in tensors)):
+            return "v1 worker"
+        if op is not None:
+            red = _red_op(op)
+            if red not in _SWITCH_OPS:
+                return f"reduction {red.name}"
+            for t in tensors:
+                if t.dtype not in REDUCE_DTYPES:
+                    return f"{t.dtype} reduction"
+                if red == _RED.AVG and t.dtype not in _FLOATS:
+                    return f"AVG of {t.dtype}"
+        return None
+
+    def _work(
+        self,
+        futures: Sequence[concurrent.futures.Future[Any]],
+        result: list[torch.Tensor],
+        then: Callable[[], None] | None = None,
+    ) -> _Work:
+        """A Work completed (from the worker's I/O thread) once every future is done: with ``result``
+        after running ``then`` (copies into the caller's tensors), or with the first error."""
+        fut: torch.futures.Future[list[torch.Tensor]] = torch.futures.Future()
+        left = [len(futures)]
+        failed = [False]
+        lock = threading.Lock()
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            exc = f.exception()
+            with lock:
+                left[0] -= 1
+                if failed[0]:
+                    return
+                if exc is None and left[0]:
+                    return
+                failed[0] = exc is not None
+            if exc is not None:
+                fut.set_exception(exc)  # type: ignore[arg-type]  # (torch types it as the result type)
+                return
+            try:
+                if then is not None:
+                    then()
+            except Exception as err:
+                fut.set_exception(err)  # type: ignore[arg-type]
+                return
+            fut.set_result(result)
+
+        if not futures:
+            fut.set_result(result)
+        for f in futures:
+            f.add_done_callback(done)
+        return _create_work_from_future(fut)
+
+    @staticmethod
+    def _target(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None] | None]:
+        """Where a collective writes for ``t``: ``t`` itself, or a contiguous copy and its write-back."""
+        if t.is_contiguous():
+            return t, None
+        buf = t.contiguous()
+        return buf, lambda: t.copy_(buf)  # type: ignore[func-returns-value]
+
+    # -- allreduce -----------------------------------------------------------------------------
+    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        why = self._reason("allreduce", tensors, op)
+        if why is not None:
+            return self._via_gloo("allreduce", why).allreduce(tensors, _opts(opts, "AllreduceOptions"))
+        return self._allreduce(tensors, op, "allreduce")
+
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        why = self._reason("allreduce_coalesced", tensors, op)
+        if why is not None:
+            gloo = self._via_gloo("allreduce_coalesced", why)
+            return gloo.allreduce_coalesced(tensors, _opts(opts, "AllreduceCoalescedOptions"))
+        return self._allreduce(tensors, op, "allreduce_coalesced")
+
+    def _allreduce(self, tensors: list[torch.Tensor], op: Any, kind: str) -> _Work:
+        worker = self._switch(kind)
+        red = _red_op(op)
+        futures, backs = [], []
+        for t in tensors:
+            buf, back = self._target(t)
+            futures.append(_allreduce_async(worker, buf, red))
+            if back is not None:
+                backs.append(back)
+        return self._work(futures, tensors, _all(backs))
+
+    # -- reduce-scatter ------------------------------------------------------------------------
+    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
+        return self._reduce_scatter(output, input, opts, "reduce_scatter_single")
+
+    def _reduce_scatter_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
+        return self._reduce_scatter(output, input, opts, "_reduce_scatter_base")
+
+    def reduce_scatter(
+        self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any = None
+    ) -> _Work:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        flat = [t for ts in inputs for t in ts]
+        why = self._reason("reduce_scatter", [*outputs, *flat], op)
+        if why is None and any(len(ts) != self._world for ts in inputs):
+            why = "input lists not of world size"
+        if why is None and any(t.numel() != o.numel() or t.dtype != o.dtype for o, ts in zip(outputs, inputs) for t in ts):
+            why = "uneven inputs"
+        if why is not None:
+            return self._via_gloo("reduce_scatter", why).reduce_scatter(outputs, inputs, _opts(opts, "ReduceScatterOptions"))
+        worker = self._switch("reduce_scatter")
+        futures, backs = [], []
+        red = _red_op(op)
+        for out, ts in zip(outputs, inputs, strict=True):
+            whole = torch.cat([t.reshape(-1) for t in ts])
+            buf, back = self._target(out)
+            futures.append(_reduce_scatter_async(worker, whole, buf, red))
+            if back is not None:
+                backs.append(back)
+        return self._work(futures, outputs, _all(backs))
+
+    def reduce_scatter_single_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> _Work:
+        return self._reduce_scatter_many(outputs, inputs, opts, "reduce_scatter_single_coalesced")
+
+    def reduce_scatter_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> _Work:
+        return self._reduce_scatter_many(outputs, inputs, opts, "reduce_scatter_tensor_coalesced")
+
+    def _reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, opts: Any, kind: str) -> _Work:  # noqa: A002
+        return self._reduce_scatter_many([output], [input], opts, kind)
+
+    def _reduce_scatter_many(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any, kind: str
+    ) -> _Work:
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        why = self._reason(kind, [*outputs, *inputs], op)
+        if why is None and any(
+            i.numel() != o.numel() * self._world or i.dtype != o.dtype for o, i in zip(outputs, inputs, strict=True)
+        ):
+            why = "input not world size x output"  # gloo raises torch's own error for it
+        if why is not None:
+            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "ReduceScatterOptions")
+            works = [gloo._reduce_scatter_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
+            return _all_works(works, outputs)
+        worker = self._switch(kind)
+        red = _red_op(op)
+        futures, backs = [], []
+        for out, inp in zip(outputs, inputs, strict=True):
+            buf, back = self._target(out)
+            futures.append(_reduce_scatter_async(worker, inp.contiguous(), buf, red))
+            if back is not None:
+                backs.append(back)
+        return self._work(futures, outputs, _all(backs))
+
+    # -- all-gather ----------------------------------------------------------------------------
+    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
+        return self._all_gather_many([output], [input], opts, "all_gather_single")
+
+    def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
+        return self._all_gather_many([output], [input], opts, "_allgather_base")
+
+    def allgather_into_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> _Work:
+        return self._all_gather_many(outputs, inputs, opts, "allgather_into_tensor_coalesced")
+
+    def all_gather_single_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> _Work:
+        return self._all_gather_many(outputs, inputs, opts, "all_gather_single_coalesced")
+
+    def _all_gather_many(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any, kind: str
+    ) -> _Work:
+        why = self._reason(kind, [*outputs, *inputs])
+        if why is None and any(
+            o.numel() != i.numel() * self._world or o.dtype != i.dtype for o, i in zip(outputs, inputs, strict=True)
+        ):
+            why = "output not world size x input"
+        if why is not None:
+            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "AllgatherOptions")
+            works = [gloo._allgather_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
+            return _all_works(works, outputs)
+        worker = self._switch(kind)
+        futures, backs = [], []
+        for out, inp in zip(outputs, inputs, strict=True):
+            buf, back = self._target(out)
+            futures.append(_all_gather_async(worker, inp.contiguous(), buf))
+            if back is not None:
+                backs.append(back)
+        return self._work(futures, outputs, _all(backs))
+
+    def allgather(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
+        return self._allgather_lists(outputs, inputs, opts, "allgather")
+
+    def allgather_coalesced(
+        self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
+    ) -> _Work:
+        return self._allgather_lists(outputs, inputs, opts, "allgather_coalesced")
+
+    def _allgather_lists(
+        self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any, kind: str
+    ) -> _Work:
+        why = self._reason(kind, [*inputs, *(t for ts in outputs for t in ts)])
+        if why is None and any(
+            len(ts) != self._world or any(t.numel() != i.numel() or t.dtype != i.dtype for t in ts)
+            for ts, i in zip(outputs, inputs, strict=True)
+        ):
+            why = "uneven outputs"
+        if why is not None:
+            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "AllgatherOptions")
+            if kind == "allgather_coalesced":
+                return gloo.allgather_coalesced(outputs, inputs, gopts)
+            return gloo.allgather(outputs, inputs, gopts)
+        worker = self._switch(kind)
+        futures, copies = [], []
+        for ts, inp in zip(outputs, inputs, strict=True):
+            whole = torch.empty(self._world * inp.numel(), dtype=inp.dtype)
+            futures.append(_all_gather_async(worker, inp.contiguous(), whole))
+            copies.append((ts, whole))
+
+        def scatter_copies() -> None:
+            for ts, whole in copies:
+                for t, part in zip(ts, whole.chunk(self._world), strict=True):
+                    t.copy_(part.view(t.shape))
+
+        return self._work(futures, [t for ts in outputs for t in ts], scatter_copies)
+
+    # -- broadcast, barrier --------------------------------------------------------------------
+    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+        root = opts.rootRank if opts is not None else 0
+        why = self._reason("broadcast", tensors)
+        if why is None and opts is not None and opts.rootTensor != 0:
+            why = "root tensor other than 0"
+        if why is not None:
+            return self._via_gloo("broadcast", why).broadcast(tensors, _opts(opts, "BroadcastOptions"))
+        worker = self._switch("broadcast")
+        futures, backs = [], []
+        for t in tensors:
+            buf, back = self._target(t)
+            futures.append(_broadcast_async(worker, buf, root))
+            if back is not None:
+                backs.append(back)
+        return self._work(futures, tensors, _all(backs))
+
+    def barrier(self, opts: Any = None) -> _Work:
+        why = self._reason("barrier", [])
+        if why is not None:
+            return self._via_gloo("barrier", why).barrier(_opts(opts, "BarrierOptions"))
+        return self._work([_barrier_async(self._switch("barrier"))], [])
+
+    # -- through gloo, always ------------------------------------------------------------------
+    def send(self, tensors: list[torch.Tensor], dst: int, tag: int) -> _Work:
+        return self._via_gloo("send", "point to point").send(tensors, dst, tag)
+
+    def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> _Work:
+        return self._via_gloo("recv", "point to point").recv(tensors, src, tag)
+
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> _Work:
+        return self._via_gloo("recv_anysource", "point to point").recv_anysource(tensors, tag)
+
+    def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
+        return self._via_gloo("alltoall", "all to all").alltoall(outputs, inputs, _opts(opts, "AllToAllOptions"))
+
+    def alltoall_base(
+        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int], opts: Any = None  # noqa: A002
+    ) -> _Work:
+        gloo = self._via_gloo("alltoall_base", "all to all")
+        return gloo.alltoall_base(output, input, output_splits, input_splits, _opts(opts, "AllToAllOptions"))
+
+    def all_to_all_single(
+        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int], opts: Any = None  # noqa: A002
+    ) -> _Work:
+        gloo = self._via_gloo("all_to_all_single", "all to all")
+        return gloo.alltoall_base(output, input, output_splits, input_splits, _opts(opts, "AllToAllOptions"))
+
+    def gather(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
+        return self._via_gloo("gather", "to one rank").gather(outputs, inputs, _opts(opts, "GatherOptions"))
+
+    def scatter(self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any = None) -> _Work:
+        return self._via_gloo("scatter", "from one rank").scatter(outputs, inputs, _opts(opts, "ScatterOptions"))
+
+    def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+        return self._via_gloo("reduce", "to one rank").reduce(tensors, _opts(opts, "ReduceOptions"))
+
+    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
+        gloo = self._via_gloo("monitored_barrier", "names the missing rank")
+        if timeout is None:
+            gloo.monitored_barrier(wait_all_ranks=wait_all_ranks)
+        else:
+            gloo.monitored_barrier(timeout, wait_all_ranks)
+
+
+# -- the worker's calls (one place that knows their signatures) -----------------------------------
+_V2 = hasattr(Worker, "reduce_scatter_async")  # MERGE: the v2 Worker; until then allreduce-sum only
+
+
+def _allreduce_async(worker: Worker, x: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
+    if not _V2:
+        return worker.allreduce_async(x, x, average=red == _RED.AVG)
+    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _RED.AVG)  # type: ignore[call-arg]
+
+
+def _reduce_scatter_async(worker: Worker, x: torch.Tensor, out: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
+    return worker.reduce_scatter_async(x, out, op=_SWITCH_OPS[red], average=red == _RED.AVG)
+
+
+def _all_gather_async(worker: Worker, x: torch.Tensor, out: torch.Tensor) -> concurrent.futures.Future[Any]:
+    return worker.all_gather_async(_bytes(x), _bytes(out))
+
+
+def _broadcast_async(worker: Worker, x: torch.Tensor, root: int) -> concurrent.futures.Future[Any]:
+    b = _bytes(x)
+    return worker.broadcast_async(b, root, b)
+
+
+def _barrier_async(worker: Worker) -> concurrent.futures.Future[Any]:
+    return worker.barrier_async()
+
+
+def _all(fns: list[Callable[[], None]]) -> Callable[[], None] | None:
+    if not fns:
+        return None
+
+    def run() -> None:
+        for fn in fns:
+            fn()
+
+    return run
+
+
+def _all_works(works: list[_Work], result: list[torch.Tensor]) -> _Work:
+    """One work for several of gloo's (which may complete in any order)."""
+    if len(works) == 1:
+        return works[0]
+    every = torch.futures.collect_all([w.get_future() for w in works])
+    return _create_work_from_future(every.then(lambda _: result))
+
+
+def _opts(opts: Any, name: str) -> Any:
+    """``opts`` as given, or torch's defaults (``name``: the options class)."""
+    if opts is not None:
+        return opts
+    import torch._C._distributed_c10d as c10d
+
+    return getattr(c10d, name)()
+
+
+# -- creation and registration ---------------------------------------------------------------------
+_groups_lock = threading.Lock()
+_switch_groups: list[NetAggProcessGroup] = []  # groups of this process that hold a worker
+
+
+def create_process_group(store: Any, rank: int, world_size: int, timeout: timedelta) -> NetAggProcessGroup:
+    """``init_process_group("netagg")``'s creator (and ``new_group(backend="netagg")``'s): a gloo group
+    on ``store`` for what the switch cannot do, and, for the first such group of the process, a worker
+    that joins the job the environment names (waiting up to ``timeout`` for every rank)."""
+    with _groups_lock:
+        _switch_groups[:] = [g for g in _switch_groups if g.worker is not None]
+        first = not _switch_groups
+    config: BackendConfig | None = config_from_env(os.environ) if first else None
+    gloo = dist.ProcessGroupGloo(dist.PrefixStore("netagg-gloo/", store), rank, world_size, timeout)
+    if config is None:
+        log.info("netagg: a further group (rank %d of %d) goes through gloo", rank, world_size)
+        return NetAggProcessGroup(rank, world_size, None, gloo, "gloo (another netagg group has the switch)")
+    worker = Worker(
+        rank=rank,
+        world_size=world_size,
+        join_timeout=max(timeout.total_seconds(), 1.0),
+        **config.worker_kwargs(),
+    )
+    group = NetAggProcessGroup(rank, world_size, worker, gloo, config.describe())
+    with _groups_lock:
+        _switch_groups.append(group)
+    log.info("netagg: rank %d of %d joined %s", rank, world_size, config.describe())
+    return group
+
+
+def register() -> None:
+    """Make ``"netagg"`` a torch.distributed backend for CPU tensors (idempotent)."""
+    if BACKEND not in dist.Backend.backend_list:
+        dist.Backend.register_backend(BACKEND, create_process_group, devices=["cpu"])
