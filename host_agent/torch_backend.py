@@ -21,6 +21,9 @@ gloo groups with the same stats, their collectives counted as fallbacks (reason 
 Where the environment comes from: :mod:`host_agent.torch_config`.
 """
 
+# torch's stubs declare each collective with its pybind overloads (and a ProcessGroup built from a
+# store); c10d calls a Python group's methods in the options form alone, which is what this class has.
+# mypy: disable-error-code="override, misc"
 from __future__ import annotations
 
 import concurrent.futures
@@ -37,9 +40,10 @@ import torch.distributed as dist
 
 # Private torch names (tests/integration/test_torch_backend.py::test_private_torch_names fails loudly
 # when torch renames them): a Work completed by a torch future, and the store a group's backends share.
-from torch._C._distributed_c10d import _create_work_from_future
+from torch._C._distributed_c10d import _create_work_from_future  # type: ignore[attr-defined]
 
 from host_agent.torch_config import BackendConfig, config_from_env
+from host_agent.torch_gloo import GlooRoutes, Work, all_works, options
 from host_agent.worker import Worker
 
 __all__ = ["BACKEND", "NetAggProcessGroup", "create_process_group", "register"]
@@ -52,10 +56,8 @@ REDUCE_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16, torch.i
 """Element types the switch reduces (floats quantized, docs/protocol.md "Quantization"; int32 exact)."""
 
 _FLOATS = frozenset({torch.float32, torch.bfloat16, torch.float16})
-_RED = dist.ReduceOp.RedOpType
-_SWITCH_OPS = {_RED.SUM: "sum", _RED.AVG: "sum", _RED.MAX: "max", _RED.MIN: "min"}
-
-_Work = Any  # torch's Work (C++); its Python stubs are incomplete
+_SUM, _AVG = dist.ReduceOp.SUM, dist.ReduceOp.AVG
+_SWITCH_OPS = {_SUM: "sum", _AVG: "sum", dist.ReduceOp.MAX: "max", dist.ReduceOp.MIN: "min"}
 
 
 def _red_op(op: Any) -> Any:
@@ -68,7 +70,7 @@ def _bytes(t: torch.Tensor) -> Any:
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-class NetAggProcessGroup(dist.ProcessGroup):
+class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
     """One rank of a torch.distributed group whose collectives go through a netagg switch.
 
     Made by :func:`create_process_group` (``init_process_group("netagg")`` calls it); ``worker`` is None
@@ -83,7 +85,7 @@ class NetAggProcessGroup(dist.ProcessGroup):
         gloo: Any,
         where: str,
     ) -> None:
-        super().__init__(rank, world_size)
+        super().__init__(rank, world_size)  # type: ignore[call-arg]  # (the stubs know the store form)
         self._rank, self._world = rank, world_size
         self._worker = worker
         self._gloo = gloo
@@ -104,7 +106,7 @@ class NetAggProcessGroup(dist.ProcessGroup):
     def getBackendName(self) -> str:  # noqa: N802 (torch's name)
         return BACKEND
 
-    def _set_group_name(self, name: str) -> None:
+    def _set_group_name(self, name: Any) -> None:
         """c10d names every group after creating it; DeviceMesh and functional collectives look it up."""
         self._group_name = name
         super()._set_group_name(name)
@@ -151,17 +153,6 @@ class NetAggProcessGroup(dist.ProcessGroup):
         self.shutdown()
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _via_gloo(self, op: str, reason: str) -> Any:
-        """The inner gloo group, for one collective of kind ``op`` that cannot go through the switch."""
-        with self._lock:
-            self._fallbacks[op] += 1
-            first = op not in self._reasons
-            if first:
-                self._reasons[op] = reason
-        if first:
-            log.warning("netagg: %s goes through gloo (%s); counted in stats()['fallbacks']", op, reason)
-        return self._gloo
-
     def _switch(self, op: str) -> Worker:
         with self._lock:
             self._switch_ops[op] += 1
@@ -177,8 +168,6 @@ class NetAggProcessGroup(dist.ProcessGroup):
         for t in tensors:
             if t.device.type != "cpu":
                 return f"{t.device.type} tensor"
-        if not _V2 and (kind not in ("allreduce", "allreduce_coalesced") or _red_op(op) not in (_RED.SUM, _RED.AVG) or any(t.dtype not in (torch.float32, torch.int32) for t in tensors)):
-            return "v1 worker"
         if op is not None:
             red = _red_op(op)
             if red not in _SWITCH_OPS:
@@ -186,8 +175,14 @@ class NetAggProcessGroup(dist.ProcessGroup):
             for t in tensors:
                 if t.dtype not in REDUCE_DTYPES:
                     return f"{t.dtype} reduction"
-                if red == _RED.AVG and t.dtype not in _FLOATS:
+                if red == _AVG and t.dtype not in _FLOATS:
                     return f"AVG of {t.dtype}"
+        if not _V2 and (
+            kind not in ("allreduce", "allreduce_coalesced")
+            or _red_op(op) not in (_SUM, _AVG)
+            or any(t.dtype not in (torch.float32, torch.int32) for t in tensors)
+        ):
+            return "v1 worker"
         return None
 
     def _work(
@@ -195,7 +190,7 @@ class NetAggProcessGroup(dist.ProcessGroup):
         futures: Sequence[concurrent.futures.Future[Any]],
         result: list[torch.Tensor],
         then: Callable[[], None] | None = None,
-    ) -> _Work:
+    ) -> Work:
         """A Work completed (from the worker's I/O thread) once every future is done: with ``result``
         after running ``then`` (copies into the caller's tensors), or with the first error."""
         fut: torch.futures.Future[list[torch.Tensor]] = torch.futures.Future()
@@ -235,25 +230,29 @@ class NetAggProcessGroup(dist.ProcessGroup):
         if t.is_contiguous():
             return t, None
         buf = t.contiguous()
-        return buf, lambda: t.copy_(buf)  # type: ignore[func-returns-value]
+
+        def back() -> None:
+            t.copy_(buf)
+
+        return buf, back
 
     # -- allreduce -----------------------------------------------------------------------------
-    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+    def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         why = self._reason("allreduce", tensors, op)
         if why is not None:
-            return self._via_gloo("allreduce", why).allreduce(tensors, _opts(opts, "AllreduceOptions"))
+            return self._via_gloo("allreduce", why).allreduce(tensors, options(opts, "AllreduceOptions"))
         return self._allreduce(tensors, op, "allreduce")
 
-    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         why = self._reason("allreduce_coalesced", tensors, op)
         if why is not None:
             gloo = self._via_gloo("allreduce_coalesced", why)
-            return gloo.allreduce_coalesced(tensors, _opts(opts, "AllreduceCoalescedOptions"))
+            return gloo.allreduce_coalesced(tensors, options(opts, "AllreduceCoalescedOptions"))
         return self._allreduce(tensors, op, "allreduce_coalesced")
 
-    def _allreduce(self, tensors: list[torch.Tensor], op: Any, kind: str) -> _Work:
+    def _allreduce(self, tensors: list[torch.Tensor], op: Any, kind: str) -> Work:
         worker = self._switch(kind)
         red = _red_op(op)
         futures, backs = [], []
@@ -265,24 +264,30 @@ class NetAggProcessGroup(dist.ProcessGroup):
         return self._work(futures, tensors, _all(backs))
 
     # -- reduce-scatter ------------------------------------------------------------------------
-    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
-        return self._reduce_scatter(output, input, opts, "reduce_scatter_single")
+    def reduce_scatter_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
+        return self._reduce_scatter(output, inp, opts, "reduce_scatter_single")
 
-    def _reduce_scatter_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
-        return self._reduce_scatter(output, input, opts, "_reduce_scatter_base")
+    def _reduce_scatter_base(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
+        return self._reduce_scatter(output, inp, opts, "_reduce_scatter_base")
 
     def reduce_scatter(
         self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         flat = [t for ts in inputs for t in ts]
         why = self._reason("reduce_scatter", [*outputs, *flat], op)
         if why is None and any(len(ts) != self._world for ts in inputs):
             why = "input lists not of world size"
-        if why is None and any(t.numel() != o.numel() or t.dtype != o.dtype for o, ts in zip(outputs, inputs) for t in ts):
+        if why is None and any(
+            t.numel() != o.numel() or t.dtype != o.dtype
+            for o, ts in zip(outputs, inputs, strict=True)
+            for t in ts
+        ):
             why = "uneven inputs"
         if why is not None:
-            return self._via_gloo("reduce_scatter", why).reduce_scatter(outputs, inputs, _opts(opts, "ReduceScatterOptions"))
+            return self._via_gloo("reduce_scatter", why).reduce_scatter(
+                outputs, inputs, options(opts, "ReduceScatterOptions")
+            )
         worker = self._switch("reduce_scatter")
         futures, backs = [], []
         red = _red_op(op)
@@ -296,30 +301,31 @@ class NetAggProcessGroup(dist.ProcessGroup):
 
     def reduce_scatter_single_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         return self._reduce_scatter_many(outputs, inputs, opts, "reduce_scatter_single_coalesced")
 
     def reduce_scatter_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         return self._reduce_scatter_many(outputs, inputs, opts, "reduce_scatter_tensor_coalesced")
 
-    def _reduce_scatter(self, output: torch.Tensor, input: torch.Tensor, opts: Any, kind: str) -> _Work:  # noqa: A002
-        return self._reduce_scatter_many([output], [input], opts, kind)
+    def _reduce_scatter(self, output: torch.Tensor, inp: torch.Tensor, opts: Any, kind: str) -> Work:
+        return self._reduce_scatter_many([output], [inp], opts, kind)
 
     def _reduce_scatter_many(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any, kind: str
-    ) -> _Work:
+    ) -> Work:
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         why = self._reason(kind, [*outputs, *inputs], op)
         if why is None and any(
-            i.numel() != o.numel() * self._world or i.dtype != o.dtype for o, i in zip(outputs, inputs, strict=True)
+            i.numel() != o.numel() * self._world or i.dtype != o.dtype
+            for o, i in zip(outputs, inputs, strict=True)
         ):
             why = "input not world size x output"  # gloo raises torch's own error for it
         if why is not None:
-            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "ReduceScatterOptions")
+            gloo, gopts = self._via_gloo(kind, why), options(opts, "ReduceScatterOptions")
             works = [gloo._reduce_scatter_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
-            return _all_works(works, outputs)
+            return all_works(works, outputs)
         worker = self._switch(kind)
         red = _red_op(op)
         futures, backs = [], []
@@ -331,34 +337,35 @@ class NetAggProcessGroup(dist.ProcessGroup):
         return self._work(futures, outputs, _all(backs))
 
     # -- all-gather ----------------------------------------------------------------------------
-    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
-        return self._all_gather_many([output], [input], opts, "all_gather_single")
+    def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
+        return self._all_gather_many([output], [inp], opts, "all_gather_single")
 
-    def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> _Work:  # noqa: A002
-        return self._all_gather_many([output], [input], opts, "_allgather_base")
+    def _allgather_base(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
+        return self._all_gather_many([output], [inp], opts, "_allgather_base")
 
     def allgather_into_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         return self._all_gather_many(outputs, inputs, opts, "allgather_into_tensor_coalesced")
 
     def all_gather_single_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         return self._all_gather_many(outputs, inputs, opts, "all_gather_single_coalesced")
 
     def _all_gather_many(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any, kind: str
-    ) -> _Work:
+    ) -> Work:
         why = self._reason(kind, [*outputs, *inputs])
         if why is None and any(
-            o.numel() != i.numel() * self._world or o.dtype != i.dtype for o, i in zip(outputs, inputs, strict=True)
+            o.numel() != i.numel() * self._world or o.dtype != i.dtype
+            for o, i in zip(outputs, inputs, strict=True)
         ):
             why = "output not world size x input"
         if why is not None:
-            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "AllgatherOptions")
+            gloo, gopts = self._via_gloo(kind, why), options(opts, "AllgatherOptions")
             works = [gloo._allgather_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
-            return _all_works(works, outputs)
+            return all_works(works, outputs)
         worker = self._switch(kind)
         futures, backs = [], []
         for out, inp in zip(outputs, inputs, strict=True):
@@ -368,17 +375,19 @@ class NetAggProcessGroup(dist.ProcessGroup):
                 backs.append(back)
         return self._work(futures, outputs, _all(backs))
 
-    def allgather(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
+    def allgather(
+        self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
+    ) -> Work:
         return self._allgather_lists(outputs, inputs, opts, "allgather")
 
     def allgather_coalesced(
         self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
-    ) -> _Work:
+    ) -> Work:
         return self._allgather_lists(outputs, inputs, opts, "allgather_coalesced")
 
     def _allgather_lists(
         self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any, kind: str
-    ) -> _Work:
+    ) -> Work:
         why = self._reason(kind, [*inputs, *(t for ts in outputs for t in ts)])
         if why is None and any(
             len(ts) != self._world or any(t.numel() != i.numel() or t.dtype != i.dtype for t in ts)
@@ -386,7 +395,7 @@ class NetAggProcessGroup(dist.ProcessGroup):
         ):
             why = "uneven outputs"
         if why is not None:
-            gloo, gopts = self._via_gloo(kind, why), _opts(opts, "AllgatherOptions")
+            gloo, gopts = self._via_gloo(kind, why), options(opts, "AllgatherOptions")
             if kind == "allgather_coalesced":
                 return gloo.allgather_coalesced(outputs, inputs, gopts)
             return gloo.allgather(outputs, inputs, gopts)
@@ -405,13 +414,13 @@ class NetAggProcessGroup(dist.ProcessGroup):
         return self._work(futures, [t for ts in outputs for t in ts], scatter_copies)
 
     # -- broadcast, barrier --------------------------------------------------------------------
-    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
+    def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
         root = opts.rootRank if opts is not None else 0
         why = self._reason("broadcast", tensors)
         if why is None and opts is not None and opts.rootTensor != 0:
             why = "root tensor other than 0"
         if why is not None:
-            return self._via_gloo("broadcast", why).broadcast(tensors, _opts(opts, "BroadcastOptions"))
+            return self._via_gloo("broadcast", why).broadcast(tensors, options(opts, "BroadcastOptions"))
         worker = self._switch("broadcast")
         futures, backs = [], []
         for t in tensors:
@@ -421,52 +430,11 @@ class NetAggProcessGroup(dist.ProcessGroup):
                 backs.append(back)
         return self._work(futures, tensors, _all(backs))
 
-    def barrier(self, opts: Any = None) -> _Work:
+    def barrier(self, opts: Any = None) -> Work:
         why = self._reason("barrier", [])
         if why is not None:
-            return self._via_gloo("barrier", why).barrier(_opts(opts, "BarrierOptions"))
+            return self._via_gloo("barrier", why).barrier(options(opts, "BarrierOptions"))
         return self._work([_barrier_async(self._switch("barrier"))], [])
-
-    # -- through gloo, always ------------------------------------------------------------------
-    def send(self, tensors: list[torch.Tensor], dst: int, tag: int) -> _Work:
-        return self._via_gloo("send", "point to point").send(tensors, dst, tag)
-
-    def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> _Work:
-        return self._via_gloo("recv", "point to point").recv(tensors, src, tag)
-
-    def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> _Work:
-        return self._via_gloo("recv_anysource", "point to point").recv_anysource(tensors, tag)
-
-    def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
-        return self._via_gloo("alltoall", "all to all").alltoall(outputs, inputs, _opts(opts, "AllToAllOptions"))
-
-    def alltoall_base(
-        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int], opts: Any = None  # noqa: A002
-    ) -> _Work:
-        gloo = self._via_gloo("alltoall_base", "all to all")
-        return gloo.alltoall_base(output, input, output_splits, input_splits, _opts(opts, "AllToAllOptions"))
-
-    def all_to_all_single(
-        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int], opts: Any = None  # noqa: A002
-    ) -> _Work:
-        gloo = self._via_gloo("all_to_all_single", "all to all")
-        return gloo.alltoall_base(output, input, output_splits, input_splits, _opts(opts, "AllToAllOptions"))
-
-    def gather(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None) -> _Work:
-        return self._via_gloo("gather", "to one rank").gather(outputs, inputs, _opts(opts, "GatherOptions"))
-
-    def scatter(self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any = None) -> _Work:
-        return self._via_gloo("scatter", "from one rank").scatter(outputs, inputs, _opts(opts, "ScatterOptions"))
-
-    def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> _Work:
-        return self._via_gloo("reduce", "to one rank").reduce(tensors, _opts(opts, "ReduceOptions"))
-
-    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
-        gloo = self._via_gloo("monitored_barrier", "names the missing rank")
-        if timeout is None:
-            gloo.monitored_barrier(wait_all_ranks=wait_all_ranks)
-        else:
-            gloo.monitored_barrier(timeout, wait_all_ranks)
 
 
 # -- the worker's calls (one place that knows their signatures) -----------------------------------
@@ -475,12 +443,14 @@ _V2 = hasattr(Worker, "reduce_scatter_async")  # MERGE: the v2 Worker; until the
 
 def _allreduce_async(worker: Worker, x: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
     if not _V2:
-        return worker.allreduce_async(x, x, average=red == _RED.AVG)
-    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _RED.AVG)  # type: ignore[call-arg]
+        return worker.allreduce_async(x, x, average=red == _AVG)
+    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _AVG)  # type: ignore[call-arg]
 
 
-def _reduce_scatter_async(worker: Worker, x: torch.Tensor, out: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
-    return worker.reduce_scatter_async(x, out, op=_SWITCH_OPS[red], average=red == _RED.AVG)
+def _reduce_scatter_async(
+    worker: Worker, x: torch.Tensor, out: torch.Tensor, red: Any
+) -> concurrent.futures.Future[Any]:
+    return worker.reduce_scatter_async(x, out, op=_SWITCH_OPS[red], average=red == _AVG)
 
 
 def _all_gather_async(worker: Worker, x: torch.Tensor, out: torch.Tensor) -> concurrent.futures.Future[Any]:
@@ -505,23 +475,6 @@ def _all(fns: list[Callable[[], None]]) -> Callable[[], None] | None:
             fn()
 
     return run
-
-
-def _all_works(works: list[_Work], result: list[torch.Tensor]) -> _Work:
-    """One work for several of gloo's (which may complete in any order)."""
-    if len(works) == 1:
-        return works[0]
-    every = torch.futures.collect_all([w.get_future() for w in works])
-    return _create_work_from_future(every.then(lambda _: result))
-
-
-def _opts(opts: Any, name: str) -> Any:
-    """``opts`` as given, or torch's defaults (``name``: the options class)."""
-    if opts is not None:
-        return opts
-    import torch._C._distributed_c10d as c10d
-
-    return getattr(c10d, name)()
 
 
 # -- creation and registration ---------------------------------------------------------------------
