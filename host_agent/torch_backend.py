@@ -117,10 +117,6 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             raise RuntimeError("the netagg process group has no name yet (c10d sets it after creation)")
         return self._group_name
 
-    @property
-    def group_desc(self) -> str:
-        return f"netagg: {self._where}"
-
     def __repr__(self) -> str:
         return f"NetAggProcessGroup(rank={self._rank}, world_size={self._world}, {self._where})"
 

@@ -122,7 +122,7 @@ def test_fallbacks_through_gloo_are_counted(switch_factory) -> None:
     np.testing.assert_array_equal(out[0]["gather"], [0.0, 0.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp2", "zero"])
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2", "fsdp1", "zero"])
 def test_training_matches_gloo(switch_factory, kind: str) -> None:
     world, steps = 2, 4
     sw = switch_factory(world)
@@ -140,6 +140,9 @@ def test_training_matches_gloo(switch_factory, kind: str) -> None:
         if kind == "fsdp2":
             assert stats["switch_ops"]["reduce_scatter_single"] >= steps
             assert stats["switch_ops"]["all_gather_single"] >= steps
+        elif kind == "fsdp1":
+            assert stats["switch_ops"]["reduce_scatter_single"] >= steps
+            assert stats["switch_ops"]["allgather"] >= 1
         else:
             assert stats["switch_ops"]["allreduce"] >= steps
             assert stats["switch_ops"]["broadcast"] >= 1  # DDP's initial parameter sync

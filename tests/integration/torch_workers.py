@@ -166,8 +166,8 @@ def train(
     rank: int, world: int, port: int, env: dict[str, str] | None, kind: str, steps: int
 ) -> dict[str, Any]:
     """``steps`` steps of SGD on every rank's own batches, the model wrapped by ``kind``: "ddp" (no
-    hook), "fsdp2" (fully_shard per layer, bf16 parameters, float32 gradient reduction) or "zero"
-    (DDP with ZeroRedundancyOptimizer). The losses (averaged over ranks, via the group), and stats."""
+    hook), "fsdp2" (fully_shard per layer, bf16 parameters, float32 gradient reduction), "fsdp1"
+    (FullyShardedDataParallel) or "zero" (DDP with ZeroRedundancyOptimizer). The losses (averaged over ranks, via the group), and stats."""
     import torch
     from torch.nn.functional import cross_entropy
 
@@ -183,6 +183,11 @@ def train(
                     fully_shard(layer, mp_policy=policy)
             fully_shard(model, mp_policy=policy)
             opt: Any = torch.optim.SGD(model.parameters(), lr=0.05)
+        elif kind == "fsdp1":  # torch 2.13's FSDP1 runs on a CPU-only machine with device_id=cpu
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            model = FSDP(model, device_id=torch.device("cpu"))
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
