@@ -167,7 +167,8 @@ def train(
 ) -> dict[str, Any]:
     """``steps`` steps of SGD on every rank's own batches, the model wrapped by ``kind``: "ddp" (no
     hook), "fsdp2" (fully_shard per layer, bf16 parameters, float32 gradient reduction), "fsdp1"
-    (FullyShardedDataParallel) or "zero" (DDP with ZeroRedundancyOptimizer). The losses (averaged over ranks, via the group), and stats."""
+    (FullyShardedDataParallel) or "zero" (DDP with ZeroRedundancyOptimizer). The losses (averaged
+    over ranks, via the group), and the group's stats."""
     import torch
     from torch.nn.functional import cross_entropy
 
