@@ -214,7 +214,7 @@ def feed(e: Engine, data: bytes) -> list:
             "count_mismatch",
             3,
             "differs from the 3 another worker sent for it: the workers called with different sizes "
-            r"\(this worker: 10 elements, in chunks of 4\)",
+            r"\(worker \d: allreduce of 10 elements, in chunks of 4\)",
         ),
         ("unknown_job", 0, r"switch sw:1 has no job 7 \(it was deleted"),
         ("wrong_source", 0, "takes worker 1's packets for job 7 from another address"),
