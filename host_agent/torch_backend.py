@@ -65,11 +65,6 @@ def _red_op(op: Any) -> Any:
     return getattr(op, "op", op)
 
 
-def _bytes(t: torch.Tensor) -> Any:
-    """A contiguous tensor's memory as a flat numpy uint8 array (shared, not copied)."""
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
 class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
     """One rank of a torch.distributed group whose collectives go through a netagg switch.
 
@@ -173,12 +168,6 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
                     return f"{t.dtype} reduction"
                 if red == _AVG and t.dtype not in _FLOATS:
                     return f"AVG of {t.dtype}"
-        if not _V2 and (
-            kind not in ("allreduce", "allreduce_coalesced")
-            or _red_op(op) not in (_SUM, _AVG)
-            or any(t.dtype not in (torch.float32, torch.int32) for t in tensors)
-        ):
-            return "v1 worker"
         return None
 
     def _work(
@@ -434,13 +423,8 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
 
 
 # -- the worker's calls (one place that knows their signatures) -----------------------------------
-_V2 = hasattr(Worker, "reduce_scatter_async")  # MERGE: the v2 Worker; until then allreduce-sum only
-
-
 def _allreduce_async(worker: Worker, x: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
-    if not _V2:
-        return worker.allreduce_async(x, x, average=red == _AVG)
-    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _AVG)  # type: ignore[call-arg]
+    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _AVG)
 
 
 def _reduce_scatter_async(
@@ -450,12 +434,11 @@ def _reduce_scatter_async(
 
 
 def _all_gather_async(worker: Worker, x: torch.Tensor, out: torch.Tensor) -> concurrent.futures.Future[Any]:
-    return worker.all_gather_async(_bytes(x), _bytes(out))
+    return worker.all_gather_async(x, out)
 
 
 def _broadcast_async(worker: Worker, x: torch.Tensor, root: int) -> concurrent.futures.Future[Any]:
-    b = _bytes(x)
-    return worker.broadcast_async(b, root, b)
+    return worker.broadcast_async(x, root, x)
 
 
 def _barrier_async(worker: Worker) -> concurrent.futures.Future[Any]:
