@@ -117,16 +117,16 @@ def test_fallbacks_through_gloo_are_counted(switch_factory) -> None:
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2", "fsdp1", "zero"])
 def test_training_matches_gloo(switch_factory, kind: str) -> None:
-    world, steps = 2, 4
+    world, steps = 2, 6
     sw = switch_factory(world)
     ours = run_workers(
         tw.train, world, world, free_port(), {"NETAGG_SWITCH": sw.address}, kind, steps, timeout=300
     )
     gloo = run_workers(tw.train, world, world, free_port(), None, kind, steps, timeout=300)
     for o, g in zip(ours, gloo, strict=True):
-        # close, not equal: gradients are summed with quantization (and in bf16 for fsdp2's parameters)
-        np.testing.assert_allclose(o["losses"], g["losses"], rtol=2e-3 if kind == "fsdp2" else 1e-4)
-        assert o["losses"][-1] < o["losses"][0]  # it trains
+        # close, not equal: gradients are summed with quantization (relative error ~2**-28 here)
+        np.testing.assert_allclose(o["losses"], g["losses"], rtol=1e-5)
+        assert o["losses"][-1] < 0.95 * o["losses"][0]  # it trains
         stats = o["stats"]
         assert not stats["fallbacks"], stats
         assert stats["traffic"]["bytes_sent"] > 0
@@ -173,7 +173,8 @@ def test_under_torchrun(switch_factory, tmp_path) -> None:
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["sum"] == [3.0] * 8 and got["gathered"] == [0, 1]
-        assert got["backend"] == "netagg" and got["stats"]["switch_ops"]["allreduce"] == 1
+        assert got["backend"] == "netagg" and not got["stats"]["fallbacks"]
+        assert got["stats"]["switch_ops"] == {"allreduce": 1, "all_gather_single": 1}
 
 
 def test_env_errors_are_clear() -> None:

@@ -160,17 +160,17 @@ def _mlp(seed: int) -> Any:
     )
 
 
-def _batch(rank: int, step: int) -> Any:
+def _batch(rank: int) -> Any:
     import torch
 
-    g = torch.Generator().manual_seed(1000 * step + rank)
+    g = torch.Generator().manual_seed(rank)
     return torch.randn(16, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
 
 
 def train(
     rank: int, world: int, port: int, env: dict[str, str] | None, kind: str, steps: int
 ) -> dict[str, Any]:
-    """``steps`` steps of SGD on every rank's own batches, the model wrapped by ``kind``: "ddp" (no
+    """``steps`` steps of SGD on every rank's own batch, the model wrapped by ``kind``: "ddp" (no
     hook), "fsdp2" (fully_shard per layer, bf16 parameters, float32 gradient reduction), "fsdp1"
     (FullyShardedDataParallel) or "zero" (DDP with ZeroRedundancyOptimizer). The losses (averaged
     over ranks, via the group), and the group's stats."""
@@ -188,12 +188,12 @@ def train(
                 if isinstance(layer, torch.nn.Linear):
                     fully_shard(layer, mp_policy=policy)
             fully_shard(model, mp_policy=policy)
-            opt: Any = torch.optim.SGD(model.parameters(), lr=0.05)
+            opt: Any = torch.optim.SGD(model.parameters(), lr=0.2)
         elif kind == "fsdp1":  # torch 2.13's FSDP1 runs on a CPU-only machine with device_id=cpu
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
             model = FSDP(model, device_id=torch.device("cpu"))
-            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            opt = torch.optim.SGD(model.parameters(), lr=0.2)
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -201,12 +201,12 @@ def train(
             if kind == "zero":
                 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-                opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.05)
+                opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.2)
             else:
-                opt = torch.optim.SGD(model.parameters(), lr=0.05)
+                opt = torch.optim.SGD(model.parameters(), lr=0.2)
         losses = []
-        for step in range(steps):
-            x, y = _batch(rank, step)
+        x, y = _batch(rank)
+        for _ in range(steps):
             loss = cross_entropy(model(x).float(), y)
             loss.backward()
             opt.step()
