@@ -38,8 +38,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# Private torch names (tests/integration/test_torch_backend.py::test_private_torch_names fails loudly
-# when torch renames them): a Work completed by a torch future, and the store a group's backends share.
+# Private (tests/unit/test_torch_backend.py::test_private_torch_names fails when torch renames it): a
+# Work completed by a torch future.
 from torch._C._distributed_c10d import _create_work_from_future  # type: ignore[attr-defined]
 
 from host_agent.torch_config import BackendConfig, config_from_env
@@ -83,6 +83,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
         super().__init__(rank, world_size)  # type: ignore[call-arg]  # (the stubs know the store form)
         self._rank, self._world = rank, world_size
         self._worker = worker
+        self._no_switch = "subgroup"  # why collectives go to gloo when there is no worker
         self._gloo = gloo
         self._where = where
         self._group_name = ""
@@ -137,6 +138,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
     def shutdown(self) -> None:
         """Finish queued collectives and release the worker (``destroy_process_group`` calls it)."""
         worker, self._worker = self._worker, None
+        self._no_switch = "shut down"
         if worker is not None:
             worker.close()
 
@@ -153,9 +155,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
     def _reason(self, kind: str, tensors: Sequence[torch.Tensor], op: Any = None) -> str | None:
         """Why this collective cannot go through the switch, or None if it can."""
         if self._worker is None:
-            return "subgroup" if self._gloo is not None else "no switch"
-        if hasattr(self._worker, "_closed") and self._worker._closed:  # pragma: no cover
-            return "worker closed"
+            return self._no_switch
         for t in tensors:
             if t.device.type != "cpu":
                 return f"{t.device.type} tensor"
@@ -209,17 +209,25 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             f.add_done_callback(done)
         return _create_work_from_future(fut)
 
-    @staticmethod
-    def _target(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None] | None]:
-        """Where a collective writes for ``t``: ``t`` itself, or a contiguous copy and its write-back."""
-        if t.is_contiguous():
-            return t, None
-        buf = t.contiguous()
+    def _each(
+        self,
+        targets: list[torch.Tensor],
+        start: Callable[[torch.Tensor, int], concurrent.futures.Future[Any]],
+    ) -> Work:
+        """``start(buf, i)`` for each target: a worker call that writes into ``buf``, the target itself
+        or, for a non-contiguous one, a contiguous copy written back when the call is done."""
+        futures, backs = [], []
+        for i, t in enumerate(targets):
+            buf = t if t.is_contiguous() else t.contiguous()
+            futures.append(start(buf, i))
+            if buf is not t:
+                backs.append((t, buf))
 
-        def back() -> None:
-            t.copy_(buf)
+        def write_back() -> None:
+            for t, buf in backs:
+                t.copy_(buf)
 
-        return buf, back
+        return self._work(futures, targets, write_back if backs else None)
 
     # -- allreduce -----------------------------------------------------------------------------
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
@@ -238,22 +246,16 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
         return self._allreduce(tensors, op, "allreduce_coalesced")
 
     def _allreduce(self, tensors: list[torch.Tensor], op: Any, kind: str) -> Work:
-        worker = self._switch(kind)
-        red = _red_op(op)
-        futures, backs = [], []
-        for t in tensors:
-            buf, back = self._target(t)
-            futures.append(_allreduce_async(worker, buf, red))
-            if back is not None:
-                backs.append(back)
-        return self._work(futures, tensors, _all(backs))
+        worker, red = self._switch(kind), _red_op(op)
+        how = {"op": _SWITCH_OPS[red], "average": red == _AVG}
+        return self._each(tensors, lambda buf, _: worker.allreduce_async(buf, buf, **how))
 
     # -- reduce-scatter ------------------------------------------------------------------------
     def reduce_scatter_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
-        return self._reduce_scatter(output, inp, opts, "reduce_scatter_single")
+        return self._reduce_scatter_many([output], [inp], opts, "reduce_scatter_single")
 
     def _reduce_scatter_base(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
-        return self._reduce_scatter(output, inp, opts, "_reduce_scatter_base")
+        return self._reduce_scatter_many([output], [inp], opts, "_reduce_scatter_base")
 
     def reduce_scatter(
         self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any = None
@@ -273,16 +275,8 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             return self._via_gloo("reduce_scatter", why).reduce_scatter(
                 outputs, inputs, options(opts, "ReduceScatterOptions")
             )
-        worker = self._switch("reduce_scatter")
-        futures, backs = [], []
-        red = _red_op(op)
-        for out, ts in zip(outputs, inputs, strict=True):
-            whole = torch.cat([t.reshape(-1) for t in ts])
-            buf, back = self._target(out)
-            futures.append(_reduce_scatter_async(worker, whole, buf, red))
-            if back is not None:
-                backs.append(back)
-        return self._work(futures, outputs, _all(backs))
+        wholes = [torch.cat([t.reshape(-1) for t in ts]) for ts in inputs]
+        return self._reduce_scatter_into(outputs, wholes, op, "reduce_scatter")
 
     def reduce_scatter_single_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
@@ -293,9 +287,6 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
     ) -> Work:
         return self._reduce_scatter_many(outputs, inputs, opts, "reduce_scatter_tensor_coalesced")
-
-    def _reduce_scatter(self, output: torch.Tensor, inp: torch.Tensor, opts: Any, kind: str) -> Work:
-        return self._reduce_scatter_many([output], [inp], opts, kind)
 
     def _reduce_scatter_many(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any, kind: str
@@ -311,15 +302,16 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             gloo, gopts = self._via_gloo(kind, why), options(opts, "ReduceScatterOptions")
             works = [gloo._reduce_scatter_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
             return all_works(works, outputs)
-        worker = self._switch(kind)
-        red = _red_op(op)
-        futures, backs = [], []
-        for out, inp in zip(outputs, inputs, strict=True):
-            buf, back = self._target(out)
-            futures.append(_reduce_scatter_async(worker, inp.contiguous(), buf, red))
-            if back is not None:
-                backs.append(back)
-        return self._work(futures, outputs, _all(backs))
+        return self._reduce_scatter_into(outputs, inputs, op, kind)
+
+    def _reduce_scatter_into(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], op: Any, kind: str
+    ) -> Work:
+        worker, red = self._switch(kind), _red_op(op)
+        how = {"op": _SWITCH_OPS[red], "average": red == _AVG}
+        return self._each(
+            outputs, lambda buf, i: worker.reduce_scatter_async(inputs[i].contiguous(), buf, **how)
+        )
 
     # -- all-gather ----------------------------------------------------------------------------
     def all_gather_single(self, output: torch.Tensor, inp: torch.Tensor, opts: Any = None) -> Work:
@@ -352,13 +344,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             works = [gloo._allgather_base(o, i, gopts) for o, i in zip(outputs, inputs, strict=True)]
             return all_works(works, outputs)
         worker = self._switch(kind)
-        futures, backs = [], []
-        for out, inp in zip(outputs, inputs, strict=True):
-            buf, back = self._target(out)
-            futures.append(_all_gather_async(worker, inp.contiguous(), buf))
-            if back is not None:
-                backs.append(back)
-        return self._work(futures, outputs, _all(backs))
+        return self._each(outputs, lambda buf, i: worker.all_gather_async(inputs[i].contiguous(), buf))
 
     def allgather(
         self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
@@ -388,7 +374,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
         futures, copies = [], []
         for ts, inp in zip(outputs, inputs, strict=True):
             whole = torch.empty(self._world * inp.numel(), dtype=inp.dtype)
-            futures.append(_all_gather_async(worker, inp.contiguous(), whole))
+            futures.append(worker.all_gather_async(inp.contiguous(), whole))
             copies.append((ts, whole))
 
         def scatter_copies() -> None:
@@ -407,53 +393,13 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
         if why is not None:
             return self._via_gloo("broadcast", why).broadcast(tensors, options(opts, "BroadcastOptions"))
         worker = self._switch("broadcast")
-        futures, backs = [], []
-        for t in tensors:
-            buf, back = self._target(t)
-            futures.append(_broadcast_async(worker, buf, root))
-            if back is not None:
-                backs.append(back)
-        return self._work(futures, tensors, _all(backs))
+        return self._each(tensors, lambda buf, _: worker.broadcast_async(buf, root, buf))
 
     def barrier(self, opts: Any = None) -> Work:
         why = self._reason("barrier", [])
         if why is not None:
             return self._via_gloo("barrier", why).barrier(options(opts, "BarrierOptions"))
-        return self._work([_barrier_async(self._switch("barrier"))], [])
-
-
-# -- the worker's calls (one place that knows their signatures) -----------------------------------
-def _allreduce_async(worker: Worker, x: torch.Tensor, red: Any) -> concurrent.futures.Future[Any]:
-    return worker.allreduce_async(x, x, op=_SWITCH_OPS[red], average=red == _AVG)
-
-
-def _reduce_scatter_async(
-    worker: Worker, x: torch.Tensor, out: torch.Tensor, red: Any
-) -> concurrent.futures.Future[Any]:
-    return worker.reduce_scatter_async(x, out, op=_SWITCH_OPS[red], average=red == _AVG)
-
-
-def _all_gather_async(worker: Worker, x: torch.Tensor, out: torch.Tensor) -> concurrent.futures.Future[Any]:
-    return worker.all_gather_async(x, out)
-
-
-def _broadcast_async(worker: Worker, x: torch.Tensor, root: int) -> concurrent.futures.Future[Any]:
-    return worker.broadcast_async(x, root, x)
-
-
-def _barrier_async(worker: Worker) -> concurrent.futures.Future[Any]:
-    return worker.barrier_async()
-
-
-def _all(fns: list[Callable[[], None]]) -> Callable[[], None] | None:
-    if not fns:
-        return None
-
-    def run() -> None:
-        for fn in fns:
-            fn()
-
-    return run
+        return self._work([self._switch("barrier").barrier_async()], [])
 
 
 # -- creation and registration ---------------------------------------------------------------------

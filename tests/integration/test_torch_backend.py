@@ -111,8 +111,36 @@ def test_fallbacks_through_gloo_are_counted(switch_factory) -> None:
         assert stats["fallbacks"] == expected, stats
         assert stats["fallback_reasons"]["allreduce"] == "reduction PRODUCT"
         assert stats["switch_ops"]["allreduce"] >= 1
+        ones, sub = o["subgroup"]
+        np.testing.assert_array_equal(ones, np.full(3, world))
+        assert not sub["switch"] and sub["fallbacks"] == {"allreduce": 1}, sub
+        assert sub["fallback_reasons"] == {"allreduce": "subgroup"}
     np.testing.assert_array_equal(out[1]["recv"], [7.0, 7.0, 7.0])
     np.testing.assert_array_equal(out[0]["gather"], [0.0, 0.0, 1.0, 1.0])
+
+
+def test_views_coalescing_and_device_mesh(switch_factory) -> None:
+    world = 2
+    sw = switch_factory(world)
+    out = run_workers(tw.odd_shapes, world, world, free_port(), {"NETAGG_SWITCH": sw.address}, timeout=300)
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for r, o in enumerate(out):
+        expected = grid * (r + 1)
+        expected[:, 1] = grid[:, 1] * world  # only the column, reduced by max
+        np.testing.assert_array_equal(o["column"], expected)
+        np.testing.assert_array_equal(o["transposed"], np.ones((3, 4)))
+        a, b = o["coalesced_gather"]
+        np.testing.assert_array_equal(a, [0, 0, 1, 1])
+        np.testing.assert_array_equal(b, [10, 10, 10, 11, 11, 11])
+        a, b = o["coalesced_rs"]
+        np.testing.assert_array_equal(a, 2 * np.arange(2.0 * r, 2.0 * r + 2) + 1)  # ranks 0 and 1 add 0, 1
+        np.testing.assert_array_equal(b, 2 * np.arange(4.0 * r, 4.0 * r + 4))
+        name, ours = o["mesh_group"]
+        assert name == ours  # the mesh uses the default group, by the name c10d gave it
+        stats = o["stats"]
+        assert not stats["fallbacks"], stats
+        assert stats["switch_ops"]["all_gather_single_coalesced"] == 1
+        assert stats["switch_ops"]["reduce_scatter_single_coalesced"] == 1
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp2", "fsdp1", "zero"])

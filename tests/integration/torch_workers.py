@@ -141,6 +141,49 @@ def fallbacks(rank: int, world: int, port: int, env: dict[str, str]) -> dict[str
         dist.all_reduce(t)  # back through the switch
         out["after"] = t.numpy().copy()
         out["stats"] = pg.stats()
+        sub = dist.new_group(backend="netagg")  # a second netagg group: gloo only
+        t = torch.ones(3)
+        dist.all_reduce(t, group=sub)
+        out["subgroup"] = (t.numpy().copy(), sub.stats())
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
+def odd_shapes(rank: int, world: int, port: int, env: dict[str, str]) -> dict[str, Any]:
+    """Non-contiguous tensors (written back), coalesced collectives (torch's coalescing manager), and
+    the group a DeviceMesh over the world uses."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist = init(rank, world, port, env)
+    pg = dist.group.WORLD
+    try:
+        out: dict[str, Any] = {}
+        grid = torch.arange(12, dtype=torch.float32).reshape(3, 4) * (rank + 1)
+        column = grid[:, 1]  # a strided view
+        dist.all_reduce(column, op=dist.ReduceOp.MAX)
+        out["column"] = grid.numpy().copy()
+        row_major = torch.full((4, 3), float(rank)).t()  # non-contiguous, all of it
+        dist.broadcast(row_major, src=1)
+        out["transposed"] = row_major.numpy().copy()
+        ins = [torch.full((2,), float(rank)), torch.full((3,), 10.0 + rank)]
+        outs = [torch.empty(2 * world), torch.empty(3 * world)]
+        with dist._coalescing_manager(group=pg, async_ops=True) as cm:
+            for o, i in zip(outs, ins, strict=True):
+                dist.all_gather_into_tensor(o, i)
+        cm.wait()
+        out["coalesced_gather"] = [o.numpy().copy() for o in outs]
+        rs_in = [torch.arange(2.0 * world) + rank, torch.arange(4.0 * world, dtype=torch.float32)]
+        rs_out = [torch.empty(2), torch.empty(4)]
+        with dist._coalescing_manager(group=pg, async_ops=True) as cm:
+            for o, i in zip(rs_out, rs_in, strict=True):
+                dist.reduce_scatter_tensor(o, i)
+        cm.wait()
+        out["coalesced_rs"] = [o.numpy().copy() for o in rs_out]
+        mesh = init_device_mesh("cpu", (world,))
+        out["mesh_group"] = (mesh.get_group().group_name, pg.group_name)
+        out["stats"] = pg.stats()
         return out
     finally:
         dist.destroy_process_group()
