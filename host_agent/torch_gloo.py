@@ -4,7 +4,8 @@
 has no part in: the collectives the network cannot do (point to point, all to all, gather, scatter,
 reduce to one rank, the monitored barrier) always go to gloo; the others go there when their reduction
 or dtype is not the switch's (the reason is the caller's). Every such collective is counted per op,
-and the first of each kind is logged with its reason.
+and the first of each kind is logged with its reason. :class:`FutureWork` is the Work the group
+returns for what goes through the switch.
 """
 
 from __future__ import annotations
