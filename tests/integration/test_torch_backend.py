@@ -227,8 +227,8 @@ def test_env_errors_are_clear() -> None:
         "only one of NETAGG_SWITCH": {"NETAGG_SWITCH": "127.0.0.1:1", "NETAGG_CONTROLLER": "127.0.0.1:2"},
         "controller's job id": {"NETAGG_CONTROLLER": "127.0.0.1:2", "NETAGG_JOB": "3"},
     }
-    for expected, env in cases.items():
-        (msg,) = run_workers(tw.env_error, 1, free_port(), env, timeout=120)
+    (messages,) = run_workers(tw.env_errors, 1, list(cases.values()), timeout=120)
+    for expected, msg in zip(cases, messages, strict=True):
         assert "ValueError" in msg and expected in msg, msg
 
 

@@ -266,16 +266,22 @@ def train(
         dist.destroy_process_group()
 
 
-def env_error(rank: int, port: int, env: dict[str, str]) -> str:
-    """What ``init_process_group("netagg")`` raises with this environment (one rank)."""
-    try:
-        init(rank, 1, port, env)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    import torch.distributed as dist
+def env_errors(rank: int, envs: list[dict[str, str]]) -> list[str]:
+    """What ``init_process_group("netagg")`` raises with each environment (one rank, one process)."""
+    from netagg.cli.launch import free_port
 
-    dist.destroy_process_group()
-    return "no error"
+    out = []
+    for env in envs:
+        try:
+            init(rank, 1, free_port(), env)
+        except Exception as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+            continue
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        out.append("no error")
+    return out
 
 
 def switch_dies(rank: int, world: int, port: int, env: dict[str, str], switch_pid: int) -> dict[str, Any]:
