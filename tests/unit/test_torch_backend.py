@@ -84,7 +84,7 @@ def test_private_torch_names() -> None:
     fut.set_result([torch.ones(1)])
     assert work.wait() and work.is_completed() and work.result()[0].item() == 1.0
     assert work.get_future() is fut
-    failed: torch.futures.Future = torch.futures.Future()
+    failed = torch.futures.Future()
     failed.set_exception(RuntimeError("the switch is gone"))
     with pytest.raises(RuntimeError, match="the switch is gone"):
         FutureWork(failed).wait()
