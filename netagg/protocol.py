@@ -33,8 +33,14 @@ __all__ = [
     "PAYLOAD_DTYPE",
     "SET_BIT",
     "VERSION",
+    "Coll",
     "Field",
     "Flag",
+    "ROOT_ALL",
+    "ReduceOp",
+    "check_op",
+    "describe_op",
+    "op_field",
     "Header",
     "MsgType",
     "OFFSET",
@@ -68,7 +74,7 @@ DEFAULT_PORT = 47000
 #: The controller's default gRPC port (not part of the wire protocol; here so the CLI imports no grpc).
 DEFAULT_CONTROLLER_PORT = 47100
 #: Protocol version carried in every header.
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,7 @@ FIELDS: tuple[Field, ...] = (
     Field("count", 2, "int32 elements after the header"),
     Field("seq", 4, "the slot's use number (JOIN: the worker's incarnation)"),
     Field("exp", 2, "block exponent proposal / agreed exponent (EXP_*)"),
-    Field("reserved", 2, "zero"),
+    Field("op", 2, "bits 15-12 the collective (Coll), 11-8 the reduction (ReduceOp), 7-0 the root rank"),
     Field("bitmap", 4, "contributors (RESULT, PENDING) or joined workers"),
 )
 _CODES = {1: "B", 2: "H", 4: "I"}
@@ -156,6 +162,7 @@ class Flag(enum.IntFlag):
     RESUME = 0x04  #: JOIN_ACK: the round continues every member's previous round (docs "Recovery")
     OFFER = 0x08  #: CONTRIB: carries a use's result (held by the sender), not a contribution
     FINAL = 0x10  #: RESULT/OFFER: the payload is the result's final values, copied as they are
+    EMPTY = 0x20  #: CONTRIB/RESULT without payload; ``count`` still says the use's (docs "Collectives")
 
 
 class Reason(enum.IntEnum):
@@ -168,6 +175,52 @@ class Reason(enum.IntEnum):
     count_mismatch = 4  #: another worker sent this use with another count (REFUSE bitmap = that count)
     wrong_source = 5  #: the job takes this worker's packets from another address
     bad_key = 6  #: the JOIN's key is not the job's
+    op_mismatch = 7  #: another worker sent this use with another op field (REFUSE bitmap = the use's)
+
+
+class Coll(enum.IntEnum):
+    """The collective a use belongs to: bits 15-12 of the header's ``op`` field (docs "Collectives")."""
+
+    allreduce = 0
+    reduce_scatter = 1
+    all_gather = 2
+    broadcast = 3
+    barrier = 4
+
+
+class ReduceOp(enum.IntEnum):
+    """The reduction the switch applies lane by lane: bits 11-8 of the ``op`` field."""
+
+    sum = 0
+    max = 1
+    min = 2
+
+
+#: ``root`` of a reduce-scatter use whose result goes to every worker (what a tree's leaf sends up).
+ROOT_ALL = 0xFF
+
+
+def op_field(coll: int, reduce: int = 0, root: int = 0) -> int:
+    """The 16-bit ``op`` field."""
+    return (coll << 12) | (reduce << 8) | root
+
+
+def check_op(op: int) -> bool:
+    """Whether an ``op`` field names a known collective and a reduction it allows."""
+    coll, reduce = op >> 12, (op >> 8) & 0xF
+    if coll > Coll.barrier or reduce > ReduceOp.min:
+        return False
+    return reduce == 0 or coll <= Coll.reduce_scatter
+
+
+def describe_op(op: int) -> str:
+    """``op`` in words, for error messages: "reduce_scatter(max, root 3)"."""
+    coll, reduce, root = op >> 12, (op >> 8) & 0xF, op & 0xFF
+    name = Coll(coll).name if coll <= Coll.barrier else f"collective {coll}"
+    red = ReduceOp(reduce).name if reduce <= ReduceOp.min else f"reduction {reduce}"
+    if coll <= Coll.reduce_scatter:
+        return f"{name}({red}" + (f", root {root})" if coll == Coll.reduce_scatter else ")")
+    return f"{name}(root {root})" if coll in (Coll.all_gather, Coll.broadcast) else name
 
 
 class ProtocolError(ValueError):
@@ -189,6 +242,7 @@ class Header:
     flags: int = 0
     epoch: int = 0
     bitmap: int = 0
+    op: int = 0
     version: int = VERSION
 
     def pack(self) -> bytes:
@@ -204,6 +258,7 @@ class Header:
             seq=self.seq,
             exp=self.exp,
             bitmap=self.bitmap,
+            op=self.op,
             version=self.version,
         )
 
@@ -225,10 +280,11 @@ def pack_header(
     seq: int = 0,
     exp: int = EXP_NONE,
     bitmap: int = 0,
+    op: int = 0,
     version: int = VERSION,
 ) -> bytes:
     """One header by field name (``slot`` is the raw 16-bit field: see :func:`slot_field`)."""
-    return HEADER.pack(version, type, flags, epoch, job, worker, slot, count, seq, exp, 0, bitmap)
+    return HEADER.pack(version, type, flags, epoch, job, worker, slot, count, seq, exp, op, bitmap)
 
 
 # -- the cold-path messages, by name (docs/protocol.md, "Messages") ---------------------------------
@@ -349,7 +405,7 @@ def parse_join_ack(
 def encode(header: Header, payload: np.ndarray | None = None) -> bytes:
     """Header plus payload (int32 elements, converted to network byte order) as one datagram."""
     if payload is None or payload.size == 0:
-        if header.count != 0:
+        if header.count != 0 and not header.flags & Flag.EMPTY:
             raise ProtocolError(f"header says count={header.count} but there is no payload")
         return header.pack()
     if payload.size != header.count:
@@ -361,22 +417,24 @@ def decode(datagram: bytes | bytearray | memoryview) -> tuple[Header, np.ndarray
     """Parse one datagram into its header and a read-only payload view (``>i4``).
 
     Raises :class:`ProtocolError` for anything a receiver must drop: too short, another version,
-    an unknown type, a non-zero reserved field, or a length that disagrees with ``count``.
+    an unknown type, an unknown ``op``, or a length that disagrees with ``count`` (24 bytes with
+    ``EMPTY``: the payload is then empty).
     """
     n = len(datagram)
     if n < HEADER_SIZE:
         raise ProtocolError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
-    version, mtype, flags, epoch, job, worker, slot, count, seq, exp, reserved, bitmap = HEADER.unpack_from(
+    version, mtype, flags, epoch, job, worker, slot, count, seq, exp, op, bitmap = HEADER.unpack_from(
         datagram
     )
     if version != VERSION:
         raise ProtocolError(f"version {version}, expected {VERSION}")
     if mtype not in _TYPES:
         raise ProtocolError(f"unknown message type {mtype}")
-    if reserved != 0:
-        raise ProtocolError(f"reserved field is {reserved}, must be 0")
-    if n != HEADER_SIZE + 4 * count:
-        raise ProtocolError(f"count={count} needs {HEADER_SIZE + 4 * count} bytes, datagram has {n}")
+    if not check_op(op):
+        raise ProtocolError(f"op field {op:#06x} names no known collective and reduction")
+    size = HEADER_SIZE if flags & Flag.EMPTY else HEADER_SIZE + 4 * count
+    if n != size:
+        raise ProtocolError(f"count={count} needs {size} bytes, datagram has {n}")
     header = Header(
         type=mtype,
         job=job,
@@ -389,9 +447,10 @@ def decode(datagram: bytes | bytearray | memoryview) -> tuple[Header, np.ndarray
         flags=flags,
         epoch=epoch,
         bitmap=bitmap,
+        op=op,
         version=version,
     )
-    payload = np.frombuffer(datagram, dtype=PAYLOAD_DTYPE, count=count, offset=HEADER_SIZE)
+    payload = np.frombuffer(datagram, dtype=PAYLOAD_DTYPE, count=(n - HEADER_SIZE) // 4, offset=HEADER_SIZE)
     return header, payload
 
 

@@ -10,6 +10,7 @@ Field for field this is docs/protocol.md's header; ``count`` is filled from ``va
 from __future__ import annotations
 
 from scapy.fields import (
+    BitEnumField,
     BitField,
     ByteEnumField,
     ByteField,
@@ -24,7 +25,7 @@ from scapy.fields import (
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 
-from netagg.protocol import DEFAULT_PORT, VERSION, Flag, MsgType
+from netagg.protocol import DEFAULT_PORT, VERSION, Coll, Flag, MsgType, ReduceOp
 
 __all__ = ["NetAgg"]
 
@@ -40,7 +41,10 @@ class NetAgg(Packet):
             "flags",
             0,
             8,
-            [f.name or "" for f in (Flag.RETX, Flag.UNICAST, Flag.RESUME, Flag.OFFER, Flag.FINAL)],
+            [
+                f.name or ""
+                for f in (Flag.RETX, Flag.UNICAST, Flag.RESUME, Flag.OFFER, Flag.FINAL, Flag.EMPTY)
+            ],
         ),
         ByteField("epoch", 0),
         ShortField("job", 0),
@@ -50,7 +54,9 @@ class NetAgg(Packet):
         FieldLenField("count", None, count_of="values", fmt="!H"),
         IntField("seq", 0),
         ShortField("exp", 0),
-        ShortField("reserved", 0),
+        BitEnumField("coll", 0, 4, {c.value: c.name for c in Coll}),
+        BitEnumField("reduce", 0, 4, {r.value: r.name for r in ReduceOp}),
+        ByteField("root", 0),
         XIntField("bitmap", 0),
         # max_count: scapy stops at conf.max_list_count (100) values otherwise, and netagg packets carry
         # up to 16,370 (count is 16 bits, so any datagram's values fit).

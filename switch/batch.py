@@ -42,7 +42,7 @@ def contribute_batch(
     if not (
         (h["version"] == VERSION).all()
         and (h["type"] == _CONTRIB).all()
-        and (h["reserved"] == 0).all()
+        and (h["op"] == 0).all()  # allreduce-sum: other collectives take the one-datagram path
         and (h["count"] == count).all()
         and (job_ids == cfg.job_id).all()
         and (h["epoch"] == job.epoch).all()
@@ -63,6 +63,8 @@ def contribute_batch(
     newer = (cur == SEQ_NONE) | ((diff != 0) & (diff < 0x80000000))
     same = ~newer & (diff == 0)
     bitmap = np.array([job.bitmap[x] for x in key_list], dtype=np.int64)
+    if any(job.op[x] for x, s in zip(key_list, same.tolist(), strict=True) if s):
+        return None  # an open use of another collective: op_mismatch, counted by the one-packet path
     nelem = np.array([job.nelem[x] for x in key_list], dtype=np.int64)
     bit = np.left_shift(1, worker)
     if not (newer | (same & (nelem == count) & ((bitmap & bit) == 0))).all():
@@ -88,6 +90,8 @@ def contribute_batch(
         job.nelem[x] = count
         job.expmax[x] = e
         job.ready[x] = b == job.full
+        job.op[x] = 0
+        job.data[x] = True
     c = counters
     jc = job.counters
     c["packets_in"] += k

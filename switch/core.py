@@ -14,17 +14,23 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
+
 from netagg.kernels import add_net
 from netagg.protocol import (
     HEADER,
     HEADER_SIZE,
     OFF_FLAGS,
     OFF_WORKER,
+    ROOT_ALL,
     SET_BIT,
     VERSION,
+    Coll,
     Flag,
     MsgType,
     Reason,
+    ReduceOp,
+    check_op,
     pending_packet,
     refuse_packet,
 )
@@ -51,6 +57,9 @@ _WORKER_ALL = 0xFFFF
 _SWITCH_TYPES = frozenset((MsgType.CONTRIB, MsgType.JOIN))  # what a switch receives
 # Plain ints for the packet path (IntEnum/IntFlag operators cost microseconds each).
 _RETX, _UNICAST, _OFFER, _FINAL = int(Flag.RETX), int(Flag.UNICAST), int(Flag.OFFER), int(Flag.FINAL)
+_EMPTY = int(Flag.EMPTY)
+_RS = int(Coll.reduce_scatter)
+_MAX = int(ReduceOp.max)
 _RESULT, _PENDING, _CONTRIB = int(MsgType.RESULT), int(MsgType.PENDING), int(MsgType.CONTRIB)
 #: Per-job counters (Dataplane.job_stats), besides drops by reason.
 JOB_COUNTERS = (
@@ -171,19 +180,20 @@ class Dataplane(Rounds, TreeNode):
         counters["bytes_in"] += n
         if n < HEADER_SIZE:
             return self._drop("truncated")
-        version, mtype, flags, epoch, job_id, worker, slot, count, seq, exp, reserved, _ = HEADER.unpack_from(
-            data
-        )
+        version, mtype, flags, epoch, job_id, worker, slot, count, seq, exp, op, _ = HEADER.unpack_from(data)
         if version != VERSION:
             return self._drop("bad_version")
-        if reserved:
-            return self._drop("bad_reserved")
-        if n != HEADER_SIZE + 4 * count:
+        if op and not check_op(op):
+            return self._drop("bad_op")
+        if flags & _EMPTY:
+            if n != HEADER_SIZE or flags & _OFFER:
+                return self._drop("bad_length")
+        elif n != HEADER_SIZE + 4 * count:
             return self._drop("bad_length")
         if mtype not in _SWITCH_TYPES:
             parent_job = self._jobs.get(job_id)
             if parent_job is not None and parent_job.cfg.parent is not None and src == parent_job.cfg.parent:
-                return self._from_parent(parent_job, data, mtype, flags, epoch, slot, count, seq, exp)
+                return self._from_parent(parent_job, data, mtype, flags, epoch, slot, count, seq, exp, op)
             return self._drop("bad_type")
         job = self._jobs.get(job_id)
         if job is None:
@@ -195,7 +205,9 @@ class Dataplane(Rounds, TreeNode):
         if worker >= job.cfg.workers:
             return self._drop("bad_worker", job)
         if mtype == _CONTRIB:
-            return self._contribute(job, data, src, flags, epoch, worker, slot, count, seq, exp)
+            if op >> 12 == _RS and (op & 0xFF) != ROOT_ALL and (op & 0xFF) >= job.total:
+                return self._drop("bad_op", job)  # a reduce-scatter result for no rank of the job
+            return self._contribute(job, data, src, flags, epoch, worker, slot, count, seq, exp, op)
         return self._join(job, data, src, worker, slot, seq, epoch)
 
     def _drop(self, reason: str, job: JobState | None = None) -> list[Output]:
@@ -272,6 +284,9 @@ class Dataplane(Rounds, TreeNode):
         ``job.out_view[k]`` (kept for repeats), and it goes to every worker of the job."""
         job.ready[k] = True
         out = job.out_view[k]
+        op = job.op[k]
+        if not job.data[k]:  # no packet of the use carried a payload
+            flags |= _EMPTY
         # Positional, in protocol.FIELDS order: the per-packet path (one RESULT per use).
         HEADER.pack_into(
             out,
@@ -286,14 +301,34 @@ class Dataplane(Rounds, TreeNode):
             count,
             seq,
             exp,
-            0,
+            op,
             job.full,
         )
-        dests, size = job.result_dests, HEADER_SIZE + 4 * count
+        size = HEADER_SIZE if flags & _EMPTY else HEADER_SIZE + 4 * count
+        if op and self._owner_only(job, k) and not flags & _EMPTY:
+            return self._emit(self._scatter(job, k, size))
+        dests = job.result_dests
         counters = self.counters  # what _emit() counts, without its loop: the per-packet path
         counters["packets_out"] += len(dests)
         counters["bytes_out"] += size * len(dests)
         return [(out[:size], dests)]
+
+    @staticmethod
+    def _owner_only(job: JobState, k: int) -> bool:
+        """Whether the set's use is a reduce-scatter whose payload goes to one worker (docs/protocol.md,
+        "Collectives"): not in a switch with a parent, nor with root 0xFF."""
+        op = job.op[k]
+        return op >> 12 == _RS and (op & 0xFF) != ROOT_ALL and job.cfg.parent is None
+
+    @staticmethod
+    def _scatter(job: JobState, k: int, size: int) -> list[Output]:
+        """A reduce-scatter's RESULT: the payload to the chunk's owner, the header alone (EMPTY) to the
+        others, each to its address."""
+        out, owner = job.out_view[k], job.op[k] & 0xFF
+        empty = bytearray(out[:HEADER_SIZE])
+        empty[OFF_FLAGS] |= _EMPTY
+        others = [a for w, a in enumerate(job.addrs) if w != owner]
+        return [(out[:size], [job.addrs[owner]]), (bytes(empty), others)]
 
     def _contribute(
         self,
@@ -307,6 +342,7 @@ class Dataplane(Rounds, TreeNode):
         count: int,
         seq: int,
         exp: int,
+        op: int,
     ) -> list[Output]:
         cfg = job.cfg
         setbit = 1 if slot & SET_BIT else 0
@@ -340,11 +376,16 @@ class Dataplane(Rounds, TreeNode):
             job.nelem[k] = count
             job.expmax[k] = 0
             job.ready[k] = False
+            job.op[k] = op
+            job.data[k] = False
         elif seq != cur:
             return self._drop("stale_seq", job)
         elif count != job.nelem[k]:
             self._drop("count_mismatch", job)
             return self._refuse(job, Reason.count_mismatch, src, cfg.job_id, worker, slot, seq, job.nelem[k])
+        elif op != job.op[k]:
+            self._drop("op_mismatch", job)
+            return self._refuse(job, Reason.op_mismatch, src, cfg.job_id, worker, slot, seq, job.op[k])
         if flags & _OFFER:
             return self._offer(job, data, worker, k, slot, seq, count, exp, flags)
         bit = 1 << worker
@@ -358,18 +399,28 @@ class Dataplane(Rounds, TreeNode):
                 return self._emit(self._up(job, k, slot, seq, count, retx=True))
             if bitmap == job.full:
                 self.counters["results_resent"] += 1
-                resend = bytearray(job.out_view[k][: HEADER_SIZE + 4 * count])
+                stored = job.out_view[k]
+                size = HEADER_SIZE if stored[OFF_FLAGS] & _EMPTY else HEADER_SIZE + 4 * count
+                if op and worker != op & 0xFF and self._owner_only(job, k):
+                    size = HEADER_SIZE  # a reduce-scatter's other workers get the header alone
+                resend = bytearray(stored[:size])
+                if size == HEADER_SIZE and count:
+                    resend[OFF_FLAGS] |= _EMPTY
                 resend[OFF_FLAGS] |= _UNICAST  # FINAL, if the result came from an offer, stays
                 struct.pack_into("!H", resend, OFF_WORKER, worker)
                 return self._emit([(resend, [src])])
             self.counters["pending_sent"] += 1
             pend = pending_packet(job.epoch, cfg.job_id, worker, seq, bitmap, slot=slot)
             return self._emit([(pend, [src])])
-        acc = job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count]  # len(data) is that + HEADER_SIZE
-        if bitmap:
-            add_net(acc, data[HEADER_SIZE:])
-        else:  # the first contribution of the use
-            acc[:] = data[HEADER_SIZE:]
+        if not flags & _EMPTY:
+            acc = job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count]  # len(data) is that + HEADER_SIZE
+            if not job.data[k]:  # the first payload of the use
+                acc[:] = data[HEADER_SIZE:]
+                job.data[k] = True
+            elif op & 0xF00:  # max or min
+                _combine(acc, data, count, (op >> 8) & 0xF)
+            else:
+                add_net(acc, data[HEADER_SIZE:])
         bitmap |= bit
         job.bitmap[k] = bitmap
         if exp > job.expmax[k]:  # noqa: PLR1730 (max() costs more on the per-packet path)
@@ -404,6 +455,7 @@ class Dataplane(Rounds, TreeNode):
             return []
         end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
         job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
+        job.data[k] = True
         job.bitmap[k] = job.full
         job.expmax[k] = exp
         self.counters["recoveries"] += 1
@@ -421,3 +473,11 @@ class Dataplane(Rounds, TreeNode):
         if job.cfg.parent is not None:  # the parent may serve other switches' workers with it
             outs = outs + self._emit(self._up(job, k, slot, seq, count, retx=False, flags=_OFFER | final))
         return outs
+
+
+def _combine(acc: memoryview, data: bytes | bytearray | memoryview, count: int, reduce: int) -> None:
+    """``acc`` = the lane-wise max or min of itself and the datagram's payload (signed int32, network
+    byte order)."""
+    a = np.frombuffer(acc, ">i4", count)
+    b = np.frombuffer(data, ">i4", count, HEADER_SIZE)
+    (np.maximum if reduce == _MAX else np.minimum)(a, b, out=a)

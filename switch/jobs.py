@@ -60,7 +60,7 @@ DROP_REASONS = (
     "truncated",  # shorter than the header
     "bad_version",  # version field is not ours
     "bad_type",  # unknown message type, or one a switch never receives (RESULT, ...)
-    "bad_reserved",  # reserved field not zero
+    "bad_op",  # an unknown collective or reduction, or a reduction the collective does not take
     "bad_length",  # datagram length disagrees with count, or count exceeds the job's elements
     "unknown_job",  # no job with that id is installed
     "bad_worker",  # worker id outside the job
@@ -73,6 +73,7 @@ DROP_REASONS = (
     "wrong_source",  # a contribution from an address other than the one the worker joined from
     "stale_seq",  # a contribution to a use of the slot that has been superseded
     "count_mismatch",  # count differs from the other contributions to the same use
+    "op_mismatch",  # op (collective, reduction, root) differs from the other packets of the same use
 )
 
 SEQ_NONE = -1
@@ -165,6 +166,7 @@ class JobState:
     joined: bool = False
     epoch: int = 0
     full: int = 0
+    total: int = 0  # workers of the whole job (the ranks a reduce-scatter chunk may belong to)
     parent_incarnation: int = 0  # this switch's incarnation at its parent (0: not asked to join)
     parent_epoch: int | None = None  # the job's epoch at the parent, once it acknowledged the JOIN
     parent_round: int = 0  # the round of the parent's last JOIN_ACK (what a rejoin there continues)
@@ -185,6 +187,8 @@ class JobState:
     nelem: list[int] = field(init=False)
     expmax: list[int] = field(init=False)
     ready: list[bool] = field(init=False)  # the set's RESULT is known (complete, or came from the parent)
+    op: list[int] = field(init=False)  # the use's op field (collective, reduction, root)
+    data: list[bool] = field(init=False)  # some packet of the use carried a payload (not EMPTY)
     out_all: np.ndarray = field(init=False)
     out_view: list[memoryview] = field(init=False)
     out_payload_all: np.ndarray = field(init=False)
@@ -193,6 +197,7 @@ class JobState:
     def __post_init__(self) -> None:
         c = self.cfg
         self.full = (1 << c.workers) - 1
+        self.total = c.total_workers if c.total_workers is not None else c.workers
         self.prev_round = [0] * c.workers
         self.prev_epoch = [0] * c.workers
         self.repeated = [False] * c.workers
@@ -238,3 +243,5 @@ class JobState:
         self.nelem = [0] * pairs
         self.expmax = [0] * pairs
         self.ready = [False] * pairs
+        self.op = [0] * pairs
+        self.data = [False] * pairs

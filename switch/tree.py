@@ -14,8 +14,10 @@ from netagg.protocol import (
     HEADER_SIZE,
     OFF_FLAGS,
     OFFSET,
+    ROOT_ALL,
     SET_BIT,
     VERSION,
+    Coll,
     Flag,
     MsgType,
     Reason,
@@ -28,7 +30,8 @@ __all__ = ["TreeNode"]
 
 log = logging.getLogger("netagg.switch")
 
-_RETX, _OFFER, _FINAL = int(Flag.RETX), int(Flag.OFFER), int(Flag.FINAL)
+_RETX, _OFFER, _FINAL, _EMPTY = int(Flag.RETX), int(Flag.OFFER), int(Flag.FINAL), int(Flag.EMPTY)
+_RS = int(Coll.reduce_scatter)
 _RESULT, _CONTRIB = int(MsgType.RESULT), int(MsgType.CONTRIB)
 _REJOIN = (int(Reason.not_joined), int(Reason.stale_epoch))
 OFF_EXP = OFFSET["exp"]
@@ -80,6 +83,11 @@ class TreeNode:
         c = job.cfg
         if job.parent_epoch is None:
             return [self._parent_join(job)]
+        op = job.op[k]
+        if op >> 12 == _RS:  # the owner is a rank of the whole job: the result comes to every switch
+            op = (op & 0xFF00) | ROOT_ALL
+        if not job.data[k]:  # no payload below this switch (an all-gather chunk owned elsewhere)
+            flags |= _EMPTY
         # Positional, in protocol.FIELDS order: the per-packet path of a tree (one partial per use).
         hdr = HEADER.pack(
             VERSION,
@@ -92,10 +100,14 @@ class TreeNode:
             count,
             seq,
             job.expmax[k] if exp is None else exp,
-            0,
+            op,
             0,
         )
-        self.counters["offers_sent" if flags else "partials_resent" if retx else "partials_sent"] += 1
+        self.counters[
+            "offers_sent" if flags & _OFFER else "partials_resent" if retx else "partials_sent"
+        ] += 1
+        if flags & _EMPTY:
+            return [(hdr, [c.parent])]
         return [(hdr + job.out_view[k][HEADER_SIZE : HEADER_SIZE + 4 * count], [c.parent])]
 
     def _resync_up(self, job: JobState) -> list[Output]:
@@ -108,6 +120,8 @@ class TreeNode:
                 continue
             slot = (slot_base + k // 2) | (SET_BIT if k & 1 else 0)
             count = job.nelem[k]
+            if job.ready[k] and not job.data[k]:
+                continue  # a result without payload (every worker below got the header alone)
             if job.ready[k]:
                 stored = job.out_view[k]  # the RESULT kept for repeats: its flags and exponent
                 final = stored[OFF_FLAGS] & _FINAL
@@ -128,6 +142,7 @@ class TreeNode:
         count: int,
         seq: int,
         exp: int,
+        op: int = 0,
     ) -> list[Output]:
         """A JOIN_ACK, PENDING, REFUSE or RESULT from the parent: the RESULT of a use goes down to the
         workers; a refusal that says this switch is not in the parent's round makes it rejoin there."""
@@ -162,10 +177,14 @@ class TreeNode:
             if cur not in (SEQ_NONE, seq) and not 0 < ((seq - cur) & 0xFFFFFFFF) < 0x80000000:
                 self.counters["parent_stale"] += 1
                 return []
+            if cur != seq:
+                job.op[k] = op
             job.seq[k], job.nelem[k], job.bitmap[k] = seq, count, job.full
         elif job.seq[k] != seq or job.nelem[k] != count or job.bitmap[k] != job.full:
             self.counters["parent_stale"] += 1
             return []
-        end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
-        job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
+        job.data[k] = not flags & _EMPTY
+        if job.data[k]:
+            end = HEADER_SIZE + 4 * count  # the datagram's length (checked in handle)
+            job.out_view[k][HEADER_SIZE:end] = data[HEADER_SIZE:end]
         return self._result(job, k, slot, count, seq, exp, flags & _FINAL)

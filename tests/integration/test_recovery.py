@@ -25,7 +25,7 @@ import pytest
 from host_agent.errors import JobReformed, NetAggError, RefusedError
 from host_agent.worker import Worker
 from netagg.cli.launch import SwitchProcess
-from netagg.protocol import HEADER, MsgType, join_packet
+from netagg.protocol import HEADER, VERSION, MsgType, join_packet
 from netagg.verify import allreduce_error_bound
 
 W = 4
@@ -170,7 +170,9 @@ def test_a_flood_of_random_and_mutated_packets_does_not_wedge_a_static_job(
     check(xs, [f.result() for f in [w.allreduce_async(x) for w, x in zip(ws, xs, strict=True)]], 64)
     host, port = sw.address.rsplit(":", 1)
     real_join = join_packet(1, 2, 0x12345678)
-    real_contrib = HEADER.pack(1, MsgType.CONTRIB, 0, 1, 1, 2, 3, 2, 7, 0, 0, 0) + b"\x00\x00\x00\x01" * 2
+    real_contrib = (
+        HEADER.pack(VERSION, MsgType.CONTRIB, 0, 1, 1, 2, 3, 2, 7, 0, 0, 0) + b"\x00\x00\x00\x01" * 2
+    )
     before = _packets_in(sw.ready["metrics"])
     _flood((host, int(port)), real_join, real_contrib, 100_000, seed=6)
     # "After the flood": the switch has taken every datagram off its socket (its counters say so; the

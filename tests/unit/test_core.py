@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netagg.protocol import HEADER, MsgType, Reason, decode
+from netagg.protocol import HEADER, VERSION, MsgType, Reason, decode
 from switch.core import DROP_REASONS, Dataplane, JobConfig, Segments
 
 JOB = 7
@@ -15,7 +15,7 @@ JOB = 7
 
 def join(dp: Dataplane, worker: int, incarnation: int = 0, addr: str | None = None):
     inc = incarnation or worker + 100
-    pkt = HEADER.pack(1, MsgType.JOIN, 0, 0, JOB, worker, 0, 0, inc, 0, 0, 0)
+    pkt = HEADER.pack(VERSION, MsgType.JOIN, 0, 0, JOB, worker, 0, 0, inc, 0, 0, 0)
     return dp.handle(pkt, addr or f"w{worker}")
 
 
@@ -25,7 +25,9 @@ def contrib(
     values = np.asarray(values, dtype=">i4")
     slot_field = slot | (0x8000 if seq & 1 else 0)
     return (
-        HEADER.pack(1, MsgType.CONTRIB, flags, epoch, job, worker, slot_field, values.size, seq, exp, 0, 0)
+        HEADER.pack(
+            VERSION, MsgType.CONTRIB, flags, epoch, job, worker, slot_field, values.size, seq, exp, 0, 0
+        )
         + values.tobytes()
     )
 
@@ -138,7 +140,7 @@ def test_two_sets_and_slot_reuse() -> None:
         (contrib(0, 0, 0, [1])[:10], "w0", "truncated"),
         (b"\x09" + contrib(0, 0, 0, [1])[1:], "w0", "bad_version"),
         (contrib(0, 0, 0, [1])[:1] + bytes([MsgType.RESULT]) + contrib(0, 0, 0, [1])[2:], "w0", "bad_type"),
-        (contrib(0, 0, 0, [1])[:18] + b"\x00\x01" + contrib(0, 0, 0, [1])[20:], "w0", "bad_reserved"),
+        (contrib(0, 0, 0, [1])[:18] + b"\x50\x00" + contrib(0, 0, 0, [1])[20:], "w0", "bad_op"),
         (contrib(0, 0, 0, [1])[:-1], "w0", "bad_length"),
         (contrib(0, 0, 0, [1] * 5), "w0", "bad_length"),  # more than the job's 4 elements
         (contrib(0, 0, 0, [1], job=99), "w0", "unknown_job"),
@@ -187,7 +189,7 @@ def test_count_mismatch_and_not_joined() -> None:
 CHECK_ORDER = [
     "truncated",
     "bad_version",
-    "bad_reserved",
+    "bad_op",
     "bad_length/datagram",  # length != 24 + 4 * count
     "bad_type",
     "unknown_job",
@@ -216,7 +218,7 @@ def with_defects(defects: set[str]) -> tuple[Dataplane, bytes, str]:
     slot = 4 if "bad_slot" in defects else 0  # the job owns slots 0-3
     pkt = (
         HEADER.pack(
-            9 if "bad_version" in defects else 1,
+            9 if "bad_version" in defects else VERSION,
             MsgType.RESULT if "bad_type" in defects else MsgType.CONTRIB,
             0,
             9 if "stale_epoch" in defects else 1,
@@ -226,7 +228,7 @@ def with_defects(defects: set[str]) -> tuple[Dataplane, bytes, str]:
             len(values),
             0,
             0,
-            1 if "bad_reserved" in defects else 0,
+            0x5000 if "bad_op" in defects else 0,
             0,
         )
         + np.asarray(values, ">i4").tobytes()
@@ -293,7 +295,7 @@ def test_jobs_are_isolated() -> None:
         dp.install(JobConfig(1, 2, 4, 4, slot_base=20))
     for job in (1, 2):
         for w in range(2):
-            dp.handle(HEADER.pack(1, MsgType.JOIN, 0, 0, job, w, 0, 0, 1 + w, 0, 0, 0), f"j{job}w{w}")
+            dp.handle(HEADER.pack(VERSION, MsgType.JOIN, 0, 0, job, w, 0, 0, 1 + w, 0, 0, 0), f"j{job}w{w}")
     # Job 1's worker aims at job 2's slot 4: dropped, job 2's sum unaffected.
     assert dp.handle(contrib(0, 4, 0, [99] * 4, job=1), "j1w0") == [] and dp.drops["bad_slot"] == 1
     dp.handle(contrib(0, 4, 0, [1] * 4, job=2), "j2w0")
@@ -453,7 +455,7 @@ def test_tree_leaf_sends_partials_up_and_results_down() -> None:
     # complete here, but the parent has not acknowledged: the JOIN goes again instead of the partial
     [(again, dests)] = dp.handle(contrib(1, 0, 0, [10, 20, 30, 40], exp=1040), "w1")
     assert dests == [parent] and decode(raw(again))[0].type == MsgType.JOIN
-    ack = HEADER.pack(1, MsgType.JOIN_ACK, 0, 9, JOB, 1, 0, 0, up_join.seq, 0, 0, 3)
+    ack = HEADER.pack(VERSION, MsgType.JOIN_ACK, 0, 9, JOB, 1, 0, 0, up_join.seq, 0, 0, 3)
     assert dp.handle(ack, parent) == []
     # a worker's retransmission now makes the leaf send its partial sum up, marked RETX
     [(partial, dests)] = dp.handle(contrib(1, 0, 0, [10, 20, 30, 40], exp=1040, flags=1), "w1")
@@ -463,7 +465,7 @@ def test_tree_leaf_sends_partials_up_and_results_down() -> None:
     assert list(values) == [11, 22, 33, 44]
     # the parent's RESULT (the sum over the whole tree) goes to both workers with the leaf's epoch
     total = np.array([100, 200, 300, 400], dtype=">i4")
-    result = HEADER.pack(1, MsgType.RESULT, 0, 9, JOB, 0xFFFF, 0, 4, 0, 1050, 0, 3) + total.tobytes()
+    result = HEADER.pack(VERSION, MsgType.RESULT, 0, 9, JOB, 0xFFFF, 0, 4, 0, 1050, 0, 3) + total.tobytes()
     [(down, dests)] = dp.handle(result, parent)
     h, values = decode(raw(down))
     assert dests == ["w0", "w1"] and (h.type, h.epoch, h.exp, h.bitmap) == (MsgType.RESULT, 1, 1050, 3)

@@ -16,7 +16,7 @@ from netagg.scapy_layer import NetAgg
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Fields that the P4 program and the scapy layer split into bits: their parts, high bits first.
-SPLIT = {"slot": ("set", "slot")}
+SPLIT = {"slot": ("set", "slot"), "op": ("coll", "reduce", "root")}
 
 
 def _merged(widths: list[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -24,7 +24,7 @@ from netagg.protocol import (
 from netagg.scapy_layer import NetAgg
 
 # CONTRIB, flags RETX, epoch 7, job 1, worker 2, set 1 slot 5, count 2, seq 3, exp 0x0405, values [1, -2]
-GOLDEN = bytes.fromhex("01030107000100028005000200000003040500000000000000000001fffffffe")
+GOLDEN = bytes.fromhex("02030107000100028005000200000003040500000000000000000001fffffffe")
 GOLDEN_HEADER = Header(
     type=MsgType.CONTRIB, flags=Flag.RETX, epoch=7, job=1, worker=2, slot=5, set=1, count=2, seq=3, exp=0x0405
 )
@@ -35,6 +35,29 @@ def test_golden_bytes_fast_codec() -> None:
     header, payload = decode(GOLDEN)
     assert header == GOLDEN_HEADER
     assert payload.tolist() == [1, -2]
+
+
+def test_golden_bytes_op_field() -> None:
+    """A reduce-scatter with max whose chunk belongs to rank 3: op = 11 03 (docs/protocol.md, "Header")."""
+    from netagg.protocol import Coll, ReduceOp, op_field
+
+    op = op_field(Coll.reduce_scatter, ReduceOp.max, 3)
+    header = Header(**{**{f: getattr(GOLDEN_HEADER, f) for f in GOLDEN_HEADER.__slots__}, "op": op})
+    data = encode(header, np.array([1, -2], dtype=np.int32))
+    assert data[18:20] == b"\x11\x03"
+    assert data[:18] == GOLDEN[:18] and data[20:] == GOLDEN[20:]
+    assert decode(data)[0] == header
+    assert bytes(NetAgg(data)) == data and NetAgg(data).root == 3
+
+
+def test_empty_datagrams_are_the_header_alone() -> None:
+    header = Header(type=MsgType.CONTRIB, flags=Flag.EMPTY, count=5, op=0x2001)
+    data = encode(header)
+    assert len(data) == HEADER_SIZE
+    got, payload = decode(data)
+    assert got.count == 5 and payload.size == 0
+    with pytest.raises(ProtocolError, match="needs 24 bytes"):
+        decode(data + b"\x00" * 20)
 
 
 def test_golden_bytes_scapy() -> None:
@@ -85,9 +108,11 @@ def test_udp_binding_dissects_on_the_well_known_port() -> None:
     ("datagram", "message"),
     [
         (GOLDEN[:10], "shorter than"),
-        (b"\x02" + GOLDEN[1:], "version"),
+        (b"\x01" + GOLDEN[1:], "version"),
         (GOLDEN[:1] + b"\x63" + GOLDEN[2:], "unknown message type"),
-        (GOLDEN[:18] + b"\x00\x01" + GOLDEN[20:], "reserved"),
+        (GOLDEN[:18] + b"\x50\x00" + GOLDEN[20:], "op field"),  # collective 5
+        (GOLDEN[:18] + b"\x23\x00" + GOLDEN[20:], "op field"),  # all-gather with reduction 3
+        (GOLDEN[:18] + b"\x21\x00" + GOLDEN[20:], "op field"),  # all-gather takes no max
         (GOLDEN[:-4], "count=2 needs"),
         (GOLDEN + b"\x00", "count=2 needs"),
     ],
