@@ -228,19 +228,27 @@ def build(args: argparse.Namespace, vocab: int) -> nn.Module:
     return model
 
 
-def backend_stats() -> dict[str, float]:
-    """The default group's backend counters, if it keeps any (netagg's: packets and bytes through the
-    switch, collectives, what went through its inner gloo group); {} for gloo."""
+#: The backend counters every rank reports (netagg's stats(): its worker's traffic, and the collectives
+#: through the switch and through its inner gloo group, summed over the kinds of op).
+STAT_KEYS = ("bytes_sent", "bytes_received", "sent", "received", "retransmissions", "switch_ops", "fallbacks")
+
+
+def backend_stats() -> dict[str, Any]:
+    """What the default group's backend says it did (netagg's ``stats()``), or {} (gloo keeps none)."""
     try:
         backend = dist.group.WORLD._get_backend(torch.device("cpu"))  # type: ignore[union-attr]
     except (RuntimeError, AttributeError):
         return {}
     stats = getattr(backend, "stats", None)
-    if stats is None:
-        return {}
-    stats = stats() if callable(stats) else stats
-    stats = stats.as_dict() if hasattr(stats, "as_dict") else stats
-    return {k: float(v) for k, v in dict(stats).items() if isinstance(v, int | float)}
+    return dict(stats()) if callable(stats) else {}
+
+
+def stat_row(stats: dict[str, Any]) -> list[float]:
+    """:data:`STAT_KEYS` of ``stats`` as numbers (per-op counters summed)."""
+    flat = {**stats.get("traffic", {})}
+    for key in ("switch_ops", "fallbacks"):
+        flat[key] = sum(stats.get(key, {}).values())
+    return [float(flat.get(k, 0)) for k in STAT_KEYS]
 
 
 def evaluate(model: nn.Module, data: Data, args: argparse.Namespace) -> float:
@@ -301,8 +309,8 @@ def train(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t_start
     evals.append({"step": args.steps, "loss": evaluate(model, data, args)})
     stats = backend_stats()  # before the exchange below adds to it
-    keys = sorted(stats)
-    rows = gather_floats([*losses, *step_times, *(stats[k] for k in keys)])
+    keys = STAT_KEYS if stats else ()
+    rows = gather_floats([*losses, *step_times, *(stat_row(stats) if stats else [])])
     if rank == 0:
         n = args.steps
         mean_loss = [statistics.fmean(r[i] for r in rows) for i in range(n)]
@@ -326,6 +334,7 @@ def train(args: argparse.Namespace) -> int:
             "tokens_per_s": tokens / statistics.median(timed),
             "elapsed_s": elapsed,
             "backend_stats": [dict(zip(keys, r[2 * n :], strict=True)) for r in rows],
+            "backend_stats_rank0": stats,
         }
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
