@@ -165,7 +165,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--compare", action="store_true", help="drive: run on netagg and on gloo, then report")
     p.add_argument("--workers", type=int, default=4, help="with --compare: processes per run (default 4)")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=4, help="sequences per rank per step")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--d-model", type=int, default=256)
