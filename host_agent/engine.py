@@ -25,7 +25,7 @@ import numpy as np
 
 from host_agent.errors import NetAggTimeout, NonFiniteError
 from host_agent.recovery import Recovery, Send
-from host_agent.schedule import Schedule
+from host_agent.schedule import ALLREDUCE, Collective, Schedule
 from host_agent.session import Session
 from netagg import kernels
 from netagg.protocol import (
@@ -42,6 +42,7 @@ from netagg.protocol import (
     VERSION,
     Flag,
     MsgType,
+    describe_op,
 )
 from netagg.quantize import dequantize, quantize
 
@@ -52,7 +53,7 @@ __all__ = ["DatagramEngine", "Engine", "RunEngine", "Schedule", "Send", "make_en
 
 _CONTRIB, _RESULT, _PENDING = int(MsgType.CONTRIB), int(MsgType.RESULT), int(MsgType.PENDING)
 _REFUSE, _JOIN_ACK = int(MsgType.REFUSE), int(MsgType.JOIN_ACK)
-_RETX, _FINAL = int(Flag.RETX), int(Flag.FINAL)
+_RETX, _FINAL, _EMPTY = int(Flag.RETX), int(Flag.FINAL), int(Flag.EMPTY)
 _OFF_EPOCH = OFFSET["epoch"]
 
 
@@ -63,15 +64,24 @@ class Engine(Recovery):
     batched = False
 
     def __init__(
-        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+        self,
+        session: Session,
+        flat: np.ndarray,
+        out: np.ndarray,
+        factor: float,
+        now: float,
+        call: Collective = ALLREDUCE,
+        schedule: Schedule | None = None,
     ) -> None:
         self.session = session
         self.params = p = session.params
         self.stats = session.stats
         self.flat, self.out, self.factor = flat, out, factor
+        self.call = call
+        self.call_name = describe_op(call.op(0)).split("(")[0].replace("_", "-")
         self.is_float = flat.dtype == np.float32
         self.bits = p.bits  # read on every packet: not recomputed there
-        self.schedule = s = Schedule.of(flat.size, p.elements, p.slots, self.is_float)
+        self.schedule = s = schedule or Schedule.of(flat.size, p.elements, p.slots, self.is_float)
         self.remaining = s.window
         self.last_progress = now
         self.pending: dict[int, int] = {}  # slot -> contributor bitmap of its last PENDING
@@ -138,11 +148,14 @@ class Engine(Recovery):
             else:
                 lines.append(f"{what} (slot {p.slot_base + j}): no answer from the switch")
         head = (
-            f"{who}: allreduce of {s.total} elements ({s.nchunks} chunks) made no progress "
+            f"{who}: {self.call_name} of {s.total} elements ({s.nchunks} chunks) made no progress "
             f"for {timeout:g}s; {len(waiting)} slots stuck after {sum(pos)} completed uses. "
         )
         if missing:
-            head += f"Workers {sorted(missing)} have not contributed (gone, or calling with another size). "
+            head += (
+                f"Workers {sorted(missing)} have not contributed (gone, or calling another collective or "
+                "size). "
+            )
         elif not self.pending:
             head += f"The switch at {switch} answered none of the retransmissions. "
             if self.batched:
@@ -161,9 +174,17 @@ class DatagramEngine(Engine):
     kept_as_received = True
 
     def __init__(
-        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+        self,
+        session: Session,
+        flat: np.ndarray,
+        out: np.ndarray,
+        factor: float,
+        now: float,
+        call: Collective = ALLREDUCE,
+        schedule: Schedule | None = None,
     ) -> None:
-        super().__init__(session, flat, out, factor, now)
+        super().__init__(session, flat, out, factor, now, call, schedule)
+        self._op = call.op(0) if call.plain else -1  # an allreduce's op field: the same for every use
         w = self.schedule.window
         self.nuses = self.schedule.uses()
         self.base = [int(s) for s in session.seq[:w]]
@@ -172,7 +193,8 @@ class DatagramEngine(Engine):
         self.sent_at = [0.0] * w
         self.tries = [0] * w
         self.headers: list[bytes] = [b""] * w
-        self.rows = list(session.payload[:w])  # each slot's packet payload, whole
+        # Each slot's packet payload, whole (a collective's chunks may be shorter than the job's packets).
+        self.rows = [row[: self.schedule.elements] for row in session.payload[:w]]
         self._agreed = [0] * (self.schedule.nchunks if self.is_float else 0)
         self._out_bits = self.out.view(np.uint32)  # where FINAL results are copied
         self._rto = session.rto.value
@@ -201,8 +223,8 @@ class DatagramEngine(Engine):
                 hdr = bytearray(self.headers[j])
                 hdr[_OFF_EPOCH] = self.params.epoch
                 self.headers[j] = bytes(hdr)
-                hdr[OFF_FLAGS] = _RETX
-                cnt = int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
+                hdr[OFF_FLAGS] |= _RETX
+                cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
                 sends.append(((hdr, self.rows[j][:cnt]), 0))
                 self.tries[j] = 1  # Karn: no sample from this use
                 self.deadline[j] = now + self._rto
@@ -213,9 +235,13 @@ class DatagramEngine(Engine):
         s, flat, bits = self.schedule, self.flat, self.bits
         n, window, boot = s.elements, s.window, s.boot
         c = -1 if k < boot else j + (k - boot) * window
-        cnt = 0
+        cnt = flags = 0
         dst = self.rows[j]
-        if c >= 0:
+        if c >= 0 and self._op < 0 and not self.call.sends(c):  # another rank's shard: no payload
+            flags = _EMPTY
+            cnt = s.count(c)
+            dst = dst[:0]
+        elif c >= 0:
             lo = c * n
             if c < s.nfull:
                 cnt = n
@@ -250,7 +276,7 @@ class DatagramEngine(Engine):
         hdr = HEADER.pack(
             VERSION,
             _CONTRIB,
-            0,
+            flags,
             p.epoch,
             p.job,
             p.worker_id,
@@ -258,7 +284,7 @@ class DatagramEngine(Engine):
             cnt,
             seq,
             proposal,
-            0,
+            self._op if self._op >= 0 else self.call.op(c),
             0,
         )
         self.headers[j] = hdr
@@ -277,8 +303,8 @@ class DatagramEngine(Engine):
         for j, due in enumerate(self.deadline):
             if due <= now:
                 hdr = bytearray(self.headers[j])
-                hdr[OFF_FLAGS] = _RETX
-                cnt = int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
+                hdr[OFF_FLAGS] |= _RETX
+                cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
                 sends.append(((hdr, self.rows[j][:cnt]), 0))
                 tries[j] += 1
                 self.deadline[j] = now + min(max_rto, self._rto * 2.0 ** min(tries[j], 16))
@@ -318,13 +344,20 @@ class DatagramEngine(Engine):
         c = -1 if k < s.boot else j + (k - s.boot) * s.window
         n = s.elements
         cnt = 0 if c < 0 else (n if c < s.nfull else s.total - c * n)
-        if mtype != _RESULT or r_count != cnt or nbytes != HEADER_SIZE + 4 * cnt:
+        empty = r_flags & _EMPTY
+        if mtype != _RESULT or r_count != cnt or nbytes != (HEADER_SIZE if empty else HEADER_SIZE + 4 * cnt):
             if mtype == _REFUSE:  # about the use in flight
                 self.control(buf, nbytes, now)
             else:
                 stats.stale += 1
             return None
-        if cnt:
+        held = not empty
+        if self._op < 0 and not self.call.receives(c):
+            held = False  # another rank's chunk of a reduce-scatter (a tree sends the payload anyway)
+        elif empty and cnt:  # a payload this worker needs is missing: not a RESULT for it
+            stats.stale += 1
+            return None
+        if cnt and held:
             if buf is not self._got_buf and len(buf) >= HEADER_SIZE + 4 * n:  # the transport's buffer
                 self._got_buf = buf
                 self._got_whole = np.frombuffer(buf, PAYLOAD_DTYPE, n, HEADER_SIZE)
@@ -364,19 +397,28 @@ class DatagramEngine(Engine):
             return self._send(j, k + 1, now)
         self.deadline[j] = math.inf
         self.remaining -= 1
-        if cnt:  # the slot's last result: kept for a resume's offers while it is in the cache
+        if cnt and held:  # the slot's last result: kept for a resume's offers while it is in the cache
             at = (c - s.nchunks + s.window) * n
             self.session.last_vals[at : at + cnt] = self._out_bits[c * n : c * n + cnt]
         return None
 
 
 def make_engine(
-    session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float, *, batched: bool
+    session: Session,
+    flat: np.ndarray,
+    out: np.ndarray,
+    factor: float,
+    now: float,
+    *,
+    batched: bool,
+    call: Collective = ALLREDUCE,
+    schedule: Schedule | None = None,
 ) -> Engine:
     """The engine for one call of ``flat`` (float32 or int32, flat) into ``out``; ``factor`` scales a
-    float result (the mean: 1/W)."""
-    cls: type[Engine] = RunEngine if batched else DatagramEngine
-    return cls(session, flat, out, factor, now)
+    float result (the mean: 1/W). Collectives other than allreduce take the one-datagram engine."""
+    if batched and call.plain and schedule is None:
+        return RunEngine(session, flat, out, factor, now, call)
+    return DatagramEngine(session, flat, out, factor, now, call, schedule)
 
 
 # The per-run engine lives in its own module; it subclasses Engine, so it is imported once Engine is

@@ -20,6 +20,7 @@ from netagg.protocol import (
     Flag,
     MsgType,
     Reason,
+    describe_op,
     join_packet,
     parse_address,
     parse_join_ack,
@@ -144,6 +145,11 @@ def refusal(code: int, detail: int, *, switch: str, job: int, worker: int, conte
         text = (
             f"worker {worker} sent a chunk whose element count differs from the {detail} another worker "
             f"sent for it: the workers called with different sizes{context}"
+        )
+    elif reason == "op_mismatch":
+        text = (
+            f"{switch} has this chunk as part of {describe_op(detail)} from another worker (op_mismatch): "
+            f"the workers called different collectives (or ops, or roots) in the same order{context}"
         )
     else:
         text = f"{switch} refused worker {worker} of job {job} ({reason})"

@@ -17,7 +17,7 @@ import numpy as np
 
 from host_agent.errors import JobReformed, NetAggError
 from host_agent.join import JoinHandshake, refusal
-from host_agent.schedule import Schedule
+from host_agent.schedule import Collective, Schedule
 from host_agent.session import JobParams, Session, Stats
 from netagg.protocol import (
     HEADER,
@@ -50,6 +50,8 @@ class Recovery:
     params: JobParams
     stats: Stats
     schedule: Schedule
+    call: Collective
+    call_name: str
     out: np.ndarray
     is_float: bool
     last_progress: float
@@ -107,7 +109,9 @@ class Recovery:
             self._start_rejoin(Reason(reason).name, now)
             return
         s = self.schedule
-        context = f" (this worker: {s.total:,} elements, in chunks of {s.elements})"
+        context = (
+            f" (worker {p.worker_id}: {self.call_name} of {s.total:,} elements, in chunks of {s.elements})"
+        )
         raise refusal(
             reason, detail, switch=self.session.switch, job=p.job, worker=p.worker_id, context=context
         )
@@ -200,10 +204,13 @@ class Recovery:
         self.stats.offers += len(sends)
         return sends
 
-    def offer_of(self, j: int, k: int) -> bytes:
-        """The OFFER of use ``k`` of slot ``j`` of this call, from the output (epoch 0: set when sent)."""
+    def offer_of(self, j: int, k: int) -> bytes | None:
+        """The OFFER of use ``k`` of slot ``j`` of this call, from the output (epoch 0: set when sent);
+        None if this worker got that use's RESULT without payload (another rank's reduce-scatter chunk)."""
         s, p = self.schedule, self.params
         c = s.chunk(j, k)
+        if not self.call.receives(c):
+            return None
         cnt = s.count(c)
         _, nuses = self.positions()
         exp = 0
@@ -223,6 +230,7 @@ class Recovery:
             count=cnt,
             seq=seq,
             exp=exp,
+            op=self.call.op(c),
         )
         return hdr + payload
 
@@ -243,6 +251,14 @@ class Recovery:
         sess.last_count[:w] = s.counts(chunks)
         sess.last_seq[:w] = (sess.seq[:w] - 1) & 0xFFFFFFFF
         sess.last_seq[w:] = -1
+        call = self.call
+        if call.plain:
+            sess.last_op[:w] = call.op(0)
+        else:
+            for j, c in enumerate(chunks.tolist() if s.nchunks else [-1] * w):
+                sess.last_op[j] = call.op(c)
+                if not call.receives(c):
+                    sess.last_seq[j] = -1  # its RESULT came without payload: nothing to offer
         need = self.session.reoffer
         if need is not None and np.all(
             (need < 0) | (((self.session.seq - 1 - need) & 0xFFFFFFFF) < 0x80000000)

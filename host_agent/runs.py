@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from host_agent.engine import _FINAL, _JOIN_ACK, _PENDING, _REFUSE, _RESULT, _RETX, Engine, Send
+from host_agent.schedule import ALLREDUCE, Collective
 from host_agent.session import Session
 from netagg.protocol import EXP_NONE, HEADER_SIZE, SET_BIT, VERSION, MsgType, record_dtype
 from netagg.quantize import chunk_exponents, dequantize, quantize
@@ -22,9 +23,15 @@ class RunEngine(Engine):
     batched = True
 
     def __init__(
-        self, session: Session, flat: np.ndarray, out: np.ndarray, factor: float, now: float
+        self,
+        session: Session,
+        flat: np.ndarray,
+        out: np.ndarray,
+        factor: float,
+        now: float,
+        call: Collective = ALLREDUCE,
     ) -> None:
-        super().__init__(session, flat, out, factor, now)
+        super().__init__(session, flat, out, factor, now, call)
         s, p = self.schedule, self.params
         w, n = s.window, s.elements
         self.slots = np.arange(w, dtype=np.int64)
@@ -43,6 +50,7 @@ class RunEngine(Engine):
         self.sp = self.sendbuf["p"]
         sh["version"], sh["type"], sh["epoch"] = VERSION, MsgType.CONTRIB, p.epoch
         sh["job"], sh["worker"] = p.job, p.worker_id
+        sh["op"] = call.op(0)  # an allreduce (only allreduces come here): one op field for every use
         self.seg = HEADER_SIZE + 4 * n
         self._rto = session.rto.value
 

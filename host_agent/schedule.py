@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Schedule"]
+from netagg.protocol import ROOT_ALL, Coll, ReduceOp, op_field
+
+__all__ = ["ALLREDUCE", "Collective", "Schedule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,45 @@ class Schedule:
     def counts(self, cs: np.ndarray) -> np.ndarray:
         """:meth:`count` over arrays."""
         return np.where(cs < 0, 0, np.where(cs < self.nfull, self.elements, self.tail))
+
+
+@dataclass(frozen=True, slots=True)
+class Collective:
+    """Which collective a call is, and what that means chunk by chunk (docs/protocol.md, "Collectives"):
+    the ``op`` field of each use, whether this worker sends a payload and whether it gets one."""
+
+    coll: int = Coll.allreduce
+    reduce: int = ReduceOp.sum
+    rank: int = 0
+    """This worker's rank (whose shard, or whether it is the root)."""
+    root: int = 0
+    """A broadcast's root."""
+    per_shard: int = 0
+    """Chunks per shard (reduce-scatter, all-gather): chunk ``c`` belongs to rank ``c // per_shard``."""
+
+    @property
+    def plain(self) -> bool:
+        """An allreduce: every use has the same op field, sends and gets a payload."""
+        return self.coll == Coll.allreduce
+
+    def owner(self, c: int) -> int:
+        return c // self.per_shard if self.per_shard else self.root
+
+    def op(self, c: int) -> int:
+        """The op field of the use that carries chunk ``c`` (-1: the exponent-only use)."""
+        if c < 0 or self.coll in (Coll.allreduce, Coll.barrier):
+            return op_field(self.coll, self.reduce, ROOT_ALL if self.coll == Coll.reduce_scatter else 0)
+        return op_field(self.coll, self.reduce, self.owner(c))
+
+    def sends(self, c: int) -> bool:
+        """Whether this worker's contribution to chunk ``c`` carries a payload (else EMPTY)."""
+        if self.coll in (Coll.all_gather, Coll.broadcast):
+            return c >= 0 and self.owner(c) == self.rank
+        return True
+
+    def receives(self, c: int) -> bool:
+        """Whether this worker gets chunk ``c``'s result with its payload."""
+        return self.coll != Coll.reduce_scatter or c < 0 or self.owner(c) == self.rank
+
+
+ALLREDUCE = Collective()

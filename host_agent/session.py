@@ -126,6 +126,8 @@ class Session:
     last_count: np.ndarray = field(init=False)
     last_offset: np.ndarray = field(init=False)
     """Where each slot's kept result starts in ``last_vals``."""
+    last_op: np.ndarray = field(init=False)
+    """The op field of each slot's kept result's use."""
     reoffer: np.ndarray | None = None
     """Since a resumed round: each slot's first use after it. Offers go again with retransmissions (an
     offer may be lost) until this worker holds the result of that use in every slot: then every
@@ -137,6 +139,7 @@ class Session:
         self.last_seq = np.full(p.slots, -1, dtype=np.int64)
         self.last_count = np.zeros(p.slots, dtype=np.int64)
         self.last_offset = np.zeros(p.slots, dtype=np.int64)
+        self.last_op = np.zeros(p.slots, dtype=np.int64)
         self.seq = np.zeros(p.slots, dtype=np.int64)
         self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)
 
@@ -154,6 +157,7 @@ class Session:
             slot=slot_field(p.slot_base + j, seq & 1),
             count=count,
             seq=seq,
+            op=int(self.last_op[j]),
         )  # exp 0: a call's last use proposes nothing for a next one
         at = int(self.last_offset[j])
         return hdr + self.last_vals[at : at + count].astype(">u4").tobytes()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from host_agent.engine import Send
 from host_agent.session import Stats
 from netagg.protocol import parse_address
-from netagg.udpbatch import enable_gro, send_segments, set_socket_buffers
+from netagg.udpbatch import enable_gro, send_segments, set_gro, set_socket_buffers
 
 __all__ = ["LOST_ON_SEND", "Transport"]
 
@@ -59,6 +59,10 @@ class Transport:
         """Receive runs of same-size datagrams coalesced (UDP GRO); False where the kernel refuses."""
         self.gro = enable_gro(self.sock)
         return self.gro
+
+    def set_gro(self, on: bool) -> None:
+        """Turn coalesced receives on or off again (a collective's call takes one datagram at a time)."""
+        self.gro = set_gro(self.sock, on)
 
     def join_group(self, group: str, port: int) -> None:
         """A second socket that receives the switch's results sent to the job's multicast group."""

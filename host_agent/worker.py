@@ -18,15 +18,16 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from host_agent.collectives import Collectives
 from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
 from host_agent.errors import JobReformed, NetAggError, NetAggTimeout, NonFiniteError, RefusedError
 from host_agent.join import JoinHandshake, format_address, join_controller, leave_controller
+from host_agent.schedule import Collective, Schedule
 from host_agent.session import JobParams, Rto, Session, Stats
-from host_agent.tensors import as_numpy, output_for
 from host_agent.transport import LOST_ON_SEND, Transport
 from netagg.protocol import parse_address, parse_key
 from netagg.udpbatch import BATCH_BELOW_ELEMENTS, recv_batch
@@ -36,8 +37,9 @@ __all__ = ["NetAggError", "NetAggTimeout", "NonFiniteError", "Worker", "parse_ad
 log = logging.getLogger(__name__)
 
 
-class Worker:
-    """One worker of a netagg job.
+class Worker(Collectives):
+    """One worker of a netagg job: allreduce (sum, max, min), reduce-scatter, all-gather, broadcast and
+    barrier through its switch (the collectives are in :mod:`host_agent.collectives`).
 
     Give either ``switch`` (a static job at a known switch) or ``controller`` (the job is created through
     the control plane; the controller says where its switch is and what the worker's id and slots are).
@@ -171,37 +173,7 @@ class Worker:
             self.close()
             raise
 
-    # -- public API ----------------------------------------------------------------------------
-    def allreduce(self, x: Any, out: Any = None, *, average: bool = False) -> Any:
-        """Elementwise sum of ``x`` over every worker of the job; same type, dtype and shape as ``x``.
-
-        ``x`` is a numpy array or torch tensor of float32 (quantized, error within the bound of
-        docs/protocol.md), int32 (exact; wraps on overflow like any int32 sum), or float16, bfloat16
-        or float64 (carried as float32). Every worker must call with the same size and dtype, in the
-        same order.
-
-        ``out`` (same shape and kind as ``x``; ``out=x`` is allowed) receives the result and is
-        returned, as torch.distributed's in-place all_reduce does; without it a new array is made.
-
-        ``average=True`` returns the mean instead (float tensors only): the division by the world size
-        is folded into dequantization, no extra pass over the result (exact when the world size is a
-        power of two, one rounding otherwise).
-        """
-        return self.allreduce_async(x, out, average=average).result()
-
-    def allreduce_async(
-        self, x: Any, out: Any = None, *, average: bool = False
-    ) -> concurrent.futures.Future[Any]:
-        """Start an allreduce; calls run one after another, in the order they were made."""
-        if self._broken:
-            raise NetAggError(self._broken)
-        arr, restore = as_numpy(x)
-        if average and arr.dtype != np.float32:
-            raise ValueError(f"average=True needs a floating-point tensor, not {arr.dtype}")
-        target, finish = output_for(out, x, arr)
-        factor = 1.0 / self.world_size if average else 1.0
-        return self._executor.submit(lambda: finish(restore, self._allreduce(arr, target, factor)))
-
+    # -- public API (the collectives: host_agent.collectives) ---------------------------------------
     def close(self) -> None:
         """Finish queued allreduces and release the sockets."""
         self._executor.shutdown(wait=True)
@@ -232,6 +204,10 @@ class Worker:
     def elements(self) -> int:
         """int32 elements per packet (the switch's job decides it)."""
         return self.params.elements
+
+    @property
+    def _slots(self) -> int:
+        return self.params.slots
 
     @property
     def rto(self) -> float:
@@ -301,17 +277,34 @@ class Worker:
             params.elements,
         )
 
-    # -- the allreduce: an engine, driven by the sockets ------------------------------------------
-    def _allreduce(self, flat: np.ndarray, out: np.ndarray | None = None, factor: float = 1.0) -> np.ndarray:
+    # -- one call: an engine, driven by the sockets ---------------------------------------------
+    def _run(
+        self,
+        flat: np.ndarray,
+        out: np.ndarray | None = None,
+        factor: float = 1.0,
+        call: Collective | None = None,
+        schedule: Schedule | None = None,
+    ) -> np.ndarray:
         target = np.empty_like(flat) if out is None else out
         try:
-            if flat.size == 0:
+            if flat.size == 0 and schedule is None:
                 return target
             assert self._session is not None
             self._transport.sock.setblocking(False)
-            engine = make_engine(self._session, flat, target, factor, time.monotonic(), batched=self.batched)
+            now = time.monotonic()
+            kw = {} if call is None else {"call": call}
+            engine = make_engine(
+                self._session, flat, target, factor, now, batched=self.batched, schedule=schedule, **kw
+            )
             if isinstance(engine, RunEngine):
                 self._drive_runs(engine)
+            elif self.batched:  # a collective of a batched worker: one datagram at a time, no GRO
+                self._transport.set_gro(False)
+                try:
+                    self._drive(engine)  # type: ignore[arg-type]
+                finally:
+                    self._transport.set_gro(True)
             else:
                 assert isinstance(engine, DatagramEngine)
                 self._drive(engine)

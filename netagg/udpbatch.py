@@ -18,6 +18,7 @@ __all__ = [
     "enable_gro",
     "recv_batch",
     "send_segments",
+    "set_gro",
     "set_socket_buffers",
 ]
 
@@ -42,6 +43,15 @@ def enable_gro(sock: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def set_gro(sock: socket.socket, on: bool) -> bool:
+    """Turn coalesced receives on or off; whether they are on afterwards."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+    except OSError:
+        return False
+    return on
 
 
 def send_segments(

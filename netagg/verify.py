@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["agreed_exponents", "allreduce_error_bound", "check", "inputs"]
+__all__ = ["ROUNDING", "agreed_exponents", "allreduce_error_bound", "check", "inputs"]
 
 
 def inputs(rank: int, shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
@@ -46,16 +46,27 @@ def agreed_exponents(inputs: Sequence[np.ndarray], elements: int) -> np.ndarray:
     return np.where(top > 0, e.astype(np.float64), -np.inf)
 
 
-def allreduce_error_bound(inputs: Sequence[np.ndarray], result: np.ndarray, elements: int) -> np.ndarray:
+#: Unit roundoff and half the smallest subnormal of the types a sum is rounded to at the end
+#: (docs/protocol.md, "Quantization"): float32's are in the bound already.
+ROUNDING = {"float32": (0.0, 0.0), "bfloat16": (2.0**-8, 2.0**-134), "float16": (2.0**-11, 2.0**-25)}
+
+
+def allreduce_error_bound(
+    inputs: Sequence[np.ndarray], result: np.ndarray, elements: int, dtype: str = "float32"
+) -> np.ndarray:
     """The documented per-element bound on ``|result - exact_sum|`` for an allreduce of ``inputs`` (one
-    flat float32 array per worker, ``W = len(inputs)``) in packets of ``elements``, evaluated at
-    ``result``: ``W * 2**(E-B-1) + 2**-24 * |result| + 2**-150`` with ``B = 30 - ceil(log2(W))`` and E
-    from :func:`agreed_exponents`."""
+    flat float32 array per worker, ``W = len(inputs)``; bfloat16 and float16 inputs widened exactly)
+    in packets of ``elements``, evaluated at ``result``: ``W * 2**(E-B-1) + 2**-24 * |result| +
+    2**-150`` with ``B = 30 - ceil(log2(W))`` and E from :func:`agreed_exponents`; for a result rounded
+    to ``dtype`` "bfloat16" or "float16" also ``u * |result| + s`` (u its unit roundoff, s half its
+    smallest subnormal)."""
+    u, tiny = ROUNDING[dtype]
     world = len(inputs)
     bits = 30 - (world - 1).bit_length()  # ceil(log2(W)) is the bit length of W - 1
     quant = world * np.exp2(agreed_exponents(inputs, elements) - bits - 1)  # 0 for an all-zero block
     per_element = np.repeat(quant, elements)[: inputs[0].size]
-    return per_element + np.abs(np.asarray(result, dtype=np.float64).reshape(-1)) * 2.0**-24 + 2.0**-150
+    mag = np.abs(np.asarray(result, dtype=np.float64).reshape(-1))
+    return per_element + mag * (2.0**-24 + u) + 2.0**-150 + tiny
 
 
 def check(

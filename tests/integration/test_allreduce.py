@@ -90,7 +90,7 @@ def test_int32_sums_wrap_like_numpy(switch_factory, elements: int | None, slots:
 def test_torch_tensors(switch_factory) -> None:
     pytest.importorskip("torch")
     sw = switch_factory(2)
-    assert run_workers(wk.torch_inputs, 2, sw.address, 2, timeout=120) == [[True] * 4] * 2
+    assert run_workers(wk.torch_inputs, 2, sw.address, 2, timeout=120) == [[True] * 5] * 2
 
 
 def test_nonfinite_input_raises_at_every_worker(switch_factory) -> None:

@@ -65,19 +65,22 @@ def torch_inputs(rank: int, address: str, world: int) -> list[bool]:
 
     oks = []
     with Worker(address, rank, world) as w:
-        for dtype in (torch.float32, torch.int32, torch.float64, torch.bfloat16):
+        try:  # float64 would be narrowed: refused, with the reason
+            w.allreduce(tensor(rank, torch.float64))
+            oks.append(False)
+        except TypeError as exc:
+            oks.append("narrowed" in str(exc))
+        for dtype in (torch.float32, torch.int32, torch.float16, torch.bfloat16):
             x = tensor(rank, dtype)
             y = w.allreduce(x)
             everyone = [tensor(r, dtype) for r in range(world)]
             ok = y.dtype == dtype and y.shape == x.shape
             if dtype == torch.int32:
                 ok = ok and bool(torch.equal(y, torch.stack(everyone).sum(0, dtype=torch.int32)))
-            else:  # carried as float32: within the documented bound of the float32 sum
+            else:  # summed as float32, rounded to the dtype: within the documented bound
                 carried = [e.float().numpy().reshape(-1) for e in everyone]
                 got = y.double().numpy().reshape(-1)
-                bound = verify.allreduce_error_bound(carried, got, w.elements)
-                if dtype == torch.bfloat16:  # and the result rounded to bfloat16's 8 bits: 2**-9 relative
-                    bound += 2.0**-8 * np.abs(got)
+                bound = verify.allreduce_error_bound(carried, got, w.elements, str(dtype).split(".")[1])
                 ok = ok and bool(np.all(np.abs(got - np.sum(carried, axis=0, dtype=np.float64)) <= bound))
             oks.append(ok)
     return oks

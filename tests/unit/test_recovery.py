@@ -9,6 +9,7 @@ with no call from the user and be exact (int32) or bit-identical at every worker
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from host_agent.engine import DatagramEngine, Engine, RunEngine, make_engine
 from host_agent.errors import RefusedError
+from host_agent.schedule import ALLREDUCE, Collective, Schedule
 from host_agent.session import JobParams, Rto, Session
 from netagg.protocol import MsgType, Reason, decode, refuse_packet, slot_field
 from netagg.verify import allreduce_error_bound
@@ -58,12 +60,20 @@ class Cluster:
         self.restarts += 1
 
     def run(
-        self, calls: list[list[np.ndarray]], *, batched: bool, in_place: bool, restart_at: list[int]
+        self,
+        calls: list[list[np.ndarray]],
+        *,
+        batched: bool,
+        in_place: bool,
+        restart_at: list[int],
+        kinds: list[tuple[Collective, Schedule | None]] | None = None,
     ) -> list[list[np.ndarray]]:
         """Every worker makes ``calls`` in order; the switch restarts after it has handled each of
         ``restart_at`` packets, unless some worker has begun its last call (a worker that has returned
         from a call offers its results only when it next calls, docs/protocol.md "Recovery", Limits;
-        here every restart is followed by a call of every worker). Returns each worker's results."""
+        here every restart is followed by a call of every worker). ``kinds``: each call's collective
+        (and schedule), for worker 0 (the others' differ in their rank); default allreduce. Returns
+        each worker's results."""
         nw = len(self.sessions)
         results: list[list[np.ndarray]] = [[] for _ in range(nw)]
         engines: list[Engine | None] = [None] * nw
@@ -73,7 +83,11 @@ class Cluster:
         def begin(w: int) -> None:
             x = calls[nxt[w]][w].copy()
             out = x if in_place else np.full_like(x, 12345)
-            e = make_engine(self.sessions[w], x, out, 1.0, self.now, batched=batched)
+            call, schedule = kinds[nxt[w]] if kinds else (ALLREDUCE, None)
+            call = dataclasses.replace(call, rank=w)
+            e = make_engine(
+                self.sessions[w], x, out, 1.0, self.now, batched=batched, call=call, schedule=schedule
+            )
             engines[w], arrays[w] = e, out
             nxt[w] += 1
             emit(w, e.start(self.now))
@@ -214,7 +228,7 @@ def feed(e: Engine, data: bytes) -> list:
             "count_mismatch",
             3,
             "differs from the 3 another worker sent for it: the workers called with different sizes "
-            r"\(this worker: 10 elements, in chunks of 4\)",
+            r"\(worker \d: allreduce of 10 elements, in chunks of 4\)",
         ),
         ("unknown_job", 0, r"switch sw:1 has no job 7 \(it was deleted"),
         ("wrong_source", 0, "takes worker 1's packets for job 7 from another address"),

@@ -1,0 +1,45 @@
+"""Protocol version 2 end to end: 4 worker processes and a real `netagg switch` process (started with
+no flag for the collectives) run allreduce (sum, max, min), reduce-scatter, all-gather, broadcast and
+barrier in float32, bfloat16, float16 and int32, each checked against numpy; the traffic each rank moves
+has the shape docs/protocol.md gives; ranks that call different collectives are told so."""
+
+from __future__ import annotations
+
+import pytest
+
+from netagg.cli.launch import run_workers
+from tests.integration import coll_workers as cw
+
+W = 4
+
+
+@pytest.mark.parametrize(("elements", "n"), [(16370, 40_001), (64, 3_001)])
+def test_every_collective_in_every_dtype(switch_factory, elements: int, n: int) -> None:
+    sw = switch_factory(W, elements=elements, slots=16 if elements > 64 else 256)
+    out = run_workers(cw.everything, W, sw.address, W, n, timeout=300)
+    for rank, results in enumerate(out):
+        traffic = results.pop("traffic")
+        bad = [name for name, ok in results.items() if not ok]
+        assert not bad, f"rank {rank}: {bad}"
+        # Reduce-scatter of S bytes: S up, S/W down; all-gather of S/W: S/W up, S down; plus a 24-byte
+        # header for every chunk each way (with or without payload). Within 5% (padding, repeats).
+        s = traffic["size"]
+        headers = s * 24 / (4 * elements)
+        assert traffic["rs_sent"] == pytest.approx(s + headers, rel=0.05), traffic
+        assert traffic["rs_received"] == pytest.approx(s / W + headers, rel=0.05), traffic
+        assert traffic["ag_sent"] == pytest.approx(s / W + headers, rel=0.05), traffic
+        assert traffic["ag_received"] == pytest.approx(s + headers, rel=0.05), traffic
+    stats = sw.stop()
+    assert stats["counters"]["completions"] > 0
+    assert not any(v for k, v in stats["drops"].items()), stats["drops"]
+
+
+def test_ranks_calling_different_collectives_are_told(switch_factory) -> None:
+    sw = switch_factory(W)
+    errors = run_workers(cw.mismatch, W, sw.address, W, timeout=120)
+    # The rank the switch refused is told why at once; the others waited for it and say for whom.
+    assert "called different collectives" in errors[0] and "reduce-scatter of 4,000" in errors[0], errors
+    assert all(
+        "Workers [0] have not contributed (gone, or calling another collective" in e for e in errors[1:]
+    )
+    assert sw.stop()["drops"]["op_mismatch"] > 0
