@@ -44,14 +44,11 @@ TRAFFIC = ("bytes_sent", "bytes_received")
 
 
 def _traffic(group: Any) -> dict[str, float]:
-    """The netagg backend's worker counters for ``group`` ({} for gloo, which keeps none)."""
-    import torch
-
-    try:
-        stats = group._get_backend(torch.device("cpu")).stats
-    except (RuntimeError, AttributeError):
+    """The netagg group's counters of its worker's traffic and of its collectives ({} for gloo)."""
+    stats = getattr(group, "stats", None)
+    if not callable(stats):
         return {}
-    s = stats() if callable(stats) else {}
+    s = stats()
     return {
         **{k: float(s.get("traffic", {}).get(k, 0)) for k in TRAFFIC},
         "switch_ops": float(sum(s.get("switch_ops", {}).values())),

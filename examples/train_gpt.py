@@ -234,12 +234,9 @@ STAT_KEYS = ("bytes_sent", "bytes_received", "sent", "received", "retransmission
 
 
 def backend_stats() -> dict[str, Any]:
-    """What the default group's backend says it did (netagg's ``stats()``), or {} (gloo keeps none)."""
-    try:
-        backend = dist.group.WORLD._get_backend(torch.device("cpu"))  # type: ignore[union-attr]
-    except (RuntimeError, AttributeError):
-        return {}
-    stats = getattr(backend, "stats", None)
+    """What the default group says it did (netagg's group is its backend: ``stats()``), or {} (gloo
+    keeps no such counters)."""
+    stats = getattr(dist.group.WORLD, "stats", None)
     return dict(stats()) if callable(stats) else {}
 
 
