@@ -174,8 +174,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=10, help="steps of linear learning-rate warm-up")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
-    p.add_argument("--eval-every", type=int, default=20, help="held-out loss every N steps (0: at the end)")
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--eval-every", type=int, default=40, help="held-out loss every N steps (0: at the end)")
+    p.add_argument("--eval-batches", type=int, default=16, help="held-out batches of 8 sequences")
     p.add_argument("--bf16-comm", action="store_true", help="all-gather and reduce-scatter in bfloat16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
