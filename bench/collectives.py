@@ -18,6 +18,7 @@ their torch 2.13 names: ``reduce_scatter_single`` and ``all_gather_single`` are 
     python bench/collectives.py                       # quick: W=4; 1 and 16 MiB; 5 rounds; 6 FSDP steps
     python bench/collectives.py --full                # W=2,4,8; 1, 4, 16, 64 MiB; 10 rounds; 10 steps
     python bench/collectives.py --workers 4 --sizes 64 --ops reduce_scatter all_gather --dtypes fp32
+    python bench/collectives.py --workers 4 --ops --fsdp-steps 10 --fsdp-bf16-comm   # FSDP2 alone, bf16
     python bench/collectives.py --backend gloo ...    # gloo in both places: a check of the harness
 """
 
@@ -102,6 +103,7 @@ def bench_rank(
     rounds: int,
     warmup: int,
     fsdp_steps: int,
+    fsdp_bf16: bool = False,
 ) -> dict[str, Any]:
     """Every case on both groups, alternating call by call (the machine's load drifts by tens of
     percent within a minute, so separate runs would disagree by more than the difference measured),
@@ -146,7 +148,7 @@ def bench_rank(
             out["cases"].append({"times": times, "per_call": delta})
             del bufs
         if fsdp_steps:
-            out["fsdp"] = _fsdp_steps(rank, groups, barrier, fsdp_steps, warmup)
+            out["fsdp"] = _fsdp_steps(rank, groups, barrier, fsdp_steps, warmup, fsdp_bf16)
     finally:
         dist.destroy_process_group()
     return out
@@ -163,12 +165,15 @@ def _gpt_module() -> Any:
     return module
 
 
-def _fsdp_steps(rank: int, groups: dict[str, Any], barrier: Any, steps: int, warmup: int) -> dict[str, Any]:
+def _fsdp_steps(
+    rank: int, groups: dict[str, Any], barrier: Any, steps: int, warmup: int, bf16: bool
+) -> dict[str, Any]:
     """examples/train_gpt.py's model twice, each sharded with FSDP2 over one of the groups; forward,
-    backward and AdamW step in bf16 autocast, alternating which model goes first."""
+    backward and AdamW step in bf16 autocast, alternating which model goes first. ``bf16``: FSDP2's
+    collectives in bfloat16 too."""
     import torch
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     gpt = _gpt_module()
     args = gpt.parse(["--backend", "gloo"])  # the example's default model, batch and context
@@ -178,9 +183,11 @@ def _fsdp_steps(rank: int, groups: dict[str, Any], barrier: Any, steps: int, war
         torch.manual_seed(args.seed)
         model = gpt.GPT(len(data.chars), args.context, args.d_model, args.layers, args.heads)
         mesh = DeviceMesh.from_group(group, "cpu")
+        low = torch.bfloat16 if bf16 else None
+        mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low)
         for block in model.blocks:
-            fully_shard(block, mesh=mesh)
-        models[name] = fully_shard(model, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        models[name] = fully_shard(model, mesh=mesh, mp_policy=mp)
         opts[name] = torch.optim.AdamW(model.parameters(), lr=args.lr)
 
     def step(name: str, x: Any, y: Any) -> None:
@@ -222,6 +229,7 @@ def run_world(
     rounds: int,
     warmup: int,
     fsdp_steps: int,
+    fsdp_bf16: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """One switch (for netagg) and W processes for every case at this W; the rows of JSON."""
     sw = SwitchProcess(world) if backend == "netagg" else None
@@ -237,6 +245,7 @@ def run_world(
             rounds,
             warmup,
             fsdp_steps,
+            fsdp_bf16,
             timeout=7200,
         )
     finally:
@@ -276,6 +285,7 @@ def run_world(
         fsdp = {
             "workers": world,
             "op": "fsdp2_gpt_step",
+            "dtype": "bf16" if fsdp_bf16 else "fp32",  # of FSDP2's collectives (compute: bf16 autocast)
             "backend": backend,
             "parameters": f0["parameters"],
             "steps": len(f0["times"]["gloo"]),
@@ -351,12 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="W=2,4,8; 1, 4, 16, 64 MiB; 10 rounds; 10 FSDP steps")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 4; --full: 2 4 8)")
     p.add_argument("--sizes", type=float, nargs="+", help="S in MiB (default 1 16; --full: 1 4 16 64)")
-    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="collectives (default all)")
+    p.add_argument(
+        "--ops",
+        nargs="*",
+        choices=OPS,
+        default=list(OPS),
+        help="collectives (default all; none: FSDP2 alone)",
+    )
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="default both")
     p.add_argument("--rounds", type=int, help="timed calls per case and group (default 5; --full: 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls (and FSDP steps) first")
     p.add_argument(
         "--fsdp-steps", type=int, help="timed FSDP2 steps per group (default 6; --full: 10; 0: none)"
+    )
+    p.add_argument(
+        "--fsdp-bf16-comm",
+        action="store_true",
+        help="FSDP2 all-gathers parameters and reduce-scatters gradients in bfloat16 (MixedPrecisionPolicy)",
     )
     p.add_argument("--backend", default="netagg", help="the default group's backend (default netagg)")
     p.add_argument("--out", type=Path, default=Path("out/bench"))
@@ -388,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        world_rows, world_fsdp = run_world(world, args.backend, cases, rounds, args.warmup, fsdp_steps)
+        world_rows, world_fsdp = run_world(
+            world, args.backend, cases, rounds, args.warmup, fsdp_steps, args.fsdp_bf16_comm
+        )
         for row in world_rows:
             print(json.dumps(row), flush=True)
         rows += world_rows
