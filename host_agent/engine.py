@@ -40,6 +40,7 @@ from netagg.protocol import (
     PAYLOAD_DTYPE,
     SET_BIT,
     VERSION,
+    Coll,
     Flag,
     MsgType,
     describe_op,
@@ -185,6 +186,14 @@ class DatagramEngine(Engine):
     ) -> None:
         super().__init__(session, flat, out, factor, now, call, schedule)
         self._op = call.op(0) if call.plain else -1  # an allreduce's op field: the same for every use
+        # A reduce-scatter keeps each slot's previous contribution: after a switch restart it is sent
+        # again for a use whose result this worker got without payload (docs/protocol.md, "Recovery").
+        self._keep_prev = call.coll == Coll.reduce_scatter
+        if self._keep_prev:
+            n = self.schedule.elements
+            self._prev_rows = [np.empty(n, PAYLOAD_DTYPE) for _ in range(self.schedule.window)]
+            self._prev_headers = [b""] * self.schedule.window
+        self._sent = [0] * self.schedule.window  # the use whose contribution is in rows[j]
         w = self.schedule.window
         self.nuses = self.schedule.uses()
         self.base = [int(s) for s in session.seq[:w]]
@@ -213,6 +222,20 @@ class DatagramEngine(Engine):
     def next_deadline(self) -> float:
         return self.join_due if self.rejoin is not None else min(self.deadline)
 
+    def contribution(self, j: int, k: int) -> bytes | None:
+        """This worker's contribution to use ``k`` of slot ``j`` (the one in flight or, for a
+        reduce-scatter, the one before), as sent, with RETX (epoch 0: set when sent again)."""
+        if k == self._sent[j] and self.headers[j]:
+            hdr, row = self.headers[j], self.rows[j]
+        elif k == self._sent[j] - 1 and self._keep_prev and self._prev_headers[j]:
+            hdr, row = self._prev_headers[j], self._prev_rows[j]
+        else:
+            return None
+        out = bytearray(hdr)
+        out[OFF_FLAGS] |= _RETX
+        cnt = 0 if out[OFF_FLAGS] & _EMPTY else int.from_bytes(out[OFF_COUNT : OFF_COUNT + 2], "big")
+        return bytes(out) + row[:cnt].tobytes()
+
     def start(self, now: float) -> list[Send]:
         return [self._send(j, 0, now) for j in range(self.schedule.window)]
 
@@ -236,6 +259,10 @@ class DatagramEngine(Engine):
         n, window, boot = s.elements, s.window, s.boot
         c = -1 if k < boot else j + (k - boot) * window
         cnt = flags = 0
+        if self._keep_prev and k:  # the previous use's bytes stay, for a resend after a restart
+            self.rows[j], self._prev_rows[j] = self._prev_rows[j], self.rows[j]
+            self._prev_headers[j] = self.headers[j]
+        self._sent[j] = k
         dst = self.rows[j]
         if c >= 0 and self._op < 0 and not self.call.sends(c):  # another rank's shard: no payload
             flags = _EMPTY

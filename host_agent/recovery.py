@@ -204,13 +204,18 @@ class Recovery:
         self.stats.offers += len(sends)
         return sends
 
+    def contribution(self, j: int, k: int) -> bytes | None:
+        """This worker's contribution to use ``k`` of slot ``j`` as sent, if the engine still has it."""
+        return None
+
     def offer_of(self, j: int, k: int) -> bytes | None:
-        """The OFFER of use ``k`` of slot ``j`` of this call, from the output (epoch 0: set when sent);
-        None if this worker got that use's RESULT without payload (another rank's reduce-scatter chunk)."""
+        """The OFFER of use ``k`` of slot ``j`` of this call, from the output (epoch 0: set when sent).
+        For a use whose RESULT came without payload (another rank's reduce-scatter chunk): this
+        worker's contribution to it again, so that the use can complete anew for its owner."""
         s, p = self.schedule, self.params
         c = s.chunk(j, k)
         if not self.call.receives(c):
-            return None
+            return self.contribution(j, k)
         cnt = s.count(c)
         _, nuses = self.positions()
         exp = 0
@@ -252,13 +257,16 @@ class Recovery:
         sess.last_seq[:w] = (sess.seq[:w] - 1) & 0xFFFFFFFF
         sess.last_seq[w:] = -1
         call = self.call
+        sess.last_contribution = [None] * sess.params.slots
         if call.plain:
             sess.last_op[:w] = call.op(0)
         else:
-            for j, c in enumerate(chunks.tolist() if s.nchunks else [-1] * w):
+            pos, _ = self.positions()
+            for j, c in enumerate(chunks.tolist()):
                 sess.last_op[j] = call.op(c)
-                if not call.receives(c):
-                    sess.last_seq[j] = -1  # its RESULT came without payload: nothing to offer
+                if not call.receives(c):  # its RESULT came without payload: the contribution instead
+                    sess.last_seq[j] = -1
+                    sess.last_contribution[j] = self.contribution(j, pos[j] - 1)
         need = self.session.reoffer
         if need is not None and np.all(
             (need < 0) | (((self.session.seq - 1 - need) & 0xFFFFFFFF) < 0x80000000)

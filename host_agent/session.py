@@ -128,6 +128,9 @@ class Session:
     """Where each slot's kept result starts in ``last_vals``."""
     last_op: np.ndarray = field(init=False)
     """The op field of each slot's kept result's use."""
+    last_contribution: list[bytes | None] = field(init=False)
+    """For a slot whose last use was another rank's reduce-scatter chunk: this worker's contribution
+    to it, sent again after a resume instead of an offer (docs/protocol.md, "Recovery")."""
     reoffer: np.ndarray | None = None
     """Since a resumed round: each slot's first use after it. Offers go again with retransmissions (an
     offer may be lost) until this worker holds the result of that use in every slot: then every
@@ -140,6 +143,7 @@ class Session:
         self.last_count = np.zeros(p.slots, dtype=np.int64)
         self.last_offset = np.zeros(p.slots, dtype=np.int64)
         self.last_op = np.zeros(p.slots, dtype=np.int64)
+        self.last_contribution = [None] * p.slots
         self.seq = np.zeros(p.slots, dtype=np.int64)
         self.payload = np.zeros((p.slots, p.elements), dtype=PAYLOAD_DTYPE)
 
@@ -147,7 +151,7 @@ class Session:
         """The OFFER of slot ``j``'s kept result (epoch 0: set when sent), or None."""
         seq = int(self.last_seq[j])
         if seq < 0:
-            return None
+            return self.last_contribution[j]
         p, count = self.params, int(self.last_count[j])
         hdr = pack_header(
             MsgType.CONTRIB,

@@ -1,5 +1,7 @@
 /* Egress: each replica of a job's RESULT or JOIN_ACK gets its worker's addresses (and, for a JOIN_ACK,
- * the worker id and its incarnation); flooded copies never go back out of the port they came in by. */
+ * the worker id and its incarnation; for a reduce-scatter's RESULT, EMPTY unless the worker owns the
+ * chunk); flooded copies never go back out of the port they came in by; a reply marked TRIM is cut to
+ * its UDP length. */
 #ifndef NETAGG_EGRESS_P4
 #define NETAGG_EGRESS_P4
 
@@ -53,8 +55,17 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
         /* most frequent first: a result's or JOIN_ACK's replica for a worker */
         if (sm.mcast_grp >= JOB_GROUP_BASE && sm.egress_rid != PARENT_RID) {
             replicas.apply();  /* both its actions count the packet out */
-            if (hdr.netagg.type == TYPE_JOIN_ACK) {
-                bit<16> worker = sm.egress_rid - 1;
+            bit<16> worker = sm.egress_rid - 1;
+            if (hdr.netagg.type == TYPE_RESULT && hdr.netagg.op[15:12] == COLL_REDUCE_SCATTER
+                    && hdr.netagg.op[7:0] != ROOT_ALL && meta.has_parent == 0
+                    && worker != (bit<16>)hdr.netagg.op[7:0] && (hdr.netagg.flags & FLAG_EMPTY) == 0) {
+                /* a reduce-scatter chunk's result goes to its owner; every other worker gets the
+                 * same header, EMPTY (docs/protocol.md, "Switch rules", 5) */
+                hdr.netagg.flags = hdr.netagg.flags | FLAG_EMPTY;
+                hdr.udp.length = 8 + NETAGG_HEADER_BYTES;
+                hdr.ipv4.total_len = 20 + hdr.udp.length;
+                TRIM
+            } else if (hdr.netagg.type == TYPE_JOIN_ACK) {
                 bit<32> incarnation;
                 reg_incarnation.read(incarnation,
                     (bit<32>)(sm.mcast_grp - JOB_GROUP_BASE) * NETAGG_MAX_WORKERS + (bit<32>)worker);
@@ -82,6 +93,7 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 hdr.netagg.set = 0;
                 hdr.netagg.seq = incarnation;
                 hdr.netagg.exp = 0;
+                hdr.netagg.op = 0;
                 hdr.netagg.bitmap = 0;
                 hdr.udp.length = 8 + NETAGG_HEADER_BYTES + 4 * JOIN_WORDS;
                 hdr.ipv4.total_len = 20 + hdr.udp.length;
@@ -97,6 +109,9 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
                 hdr.netagg.epoch = epoch_there;
                 hdr.netagg.worker = meta.parent_worker;
                 hdr.netagg.bitmap = 0;
+                if (hdr.netagg.op[15:12] == COLL_REDUCE_SCATTER) {
+                    hdr.netagg.op[7:0] = ROOT_ALL;  /* as its partials go up (parent.p4) */
+                }
                 events.count(EV_OFFERS_SENT);
                 events.count(EV_PACKETS_OUT);
             } else {
@@ -106,6 +121,9 @@ control NetaggEgress(inout headers_t hdr, inout metadata_t meta, inout standard_
             mark_to_drop(sm);
         } else if (meta.is_netagg == 1) {
             events.count(EV_PACKETS_OUT);
+        }
+        if (meta.trim == 1) {
+            truncate((bit<32>)hdr.udp.length + 34);  /* Ethernet (14) and IPv4 (20) before it */
         }
     }
 }

@@ -84,12 +84,12 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 reg_ack.read(ack, job);
                 ack_payload(ACK_ROUND(ack));
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, ACK_FLAGS(ack),
-                             JOIN_ACK_WORDS, 0, meta.full)
+                             JOIN_ACK_WORDS, 0, meta.full, 0)
             } else if (members == meta.full) {
                 check = true;  /* a mixed round that waited for this repeat */
             } else {
                 TO_SENDER
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members, 0)
             }
         } else {
             if (joined == 1) {
@@ -108,7 +108,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
             FOR_EACH_WORKER(EXPIRE_MEMBER)
             if (members != meta.full) {
                 TO_SENDER
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members, 0)
             } else {
                 check = true;
             }
@@ -128,7 +128,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 /* members continuing different rounds: each must have repeated its JOIN (a stray or
                  * dead member cannot break the others' lineage) */
                 TO_SENDER
-                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members)
+                REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_PENDING, 0, 0, 0, members, 0)
             } else {
                 /* the round is complete: a new epoch, whose slot state starts empty */
                 bit<32> clock;
@@ -159,7 +159,7 @@ control JoinBarrier(inout headers_t hdr, inout metadata_t meta, inout standard_m
                 ack_payload(round);
                 /* worker and seq (the incarnation) are set per replica by the egress */
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_JOIN_ACK, ack_flags,
-                             JOIN_ACK_WORDS, 0, meta.full)
+                             JOIN_ACK_WORDS, 0, meta.full, 0)
                 TO_JOB(meta.job_index)
             }
         }

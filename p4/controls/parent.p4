@@ -22,9 +22,11 @@
     hdr.elems[2].v = 0;                                                                              \
     hdr.netagg.count = JOIN_WORDS;
 
-/* Turn the packet into this switch's message to its parent: the partial sum the packet carries (its
- * valid elements; FLAGS with FLAG_OFFER: the use's result, offered), or a JOIN. A statement macro, as
- * those of reply.p4 are (and for the same reason). */
+/* Turn the packet into this switch's message to its parent: the partial the packet carries (its valid
+ * elements, or none with FLAG_EMPTY in FLAGS; FLAGS with FLAG_OFFER: the use's result, offered), or a
+ * JOIN. A reduce-scatter use goes up with root ROOT_ALL (docs/protocol.md, "Collectives", in a tree:
+ * the owner is a rank of the whole job, which this switch cannot map to a child). A statement macro,
+ * as those of reply.p4 are (and for the same reason). */
 #define TO_PARENT(FLAGS, EXPMAX, JOB_INDEX, PARENT_WORKER, PARENT_MAC, PARENT_IP, PARENT_UDP_PORT,    \
                   PARENT_PORT, SWITCH_MAC, SWITCH_IP)                                                 \
     {                                                                                                \
@@ -38,6 +40,9 @@
             hdr.netagg.epoch = tp_epoch;                                                             \
             hdr.netagg.exp = EXPMAX;                                                                 \
             hdr.netagg.bitmap = 0;                                                                   \
+            if (hdr.netagg.op[15:12] == COLL_REDUCE_SCATTER) {                                       \
+                hdr.netagg.op[7:0] = ROOT_ALL;                                                       \
+            }                                                                                        \
             if ((FLAGS & FLAG_RETX) == 0) {                                                          \
                 events.count(EV_PARTIALS_SENT);                                                      \
             } else {                                                                                 \
@@ -55,12 +60,12 @@
             PARENT_JOIN_PAYLOAD(meta.parent_key_hi, meta.parent_key_lo)                              \
             hdr.netagg.seq = tp_incarnation;                                                         \
             hdr.netagg.exp = 0;                                                                      \
+            hdr.netagg.op = 0;                                                                       \
             hdr.netagg.bitmap = 0;                                                                   \
             events.count(EV_PARENT_JOINS_SENT);                                                      \
         }                                                                                            \
         hdr.netagg.worker = PARENT_WORKER;                                                           \
-        hdr.netagg.reserved = 0;                                                                     \
-        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + (hdr.netagg.count << 2);                          \
+        hdr.udp.length = 8 + NETAGG_HEADER_BYTES + PAYLOAD_BYTES;                                    \
         hdr.udp.checksum = 0;                                                                        \
         hdr.ipv4.total_len = 20 + hdr.udp.length;                                                    \
         hdr.ipv4.ttl = 64;                                                                           \
@@ -73,7 +78,8 @@
         sm.egress_spec = PARENT_PORT;                                                                \
     }
 
-/* A JOIN_ACK, PENDING, REFUSE or RESULT from the parent: the RESULT of a use goes down to the workers;
+/* A JOIN_ACK, PENDING, REFUSE or RESULT from the parent: the RESULT of a use goes down to every child
+ * (with its payload, or EMPTY as it came; a reduce-scatter's too);
  * a refusal that says this switch is not in the parent's round makes it rejoin there (a new
  * incarnation, prev_round 0: a P4 leaf does not resume a round at its parent, README). */
 control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t sm) {
@@ -114,7 +120,7 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
         } else if (hdr.netagg.type == TYPE_RESULT) {
             bit<32> cell = ((bit<32>)hdr.netagg.slot << 1) + (bit<32>)hdr.netagg.set;
             meta.cell = cell;
-            bit<136> state;
+            bit<152> state;
             reg_slot.read(state, cell);
             bool slot_ok = hdr.netagg.slot >= meta.slot_base
                 && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
@@ -135,18 +141,29 @@ control FromParent(inout headers_t hdr, inout metadata_t meta, inout standard_me
             if (meta.parent_joined == 1 && hdr.netagg.epoch == meta.parent_epoch && slot_ok && !known
                     && fits) {
                 send = true;
-                /* ready, with the tree's exponent maximum and the FINAL flag for repeats */
-                reg_slot.write(cell, SLOT_STATE(hdr.netagg.seq, meta.epoch_tag, meta.full, hdr.netagg.count,
-                                                hdr.netagg.exp,
-                                                SLOT_READY_BIT | (hdr.netagg.flags & FLAG_FINAL)));
-                if (hdr.wide.isValid()) {
+                /* the use keeps its op (the children's packets carry it; the parent's RESULT of a
+                 * reduce-scatter says root ROOT_ALL), unless the set held no part of this use */
+                bit<16> use_op = SLOT_OP(state);
+                bit<8> payload = SLOT_PAYLOAD_BIT;
+                if (empty || diff != 0) {
+                    use_op = hdr.netagg.op;
+                }
+                if ((hdr.netagg.flags & FLAG_EMPTY) != 0) {
+                    payload = 0;
+                } else if (hdr.wide.isValid()) {
                     store_result_wide();
                 } else {
                     store_result();
                 }
+                /* ready, with the tree's exponent maximum and the FINAL flag for repeats */
+                reg_slot.write(cell, SLOT_STATE(hdr.netagg.seq, meta.epoch_tag, meta.full, hdr.netagg.count,
+                                                hdr.netagg.exp, use_op,
+                                                SLOT_READY_BIT | payload | (hdr.netagg.flags & FLAG_FINAL)));
                 hdr.netagg.worker = 0xFFFF;
+                /* down to every child, with payload or EMPTY as it came */
                 REPLY_HEADER(meta.epoch, meta.switch_mac, meta.switch_ip, TYPE_RESULT,
-                             hdr.netagg.flags & FLAG_FINAL, hdr.netagg.count, hdr.netagg.exp, meta.full)
+                             hdr.netagg.flags & (FLAG_FINAL | FLAG_EMPTY), hdr.netagg.count, hdr.netagg.exp,
+                             meta.full, use_op)
                 TO_JOB(meta.job_index)
             } else {
                 events.count(EV_PARENT_STALE);

@@ -26,6 +26,8 @@ control Refuse(inout headers_t hdr, inout metadata_t meta, inout standard_metada
             reason = REASON_WRONG_SOURCE;
         } else if (meta.drop_reason == DROP_BAD_KEY) {
             reason = REASON_BAD_KEY;
+        } else if (meta.drop_reason == DROP_OP_MISMATCH) {
+            reason = REASON_OP_MISMATCH;
         }
         bool answer = false;
         if (reason != 0) {
@@ -57,17 +59,17 @@ control Refuse(inout headers_t hdr, inout metadata_t meta, inout standard_metada
             if (meta.job_found == 1) {
                 epoch = meta.epoch;
             }
-            /* the detail: the use's count (count_mismatch), the refused packet's epoch (not_joined,
+            /* the detail: the use's count (count_mismatch) or op (op_mismatch), the refused packet's epoch (not_joined,
              * stale_epoch: a worker tells a refusal of its current round from a late one) */
             bit<32> detail = 0;
-            if (reason == REASON_COUNT_MISMATCH) {
+            if (reason == REASON_COUNT_MISMATCH || reason == REASON_OP_MISMATCH) {
                 detail = meta.refuse_detail;
             } else if (reason == REASON_NOT_JOINED || reason == REASON_STALE_EPOCH) {
                 detail = (bit<32>)hdr.netagg.epoch;
             }
             TO_SENDER
             NO_PAYLOAD
-            REPLY_HEADER(epoch, meta.switch_mac, meta.switch_ip, TYPE_REFUSE, 0, 0, reason, detail)
+            REPLY_HEADER(epoch, meta.switch_mac, meta.switch_ip, TYPE_REFUSE, 0, 0, reason, detail, 0)
         } else {
             mark_to_drop(sm);
         }

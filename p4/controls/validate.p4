@@ -90,15 +90,22 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
          * The tables are looked up before the checks that need them (each table is applied once:
          * BMv2 wants one successor per table); what they return is used only once the checks
          * before it have passed. */
-        bool basic_ok = hdr.netagg.isValid() && hdr.netagg.version == NETAGG_VERSION
-            && hdr.netagg.reserved == 0 && meta.length_diff == 0;
+        /* `op`: a known collective and reduction, and a reduction other than sum only for allreduce
+         * and reduce-scatter. The length: 24 + 4 x count, or 24 with EMPTY (the parser's
+         * length_diff), and an OFFER always carries its values. */
+        bit<4> coll = hdr.netagg.op[15:12];
+        bit<4> reduction = hdr.netagg.op[11:8];
+        bool op_ok = coll <= COLL_BARRIER && reduction <= REDUCE_MIN
+            && (reduction == REDUCE_SUM || coll <= COLL_REDUCE_SCATTER);
+        bool basic_ok = hdr.netagg.isValid() && hdr.netagg.version == NETAGG_VERSION && op_ok
+            && meta.length_diff == 0 && (hdr.netagg.flags & (FLAG_EMPTY | FLAG_OFFER)) != (FLAG_EMPTY | FLAG_OFFER);
         if (!basic_ok) {
             if (!hdr.netagg.isValid()) {
                 reject(DROP_TRUNCATED);
             } else if (hdr.netagg.version != NETAGG_VERSION) {
                 reject(DROP_BAD_VERSION);
-            } else if (hdr.netagg.reserved != 0) {
-                reject(DROP_BAD_RESERVED);
+            } else if (!op_ok) {
+                reject(DROP_BAD_OP);
             } else {
                 reject(DROP_BAD_LENGTH);
             }
@@ -118,7 +125,10 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 && hdr.udp.src_port == meta.worker_port;
             bool slot_ok = hdr.netagg.slot >= meta.slot_base
                 && (bit<16>)(hdr.netagg.slot - meta.slot_base) < meta.slots;
-            if (!(hdr.netagg.type == TYPE_CONTRIB && meta.job_found == 1 && from_worker && slot_ok
+            /* a reduce-scatter's chunk belongs to a rank of the whole job, or to every worker */
+            bool root_ok = coll != COLL_REDUCE_SCATTER || hdr.netagg.op[7:0] == ROOT_ALL
+                || (bit<32>)hdr.netagg.op[7:0] < meta.total_workers;
+            if (!(hdr.netagg.type == TYPE_CONTRIB && meta.job_found == 1 && from_worker && slot_ok && root_ok
                   && hdr.netagg.count <= meta.elements && hdr.netagg.set == hdr.netagg.seq[0:0]
                   && meta.joined != 0 && hdr.netagg.epoch == meta.epoch)) {
                 if (hdr.netagg.type != TYPE_CONTRIB && hdr.netagg.type != TYPE_JOIN) {
@@ -134,6 +144,8 @@ control Validate(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                     reject(DROP_UNKNOWN_JOB);
                 } else if (hdr.netagg.worker >= meta.workers) {
                     reject(DROP_BAD_WORKER);
+                } else if (hdr.netagg.type == TYPE_CONTRIB && !root_ok) {
+                    reject(DROP_BAD_OP);
                 } else if (hdr.netagg.type == TYPE_JOIN) {
                     /* "Joining", 0: the key is checked before anything about the job is looked at
                      * (the source address included) or changed. */

@@ -30,7 +30,7 @@
 
 /* The UDP port of the protocol (docs/protocol.md, "Transport"). */
 #define NETAGG_PORT 47000
-#define NETAGG_VERSION 1
+#define NETAGG_VERSION 2
 #define NETAGG_HEADER_BYTES 24
 
 /* Message types. */
@@ -47,6 +47,19 @@
 #define FLAG_RESUME 4
 #define FLAG_OFFER 8
 #define FLAG_FINAL 16
+#define FLAG_EMPTY 32
+
+/* The header's `op` field (docs/protocol.md, "Header"): bits 15-12 the collective, 11-8 the reduction,
+ * 7-0 the root (ROOT_ALL: a reduce-scatter use whose result goes to every worker). */
+#define COLL_ALLREDUCE 0
+#define COLL_REDUCE_SCATTER 1
+#define COLL_ALL_GATHER 2
+#define COLL_BROADCAST 3
+#define COLL_BARRIER 4
+#define REDUCE_SUM 0
+#define REDUCE_MAX 1
+#define REDUCE_MIN 2
+#define ROOT_ALL 255
 
 /* A JOIN's payload, when it has one: key_hi, key_lo, prev_round (docs/protocol.md, "Message types"). */
 #define JOIN_WORDS 3
@@ -60,6 +73,7 @@
 #define REASON_COUNT_MISMATCH 4
 #define REASON_WRONG_SOURCE 5
 #define REASON_BAD_KEY 6
+#define REASON_OP_MISMATCH 7
 
 /* Refusals are rate-limited per job by a token bucket of REFUSE_BURST tokens refilled at one per
  * REFUSE_INTERVAL_US (1,000 per second, bursts of 100: docs/protocol.md, "Refusals"), kept as GCRA's
@@ -83,7 +97,7 @@
 #define DROP_TRUNCATED 0
 #define DROP_BAD_VERSION 1
 #define DROP_BAD_TYPE 2
-#define DROP_BAD_RESERVED 3
+#define DROP_BAD_OP 3
 #define DROP_BAD_LENGTH 4
 #define DROP_UNKNOWN_JOB 5
 #define DROP_BAD_WORKER 6
@@ -96,7 +110,8 @@
 #define DROP_WRONG_SOURCE 13
 #define DROP_STALE_SEQ 14
 #define DROP_COUNT_MISMATCH 15
-#define NUM_DROP_REASONS 16
+#define DROP_OP_MISMATCH 16
+#define NUM_DROP_REASONS 17
 
 /* Events: index into the `events` counter (same names as the Python switch's counters). */
 #define EV_PACKETS_IN 0

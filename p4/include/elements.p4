@@ -60,6 +60,20 @@ const bit<NETAGG_PAYLOAD_BITS> LANES_HIGH = 0 FOR_EACH_ELEMENT(LANE_HIGH_PART);
  * each lane (their carry lands in the lane's top bit, never beyond), then set each top bit to that
  * carry xor the two top bits. */
 #define SWAR_ADD(a, b) ((((a) & LANES_LOW) + ((b) & LANES_LOW)) ^ (((a) ^ (b)) & LANES_HIGH))
+/* Lane-wise signed int32 comparison: all ones in the lanes where a < b, zeros elsewhere. With the top
+ * bits flipped (x = a ^ H, y = b ^ H) signed order is unsigned order. The lane-wise difference x - y
+ * subtracts each lane's low 31 bits with the top bit of x forced and that of y cleared (so no borrow
+ * crosses a lane), then fixes the top bit; a lane's borrow out of its top bit (x < y) is
+ * (~x & y) | (~(x ^ y) & diff) there, and a top bit t spread over its lane is (t << 1) - (t >> 31). */
+#define SWAR_LESS(MASK, a, b)                                                                  \
+    {                                                                                          \
+        bit<NETAGG_PAYLOAD_BITS> sw_x = (a) ^ LANES_HIGH;                                      \
+        bit<NETAGG_PAYLOAD_BITS> sw_y = (b) ^ LANES_HIGH;                                      \
+        bit<NETAGG_PAYLOAD_BITS> sw_d = ((sw_x | LANES_HIGH) - (sw_y & LANES_LOW))             \
+            ^ ((sw_x ^ ~sw_y) & LANES_HIGH);                                                   \
+        bit<NETAGG_PAYLOAD_BITS> sw_t = ((~sw_x & sw_y) | (~(sw_x ^ sw_y) & sw_d)) & LANES_HIGH; \
+        MASK = (sw_t << 1) - (sw_t >> 31);                                                     \
+    }
 
 /* FOR_EACH_WORKER(M) expands M(0) ... M(31): the JOIN barrier looks at every member. */
 #define FOR_EACH_WORKER(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15) M(16) M(17) M(18) M(19) M(20) M(21) M(22) M(23) M(24) M(25) M(26) M(27) M(28) M(29) M(30) M(31)

@@ -60,7 +60,7 @@ header netagg_h {
     bit<16> count;
     bit<32> seq;
     bit<16> exp;
-    bit<16> reserved;
+    bit<16> op;            /* collective (15-12), reduction (11-8), root (7-0) */
     bit<32> bitmap;
 }
 
@@ -131,7 +131,10 @@ struct metadata_t {
     /* what to do with the packet */
     bit<1> drop;
     bit<8> drop_reason;
-    bit<32> refuse_detail; /* a REFUSE's bitmap: the use's count for count_mismatch */
+    bit<32> refuse_detail; /* a REFUSE's bitmap: the use's count (count_mismatch) or op (op_mismatch) */
+    bit<1> trim;           /* egress: cut the frame to what its UDP length says (a reply whose
+                            * payload headers are all valid but only `count` of them, or none,
+                            * belong to it) */
 }
 
 #endif

@@ -53,6 +53,19 @@ parser NetaggParser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
 
     state parse_netagg {
         pkt.extract(hdr.netagg);
+        transition select(hdr.netagg.flags & FLAG_EMPTY) {
+            0: parse_payload;
+            default: parse_empty;
+        }
+    }
+
+    /* EMPTY: the datagram is the header alone, whatever `count` says (docs/protocol.md, "Header"). */
+    state parse_empty {
+        meta.length_diff = (bit<32>)hdr.udp.length - 32;
+        transition accept;
+    }
+
+    state parse_payload {
         /* Elements are extracted only when the datagram is exactly 24 + 4 x count bytes and count fits
          * the stack; otherwise the ingress drops the packet (bad_length) before looking at them. */
         meta.length_diff = ((bit<32>)hdr.udp.length - 32) - ((bit<32>)hdr.netagg.count << 2);

@@ -53,26 +53,33 @@ register<bit<8>>(NETAGG_JOB_WORKERS) reg_prev_epoch;   /* the epoch field of the
  *   bitmap   contributors so far
  *   nelem    the use's count
  *   expmax   maximum exponent proposal (of a use completed by an OFFER: the offer's exponent)
+ *   op       the use's `op` field (collective, reduction, root), from its first packet
  *   sflags   bit 0 (SLOT_READY_BIT): the use's RESULT is known (here or from the parent);
+ *            bit 1 (SLOT_PAYLOAD_BIT): a contribution (or the offer, or the parent's RESULT) carried a
+ *            payload: the accumulators hold the use's values (without it the RESULT is EMPTY);
  *            FLAG_FINAL: that result is final values, from an OFFER ("Recovery"; the flag its
  *            RESULTs carry, repeats' unicast RESULTs included) */
-#define SLOT_STATE(seq, tag, bitmap, nelem, expmax, sflags) \
-    ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (sflags))
-#define SLOT_SEQ(s) s[135:104]
-#define SLOT_TAG(s) s[103:72]
-#define SLOT_BITMAP(s) s[71:40]
-#define SLOT_NELEM(s) s[39:24]
-#define SLOT_EXPMAX(s) s[23:8]
+#define SLOT_STATE(seq, tag, bitmap, nelem, expmax, op, sflags) \
+    ((seq) ++ (tag) ++ (bitmap) ++ (nelem) ++ (expmax) ++ (op) ++ (sflags))
+#define SLOT_SEQ(s) s[151:120]
+#define SLOT_TAG(s) s[119:88]
+#define SLOT_BITMAP(s) s[87:56]
+#define SLOT_NELEM(s) s[55:40]
+#define SLOT_EXPMAX(s) s[39:24]
+#define SLOT_OP(s) s[23:8]
 #define SLOT_FLAGS(s) s[7:0]
 #define SLOT_READY_BIT 1
-register<bit<136>>(NETAGG_SLOT_SETS) reg_slot;
+#define SLOT_PAYLOAD_BIT 2
+register<bit<152>>(NETAGG_SLOT_SETS) reg_slot;
 /* Accumulators: one register array per element k of a packet, indexed by slot set (2 * slot + set).
- * Holds the sum once the use is complete, which is also the stored result sent again to a worker that
+ * Holds the use's values (the first payload, combined lane by lane with the later ones by the use's
+ * reduction) once the use is complete, which is also the stored result sent again to a worker that
  * repeats. (One array per element rather than one big one: no index arithmetic per element, which
  * p4c turns into a temporary field each and BMv2 then copies with every packet.) */
 #define DECLARE_ACCUMULATOR(k) register<bit<32>>(NETAGG_SLOT_SETS) reg_acc_##k;
 FOR_EACH_ELEMENT(DECLARE_ACCUMULATOR)
-/* ... and for uses of full packets (count = N), all elements in one wide value per slot set. */
+/* ... and for uses of full packets (count = N), all elements in one wide value per slot set. Which of
+ * the two holds a use follows from its count alone, so EMPTY packets of the use find it too. */
 register<bit<NETAGG_PAYLOAD_BITS>>(NETAGG_SLOT_SETS) reg_acc_wide;
 
 counter(NUM_DROP_REASONS, CounterType.packets) drops;

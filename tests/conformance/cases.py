@@ -15,7 +15,20 @@ from typing import Any
 
 from netagg.scapy_layer import NetAgg
 
-__all__ = ["BIG_A", "BIG_B", "CASES", "ELEMENTS", "HOSTS", "KEY", "PARENT_KEY", "Case", "Send", "big_offer"]
+__all__ = [
+    "BIG_A",
+    "BIG_B",
+    "CASES",
+    "ELEMENTS",
+    "HOSTS",
+    "KEY",
+    "PARENT_KEY",
+    "Case",
+    "Send",
+    "big_offer",
+    "tree_ack",
+    "tree_result",
+]
 
 JOB = 5
 WORKERS = 2
@@ -84,6 +97,30 @@ def _join_with(worker: int, incarnation: int, key: int = 0, prev_round: int = 0,
 
 def _joined() -> list[Send]:
     return [Send("w0", _join(0, 111)), Send("w1", _join(1, 222))]
+
+
+def tree_ack(epoch: int = 4) -> Callable[[int], bytes]:
+    """The parent's JOIN_ACK for this switch's latest JOIN (its incarnation), in the tree cases."""
+    return lambda inc: _n(type="JOIN_ACK", worker=PARENT_WORKER, epoch=epoch, seq=inc, bitmap=3)
+
+
+def tree_result(
+    slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050, flags: int = 0, **kw: Any
+) -> bytes:
+    """The parent's RESULT of a use, in the tree cases (``kw``: the op's fields, ``count``)."""
+    return _n(
+        type="RESULT",
+        flags=flags,
+        worker=0xFFFF,
+        slot=slot,
+        set=seq & 1,
+        seq=seq,
+        epoch=epoch,
+        exp=exp,
+        values=values,
+        bitmap=3,
+        **kw,
+    )
 
 
 KEY = 0x0123456789ABCDEF
@@ -176,8 +213,8 @@ def _cases() -> list[Case]:
             "malformed headers",
             (
                 *_joined(),
-                Send("w0", _contrib(0, 8, 0, a, version=2)),  # bad_version
-                Send("w0", _contrib(0, 8, 0, a, reserved=1)),  # bad_reserved
+                Send("w0", _contrib(0, 8, 0, a, version=1)),  # bad_version (version 1)
+                Send("w0", _contrib(0, 8, 0, a, coll=5)),  # bad_op
                 Send("w0", _contrib(0, 8, 0, a, count=7)),  # bad_length
                 Send("w0", _contrib(0, 8, 0, a)[:-4]),  # bad_length (short payload)
                 Send("w0", _contrib(0, 8, 0, a)[:20]),  # truncated
@@ -232,26 +269,6 @@ def _cases() -> list[Case]:
     cases += _refusal_cases(a, b)
     cases += _offer_cases(a, b)
     p = "p"
-
-    def parent_ack(epoch: int = 4) -> Callable[[int], bytes]:
-        return lambda inc: _n(type="JOIN_ACK", worker=PARENT_WORKER, epoch=epoch, seq=inc, bitmap=3)
-
-    def parent_result(
-        slot: int, seq: int, values: list[int], epoch: int = 4, exp: int = 1050, flags: int = 0
-    ) -> bytes:
-        return _n(
-            type="RESULT",
-            flags=flags,
-            worker=0xFFFF,
-            slot=slot,
-            set=seq & 1,
-            seq=seq,
-            epoch=epoch,
-            exp=exp,
-            values=values,
-            bitmap=3,
-        )
-
     total = [(x + y + 1000 + 2**31) % 2**32 - 2**31 for x, y in zip(a, b, strict=True)]  # int32
     cases += [
         Case(
@@ -262,18 +279,18 @@ def _cases() -> list[Case]:
                 Send(
                     "w1", _contrib(1, 8, 0, b, exp=1040)
                 ),  # complete before the parent's ack: the JOIN again
-                Send(p, parent_ack()),
+                Send(p, tree_ack()),
                 Send("w1", _contrib(1, 8, 0, b, exp=1040, flags="RETX")),  # now the partial goes up (RETX)
-                Send(p, parent_result(8, 0, total)),  # down to both workers with this switch's epoch
-                Send(p, parent_result(8, 0, total)),  # a duplicate: nothing
+                Send(p, tree_result(8, 0, total)),  # down to both workers with this switch's epoch
+                Send(p, tree_result(8, 0, total)),  # a duplicate: nothing
                 Send("w0", _contrib(0, 8, 0, a, exp=1030)),  # a repeat: the stored result, unicast
                 Send("w0", _contrib(0, 9, 0, a)),
                 Send("w1", _contrib(1, 9, 0, b)),  # complete: the partial goes up
-                Send(p, parent_result(9, 1, total)),  # wrong use: stale
-                Send(p, parent_result(9, 0, total, epoch=5)),  # wrong epoch: stale
+                Send(p, tree_result(9, 1, total)),  # wrong use: stale
+                Send(p, tree_result(9, 0, total, epoch=5)),  # wrong epoch: stale
                 Send(p, _n(type="PENDING", worker=PARENT_WORKER, slot=9, epoch=4, bitmap=1)),  # counted only
-                Send("x", parent_result(9, 0, total)),  # a RESULT from anyone else: bad_type
-                Send(p, parent_result(9, 0, total, exp=0xFFFF)),
+                Send("x", tree_result(9, 0, total)),  # a RESULT from anyone else: bad_type
+                Send(p, tree_result(9, 0, total, exp=0xFFFF)),
             ),
             tree=True,
         ),
@@ -282,21 +299,21 @@ def _cases() -> list[Case]:
             (
                 *_joined(),
                 Send("w0", _contrib(0, 8, 0, a, exp=1030, flags=OFFER | FINAL)),  # down, and the JOIN again
-                Send(p, parent_ack()),
+                Send(p, tree_ack()),
                 Send("w1", _contrib(1, 9, 0, b, exp=1040, flags=OFFER | FINAL)),  # down, and the offer up
                 Send("w0", _contrib(0, 10, 0, a)),
                 Send("w1", _contrib(1, 10, 0, b)),  # complete: the partial up
-                Send(p, parent_result(10, 0, total, flags=FINAL)),  # an offered result: down, FINAL
+                Send(p, tree_result(10, 0, total, flags=FINAL)),  # an offered result: down, FINAL
                 Send("w0", _contrib(0, 10, 0, a, flags="RETX")),  # a repeat: unicast, FINAL
-                Send(p, parent_result(11, 2, total, flags=FINAL)),  # FINAL for an empty set: down
-                Send(p, parent_result(11, 0, total, flags=FINAL)),  # older than the set's use: stale
-                Send(p, parent_result(8, 0, a)),  # known here: stale
+                Send(p, tree_result(11, 2, total, flags=FINAL)),  # FINAL for an empty set: down
+                Send(p, tree_result(11, 0, total, flags=FINAL)),  # older than the set's use: stale
+                Send(p, tree_result(8, 0, a)),  # known here: stale
                 Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=1)),  # not_joined: rejoin
                 Send("w0", _contrib(0, 9, 1, a)),
                 Send("w1", _contrib(1, 9, 1, b)),  # complete, not joined there: the JOIN again
                 Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=2)),  # not joined: nothing
                 Send(p, _n(type="REFUSE", worker=PARENT_WORKER, epoch=4, exp=6)),  # bad_key: nothing
-                Send(p, parent_ack(epoch=5)),
+                Send(p, tree_ack(epoch=5)),
                 Send("w1", _contrib(1, 9, 1, b, flags="RETX")),  # the partial up, epoch 5
                 Send(p, _n(type="REFUSE", worker=PARENT_WORKER, slot=9, seq=1, epoch=6, exp=2)),  # rejoin
             ),

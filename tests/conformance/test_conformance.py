@@ -15,20 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netagg.protocol import JOIN_ACK_PARAMS, MsgType, Reason
+from netagg.protocol import JOIN_ACK_PARAMS, Flag, MsgType, Reason
 from netagg.scapy_layer import NetAgg
 from switch.bmv2 import compile_p4, find_binary
-from tests.conformance import cases
+from tests.conformance import cases, collectives
 from tests.conformance.targets import Bmv2Target, Outcome, PythonTarget, batched, compare
 
 ROOT = Path(__file__).resolve().parents[2]
-BY_NAME = {c.name: c for c in cases.CASES}
+ALL_CASES = cases.CASES + collectives.CASES
+BY_NAME = {c.name: c for c in ALL_CASES}
 _PAYLOAD_HEX = 2 * (14 + 20 + 8)  # where the netagg header starts in a frame's hex
 
 
 def _one_by_one() -> dict[str, Outcome]:
     target = PythonTarget()
-    return {c.name: target.run(c) for c in cases.CASES}
+    return {c.name: target.run(c) for c in ALL_CASES}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def python() -> dict[str, Outcome]:
     return _one_by_one()
 
 
-@pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
 def test_batched_receives_give_what_one_at_a_time_gives(case: cases.Case, python) -> None:
     """Dataplane.handle_batch (runs of same-size datagrams from one host, as GRO delivers them) sends the
     same frames and counts the same as Dataplane.handle on each datagram in turn."""
@@ -138,7 +139,7 @@ def test_the_cases_mean_what_they_say(python) -> None:
         "truncated": 1,
         "bad_version": 1,
         "bad_type": 2,
-        "bad_reserved": 1,
+        "bad_op": 1,
         "bad_length": 3,
         "bad_set": 1,
         "bad_incarnation": 1,
@@ -153,8 +154,8 @@ def test_the_cases_mean_what_they_say(python) -> None:
     assert outs[-1] == python["malformed headers"][0][-1]  # the same sum as without the forgeries
     outs, counters = python["set flips, reuse and late packets"]
     assert counters["drops"] == {"stale_seq": 1, "count_mismatch": 1}
-    # version 1, RESULT, UNICAST
-    assert len(outs[-1]) == 1 and outs[-1][0][1][_PAYLOAD_HEX:].startswith("010402")
+    # version 2, RESULT, UNICAST
+    assert len(outs[-1]) == 1 and outs[-1][0][1][_PAYLOAD_HEX:].startswith("020402")
     assert python["contributions before the job is joined"][1]["drops"] == {"not_joined": 2}
 
 
@@ -247,6 +248,87 @@ def test_offers_complete_a_use_with_their_values(python) -> None:
     assert counters["counters"]["offers"] == 7 and counters["counters"]["recoveries"] == 6
 
 
+def _lanes(fn, *vectors: list[int]) -> list[int]:
+    return fn(np.array(vectors, dtype=np.int32), axis=0).tolist()
+
+
+def test_max_and_min_are_numpys_lane_by_lane(python) -> None:
+    """An oracle independent of both switches for max and min of signed int32, on short packets and on
+    the P4 program's wide (SWAR) path: numpy's."""
+    a, b = collectives.A, collectives.B
+    outs, counters = python["allreduce max and min: signed lanes, short and full packets"]
+    want = {
+        3: _lanes(np.max, a, b),
+        6: _lanes(np.min, a, b),
+        8: _lanes(np.max, cases.BIG_A, cases.BIG_B),
+        10: _lanes(np.min, cases.BIG_A, cases.BIG_B),
+        13: _int32_sum(a, b),
+        15: _lanes(np.min, b[:5], a[:5]),
+        17: _lanes(np.min, cases.BIG_B, cases.BIG_A),
+    }
+    for i, values in want.items():
+        got = _results(outs[i])
+        assert sorted(p for p, _ in got) == [1, 2], i
+        assert all(pkt.type == MsgType.RESULT and list(pkt.values) == values for _, pkt in got), i
+    [(port, repeat)] = _results(outs[11])  # the stored wide minimum, unicast
+    assert port == 1 and list(repeat.values) == want[10]
+    assert counters["drops"] == {} and counters["counters"]["completions"] == 7
+
+
+def test_a_reduce_scatter_result_goes_to_its_owner_and_empty_to_the_others(python) -> None:
+    outs, counters = python["reduce-scatter: the owner's payload, EMPTY to the others, repeats"]
+    empty, unicast = int(Flag.EMPTY), int(Flag.UNICAST)
+
+    def by_port(i: int) -> dict[int, NetAgg]:
+        return dict(_results(outs[i]))
+
+    complete = by_port(3)  # root 1: w1 (port 2) gets the sum, w0 the header alone, EMPTY
+    assert list(complete[2].values) == _int32_sum(collectives.A, collectives.B)
+    assert int(complete[1].flags) == empty and complete[1].count == 8 and len(bytes(complete[1])) == 24
+    assert complete[1].exp == complete[2].exp == 1040 and (complete[1].coll, complete[1].root) == (1, 1)
+    assert int(by_port(4)[1].flags) == empty | unicast and int(by_port(5)[2].flags) == unicast
+    wide = by_port(7)  # root 0, max, full packets
+    assert list(wide[1].values) == _lanes(np.max, cases.BIG_A, cases.BIG_B) and int(wide[2].flags) == empty
+    assert all(not int(p.flags) & empty for p in by_port(10).values())  # root 0xFF: everyone
+    assert counters["drops"] == {"bad_op": 2}  # roots 2 and 0xFE in a job of two
+
+
+def test_empty_contributions_take_the_owners_payload_and_empty_uses_give_empty_results(python) -> None:
+    outs, _ = python["all-gather and broadcast: EMPTY contributions, the owner's payload copied"]
+    assert all(list(p.values) == collectives.B for _, p in _results(outs[3]))
+    assert all(list(p.values) == cases.BIG_A for _, p in _results(outs[12]))  # EMPTY completed it
+    [(_, repeat)] = _results(outs[10])  # an EMPTY repeat gets the stored wide values
+    assert list(repeat.values) == cases.BIG_B
+    nothing = _results(outs[14])  # every contribution EMPTY: an EMPTY RESULT that keeps the count
+    assert len(nothing) == 2 and all(int(p.flags) == Flag.EMPTY and p.count == 5 for _, p in nothing)
+    outs, _ = python["barrier: count 0, EMPTY or not"]
+    assert [int(p.flags) for _, p in _results(outs[4])] == [int(Flag.EMPTY)] * 2
+    assert [int(p.flags) for _, p in _results(outs[7])] == [0, 0]
+
+
+def test_op_mismatch_is_refused_with_the_uses_op(python) -> None:
+    outs, counters = python["op_mismatch and count_mismatch refusals"]
+    for i in (3, 4, 5, 8):
+        _, pkt = _one(outs[i])
+        assert (pkt.type, pkt.exp, pkt.bitmap, pkt.coll) == (MsgType.REFUSE, Reason.op_mismatch, 0x1001, 0), i
+    assert _one(outs[6])[1].exp == Reason.count_mismatch  # the count is checked first
+    assert _one(outs[12])[1].bitmap == 0x2001
+    assert counters["drops"] == {"op_mismatch": 5, "count_mismatch": 1, "stale_seq": 1}
+    outs, counters = python["bad_op, EMPTY lengths, version 1"]
+    assert counters["drops"] == {"bad_op": 7, "bad_version": 1, "bad_length": 4, "stale_epoch": 1}
+
+
+def test_a_leaf_sends_reduce_scatter_up_for_everyone_and_empty_partials_empty(python) -> None:
+    outs, _ = python["tree: all-gather, reduce-scatter and barrier at a leaf"]
+    [(port, up)] = _results(outs[4])
+    assert port == 4 and up.type == MsgType.CONTRIB and int(up.flags) == Flag.EMPTY and up.count == 8
+    [(_, up)] = _results(outs[11])
+    assert (up.coll, up.reduce, up.root) == (1, 1, 0xFF)
+    assert list(up.values) == _lanes(np.max, collectives.A, collectives.B)
+    down = _results(outs[13])  # the parent's RESULT to both children, with the leaf's op
+    assert sorted(p for p, _ in down) == [1, 2] and all(p.root == 1 and p.count == 8 for _, p in down)
+
+
 # -- BMv2 ------------------------------------------------------------------------------------------------
 def _bmv2_missing() -> str | None:
     for binary in ("p4c-bm2-ss", "simple_switch", "simple_switch_CLI"):
@@ -269,7 +351,7 @@ def test_bmv2_conforms_to_the_python_switch(python) -> None:
     target = Bmv2Target(program)
     failures = []
     try:
-        for case in cases.CASES:
+        for case in ALL_CASES:
             diffs = compare(python[case.name], target.run(case))
             if diffs:
                 failures.append(f"{case.name}:\n" + "\n".join(diffs))

@@ -35,12 +35,17 @@ def _sum_ok(got: Any, everyone: list[Any], dtype: str, elements: int) -> bool:
     return bool(np.all(np.abs(g - np.sum(carried, axis=0, dtype=np.float64)) <= bound))
 
 
-def everything(rank: int, address: str, world: int, n: int) -> dict[str, Any]:
-    """Every collective in every dtype; returns {check name: ok} and the worker's byte counters."""
+def everything(rank: int, address: str | list[str], world: int, n: int) -> dict[str, Any]:
+    """Every collective in every dtype; returns {check name: ok} and the worker's byte counters. With a
+    list of leaf switches (a tree), rank r joins leaf r // (W / leaves) as its worker r % (W / leaves)."""
     import torch
 
     results: dict[str, Any] = {}
-    with Worker(address, rank, world, timeout=30) as w:
+    worker_id = None
+    if isinstance(address, list):
+        per_leaf = world // len(address)
+        address, worker_id = address[rank // per_leaf], rank % per_leaf
+    with Worker(address, rank, world, timeout=30, worker_id=worker_id) as w:
         for dtype in DTYPES:
             x = tensor(rank, world * n, dtype)
             all_x = [tensor(r, world * n, dtype) for r in range(world)]

@@ -11,6 +11,7 @@ import pytest
 
 from netagg.cli.launch import run_workers
 from netagg.testing import LossyRelay
+from tests.integration import coll_workers as cw
 from tests.integration import workers as wk
 
 CASES = [((1,), "int32"), ((100_003,), "int32"), ((3, 40_000), "float32"), ((0,), "float32")]
@@ -71,3 +72,16 @@ def test_tree_allreduce_exact_under_loss(switch_factory) -> None:
     leaves = stats[1:]
     # Losses between a leaf and the root were repaired by the leaf sending its partial again.
     assert sum(leaf["counters"].get("partials_resent", 0) for leaf in leaves) > 0
+
+
+def test_every_collective_through_a_tree(switch_factory) -> None:
+    """Protocol version 2 in a tree (docs/protocol.md, "Collectives"): max and min partials, all-gather
+    chunks whose owner is below the other leaf (EMPTY partials), reduce-scatter results for every leaf."""
+    addresses, switches, _ = _tree(switch_factory, 1024, None)
+    for rank, results in enumerate(run_workers(cw.everything, 4, addresses, 4, 5_001, timeout=300)):
+        traffic = results.pop("traffic")
+        assert not [name for name, ok in results.items() if not ok], (rank, results)
+        # Below a tree's root a reduce-scatter moves allreduce traffic: every rank gets every chunk.
+        assert traffic["rs_received"] >= traffic["size"]
+    root, *leaves = (sw.stop() for sw in switches)
+    assert not any(root["drops"].values()) and not any(v for leaf in leaves for v in leaf["drops"].values())

@@ -1,6 +1,6 @@
 """The engines run every collective of protocol version 2 against the real dataplane, in process,
-through a channel that loses, duplicates and reorders, with switch restarts where docs/protocol.md
-says a call recovers (all but reduce-scatter): results exact (int32, gathered and broadcast words, max
+through a channel that loses, duplicates and reorders, and switch restarts at any packet: results
+exact (int32, gathered and broadcast words, max
 and min) or within the bound (float32 sums), the same at every worker that gets them."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from host_agent.collectives import decode_ordered, encode_ordered, shard_layout
 from host_agent.schedule import Collective, Schedule
-from netagg.protocol import Coll, ReduceOp
+from netagg.protocol import Coll, Flag, MsgType, ReduceOp
 from netagg.verify import allreduce_error_bound
 from tests.unit.test_recovery import Cluster
 
@@ -129,3 +130,43 @@ def test_reduce_scatter_gives_each_owner_its_shard_under_loss(
         # Each shard is cut into chunks of `per` values (a block each): the bound's blocks.
         bound = allreduce_error_bound([f[mine] for f in floats], s_f, sched_f.elements)
         assert np.all(np.abs(s_f - exact_f[mine]) <= bound)
+
+
+class OwnerLosesItsResult(Cluster):
+    """The switch restarts just after sending a reduce-scatter RESULT whose copy for the owner (worker
+    0) is lost, while the other workers get theirs (EMPTY) and go on."""
+
+    dropped = False
+
+    def put(self, direction: str, addr: str, data: bytes) -> None:
+        full_result = data[1] == MsgType.RESULT and not data[2] & Flag.EMPTY and len(data) > 24
+        if not self.dropped and direction == "down" and addr == "w0" and full_result:
+            self.dropped = True
+            self.restart()
+            return
+        super().put(direction, addr, data)
+
+
+@pytest.mark.parametrize("between_calls", [False, True])
+def test_a_reduce_scatter_owner_that_lost_its_result_gets_it_from_the_others_contributions(
+    between_calls: bool,
+) -> None:
+    """Worker 0 owns chunk 0 (slot 0's first use); worker 1 got the use's EMPTY RESULT and went on
+    to chunk 1 (or, with one chunk per slot, ended its call). After the restart worker 1 sends its
+    contribution to chunk 0 again, so the use completes anew and worker 0 gets the exact sum."""
+    workers, per_rank = 2, 3
+    slots = 2 if between_calls else 1  # 2 slots: each slot's only use is the call's last
+    rng = np.random.default_rng(5)
+    ints = [rng.integers(-(2**31), 2**31, workers * per_rank, dtype=np.int32) for _ in range(workers)]
+    padded, k, pad, schedule = sharded(ints, workers, per_rank, slots)
+    kind = (Collective(Coll.reduce_scatter, ReduceOp.sum, per_shard=k), schedule)
+    cluster = OwnerLosesItsResult(workers, slots, ELEMENTS, seed=1, loss=0.0, dup=0.0)
+    calls = [padded, [x.copy() for x in padded]]
+    results = cluster.run(calls, batched=False, in_place=False, restart_at=[], kinds=[kind, kind])
+    assert cluster.dropped and cluster.restarts == 1
+    total = np.sum(np.stack(ints).astype(np.int64), axis=0).astype(np.int32)
+    for w in range(workers):
+        for got in results[w]:
+            np.testing.assert_array_equal(
+                got[w * pad : w * pad + per_rank], total[w * per_rank : (w + 1) * per_rank]
+            )

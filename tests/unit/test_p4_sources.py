@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from netagg.protocol import JOIN_ACK_PARAMS, JOIN_WORDS, Flag, MsgType, Reason, join_packet
+from netagg.protocol import (
+    JOIN_ACK_PARAMS,
+    JOIN_WORDS,
+    ROOT_ALL,
+    VERSION,
+    Coll,
+    Flag,
+    MsgType,
+    Reason,
+    ReduceOp,
+    join_packet,
+)
 from switch.bmv2 import (
     JOB_JOINED_MASK,
     LOG_LEVELS,
@@ -42,9 +53,16 @@ def test_message_types_flags_reasons_and_payloads_are_the_protocols() -> None:
     """config.p4's numbers for the wire (docs/protocol.md) are netagg.protocol's."""
     c = p4_constants()
     assert {m.name: c[f"TYPE_{m.name}"] for m in MsgType} == {m.name: int(m) for m in MsgType}
-    assert {f: c[f"FLAG_{f}"] for f in ("RETX", "UNICAST", "RESUME", "OFFER", "FINAL")} == {
-        f: int(Flag[f]) for f in ("RETX", "UNICAST", "RESUME", "OFFER", "FINAL")
+    assert {f.name: c[f"FLAG_{f.name}"] for f in Flag} == {f.name: int(f) for f in Flag}
+    assert c["NETAGG_VERSION"] == VERSION
+    # the op field: collectives, reductions, the root of a reduce-scatter for every worker
+    assert {k[len("COLL_") :].lower(): v for k, v in c.items() if k.startswith("COLL_")} == {
+        x.name: int(x) for x in Coll
     }
+    assert {k[len("REDUCE_") :].lower(): v for k, v in c.items() if k.startswith("REDUCE_")} == {
+        x.name: int(x) for x in ReduceOp
+    }
+    assert c["ROOT_ALL"] == ROOT_ALL
     assert {k[len("REASON_") :].lower(): v for k, v in c.items() if k.startswith("REASON_")} == {
         r.name: int(r) for r in Reason
     }
