@@ -38,12 +38,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# Private (tests/unit/test_torch_backend.py::test_private_torch_names fails when torch renames it): a
-# Work completed by a torch future.
-from torch._C._distributed_c10d import _create_work_from_future  # type: ignore[attr-defined]
-
 from host_agent.torch_config import BackendConfig, config_from_env
-from host_agent.torch_gloo import GlooRoutes, Work, all_works, options
+from host_agent.torch_gloo import FutureWork, GlooRoutes, Work, all_works, options
 from host_agent.worker import Worker
 
 __all__ = ["BACKEND", "NetAggProcessGroup", "create_process_group", "register"]
@@ -207,7 +203,7 @@ class NetAggProcessGroup(GlooRoutes, dist.ProcessGroup):
             fut.set_result(result)
         for f in futures:
             f.add_done_callback(done)
-        return _create_work_from_future(fut)
+        return FutureWork(fut)
 
     def _each(
         self,

@@ -4,7 +4,8 @@
 has no part in: the collectives the network cannot do (point to point, all to all, gather, scatter,
 reduce to one rank, the monitored barrier) always go to gloo; the others go there when their reduction
 or dtype is not the switch's (the reason is the caller's). Every such collective is counted per op,
-and the first of each kind is logged with its reason.
+and the first of each kind is logged with its reason. :class:`FutureWork` is the Work the group
+returns for what goes through the switch.
 """
 
 from __future__ import annotations
@@ -16,13 +17,39 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from torch._C._distributed_c10d import _create_work_from_future  # type: ignore[attr-defined]
+import torch.distributed as dist
 
-__all__ = ["GlooRoutes", "all_works", "options"]
+__all__ = ["FutureWork", "GlooRoutes", "all_works", "options"]
 
 log = logging.getLogger("host_agent.torch_backend")
 
 Work = Any  # torch's Work (C++); its Python stubs are incomplete
+
+
+class FutureWork(dist.Work):
+    """A Work that is done when its torch future is, and whose ``wait()`` raises the future's error.
+
+    (torch's ``_create_work_from_future`` makes a Work whose ``wait()`` returns True, and whose
+    ``is_success()`` says True, for a future that failed: a collective that failed would look done.)
+    ``wait``'s timeout is not used: the worker fails a collective that makes no progress for its own
+    timeout (``NETAGG_TIMEOUT``)."""
+
+    def __init__(self, fut: torch.futures.Future[Any]) -> None:
+        super().__init__()
+        self._fut = fut
+
+    def wait(self, timeout: timedelta | None = None) -> bool:
+        self._fut.wait()  # raises the collective's error
+        return True
+
+    def get_future(self) -> torch.futures.Future[Any]:
+        return self._fut
+
+    def is_completed(self) -> bool:
+        return self._fut.done()
+
+    def result(self) -> Any:
+        return self._fut.wait()
 
 
 class GlooRoutes:
@@ -107,7 +134,13 @@ def all_works(works: list[Work], result: list[torch.Tensor]) -> Work:
     if len(works) == 1:
         return works[0]
     every = torch.futures.collect_all([w.get_future() for w in works])
-    return _create_work_from_future(every.then(lambda _: result))
+
+    def check(fut: torch.futures.Future[Any]) -> list[torch.Tensor]:
+        for each in fut.wait():
+            each.wait()  # raises the first failure
+        return result
+
+    return FutureWork(every.then(check))
 
 
 def options(opts: Any, name: str) -> Any:

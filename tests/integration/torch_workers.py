@@ -107,7 +107,7 @@ def collectives(rank: int, world: int, port: int, env: dict[str, str], shard: in
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before.get(k, 0) for k in ("bytes_sent", "bytes_received")}
+    return {k: after[k] - before.get(k, 0) for k in ("bytes_sent", "bytes_received", "retransmissions")}
 
 
 def fallbacks(rank: int, world: int, port: int, env: dict[str, str]) -> dict[str, Any]:
@@ -276,3 +276,44 @@ def env_error(rank: int, port: int, env: dict[str, str]) -> str:
 
     dist.destroy_process_group()
     return "no error"
+
+
+def switch_dies(rank: int, world: int, port: int, env: dict[str, str], switch_pid: int) -> dict[str, Any]:
+    """One all_reduce through the switch, then rank 0 kills it (after a gloo barrier, so every rank got
+    its result first): the next all_reduce's work fails at wait(), and so does the one after."""
+    import signal
+    import time
+
+    import torch
+
+    dist = init(rank, world, port, env)
+    pg = dist.group.WORLD
+    try:
+        t = torch.ones(8)
+        dist.all_reduce(t)
+        gloo = pg._via_gloo("barrier", "test")  # the inner gloo group orders the kill
+        gloo.barrier().wait()
+        if rank == 0:
+            os.kill(switch_pid, signal.SIGKILL)
+            while _alive(switch_pid):  # a zombie (the test's child) or gone
+                time.sleep(0.01)
+        gloo.barrier().wait()
+        errors = []
+        t0 = time.monotonic()
+        for _ in range(2):
+            try:  # the first fails at wait(), the second at the call (the worker is broken by then)
+                dist.all_reduce(torch.ones(8), async_op=True).wait()
+                errors.append("")
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        return {"first": t.numpy().copy(), "errors": errors, "seconds": time.monotonic() - t0}
+    finally:
+        dist.destroy_process_group()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

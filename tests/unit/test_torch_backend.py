@@ -73,16 +73,21 @@ def test_private_torch_names() -> None:
     """Every private or unstable torch name the backend uses, as the backend uses it."""
     torch = pytest.importorskip("torch")
     import torch.distributed as dist
-    from torch._C._distributed_c10d import _create_work_from_future  # type: ignore[attr-defined]
 
     from host_agent.torch_backend import NetAggProcessGroup
+    from host_agent.torch_gloo import FutureWork
 
-    # a Work completed by a torch future (works returned from the worker's I/O thread)
+    # a Python Work over a torch future: done with it, and wait() raises its error
     fut = torch.futures.Future()
-    work = _create_work_from_future(fut)
-    assert not work.is_completed()
+    work = FutureWork(fut)
+    assert isinstance(work, dist.Work) and not work.is_completed()
     fut.set_result([torch.ones(1)])
     assert work.wait() and work.is_completed() and work.result()[0].item() == 1.0
+    assert work.get_future() is fut
+    failed: torch.futures.Future = torch.futures.Future()
+    failed.set_exception(RuntimeError("the switch is gone"))
+    with pytest.raises(RuntimeError, match="the switch is gone"):
+        FutureWork(failed).wait()
     # c10d names a custom group after its creator returns it; DeviceMesh reads group_name
     assert hasattr(dist.ProcessGroup, "_set_group_name") and hasattr(dist.ProcessGroup, "group_name")
     pg = NetAggProcessGroup(0, 1, None, None, "test")
