@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # This machine kind has a local CPU wheel of exactly this torch; any other spec pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: all demo demo-allreduce proto test lint typecheck unit bench bench-quick bench-bmv2 clean install sysdeps p4
+.PHONY: all demo demo-allreduce demo-gpt proto test lint typecheck unit bench bench-quick bench-bmv2 clean install sysdeps p4
 
 all: test
 
@@ -39,6 +39,10 @@ demo: $(STAMP)
 demo-allreduce: $(STAMP)
 	$(BIN)/netagg demo-allreduce
 
+# A small GPT trained with FSDP2 in bf16 over the netagg torch.distributed backend, then over gloo.
+demo-gpt: $(STAMP)
+	$(BIN)/netagg demo --gpt --out out/demo-gpt
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,9 +63,11 @@ test: $(STAMP) lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/allreduce.py --out out/bench
 	$(BIN)/python bench/ddp.py --out out/bench
+	$(BIN)/python bench/collectives.py --full --out out/bench
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/allreduce.py --quick --out out/bench-quick
+	$(BIN)/python bench/collectives.py --out out/bench-quick
 
 # The P4 program for BMv2: p4c-bm2-ss from $(NETAGG_P4_PREFIX)/bin or PATH; output in build/p4/
 # (git-ignored). ELEMENTS=32 compiles another packet size (a multiple of 8, 8-64).

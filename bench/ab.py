@@ -8,6 +8,7 @@ Writes ab.json and ab.png.
 
     python bench/ab.py --a ../base --b . --rounds 5 -- bench/allreduce.py --workers 4 --mib 64 --small-mib
     python bench/ab.py --a ../base --b . --rounds 5 -- bench/ddp.py --workers 4 --steps 16
+    python bench/ab.py --a ../base --b . --rounds 5 -- bench/collectives.py --sizes 64 --fsdp-steps 6
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TIME_KEYS = ("netagg_ms", "netagg_step_ms")
-CASE_KEYS = ("workers", "mib", "elements")
+TIME_KEYS = ("netagg_ms", "netagg_step_ms")  # bench/collectives.py's FSDP2 row: netagg_step_ms
+CASE_KEYS = ("workers", "op", "dtype", "mib", "elements")  # bench/collectives.py: op and dtype
 
 
 def run(checkout: Path, bench: list[str]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ operations over arrays of slots (:mod:`host_agent.runs`).
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any
 
@@ -194,6 +195,9 @@ class DatagramEngine(Engine):
             self._prev_rows = [np.empty(n, PAYLOAD_DTYPE) for _ in range(self.schedule.window)]
             self._prev_headers = [b""] * self.schedule.window
         self._sent = [0] * self.schedule.window  # the use whose contribution is in rows[j]
+        # Fast retransmission (docs/protocol.md, "Worker rules"): the uses in the order they were sent,
+        # (time, slot, use); the oldest ones still in flight are resent once a later one completed.
+        self._order: collections.deque[tuple[float, int, int]] = collections.deque()
         w = self.schedule.window
         self.nuses = self.schedule.uses()
         self.base = [int(s) for s in session.seq[:w]]
@@ -315,6 +319,7 @@ class DatagramEngine(Engine):
             0,
         )
         self.headers[j] = hdr
+        self._order.append((now, j, k))
         self.sent_at[j] = now
         self.tries[j] = 0
         self.deadline[j] = now + self._rto
@@ -326,17 +331,32 @@ class DatagramEngine(Engine):
         sends: list[Send] = []
         if now < min(self.deadline):
             return sends
-        max_rto, tries = self.session.rto.max_rto, self.tries
         for j, due in enumerate(self.deadline):
             if due <= now:
-                hdr = bytearray(self.headers[j])
-                hdr[OFF_FLAGS] |= _RETX
-                cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
-                sends.append(((hdr, self.rows[j][:cnt]), 0))
-                tries[j] += 1
-                self.deadline[j] = now + min(max_rto, self._rto * 2.0 ** min(tries[j], 16))
+                sends.append(self._retransmit(j, now))
         self.stats.retransmissions += len(sends)
         return sends + self.reoffers(now) if sends else sends
+
+    def _retransmit(self, j: int, now: float) -> Send:
+        """Slot j's use in flight again, with RETX; its timer backs off."""
+        hdr = bytearray(self.headers[j])
+        hdr[OFF_FLAGS] |= _RETX
+        cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
+        self.tries[j] += 1
+        self.deadline[j] = now + min(self.session.rto.max_rto, self._rto * 2.0 ** min(self.tries[j], 16))
+        return ((hdr, self.rows[j][:cnt]), 0)
+
+    def _fast(self, acked: float, now: float) -> None:
+        """A RESULT came for a use sent at ``acked``: the uses in flight sent more than the reordering
+        window before it are resent now (into the outbox), once each."""
+        order, pos = self._order, self.pos
+        before = acked - self.session.rto.reorder_window
+        while order and (pos[order[0][1]] > order[0][2] or order[0][0] < before):
+            sent, j, k = order.popleft()
+            if pos[j] == k and sent < before:  # still in flight: taken as lost
+                self.outbox.append(self._retransmit(j, now))
+                self.stats.retransmissions += 1
+                self.stats.fast_retransmissions += 1
 
     def on_datagram(self, buf: Any, nbytes: int, now: float) -> Send | None:
         """Take one received datagram (the first ``nbytes`` of ``buf``); returns the slot's next use
@@ -420,6 +440,7 @@ class DatagramEngine(Engine):
             self.pending.pop(j, None)
         pos[j] = k + 1
         self.last_progress = now
+        self._fast(self.sent_at[j], now)
         if k + 1 < nuses[j]:
             return self._send(j, k + 1, now)
         self.deadline[j] = math.inf

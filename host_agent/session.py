@@ -62,6 +62,7 @@ class Stats:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
+        "fast_retransmissions",
         "offers",
         "received",
         "rejoins",
@@ -72,7 +73,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.sent = self.received = self.retransmissions = self.stale = 0
-        self.rejoins = self.offers = 0
+        self.rejoins = self.offers = self.fast_retransmissions = 0
         self.bytes_sent = self.bytes_received = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -94,6 +95,13 @@ class Rto:
         if self.srtt is None:  # no sample yet: start high, as TCP does, so a slow start is no storm
             return max(self.min_rto, min(self.max_rto, 0.2))
         return min(self.max_rto, max(self.min_rto, self.srtt + 4 * self.rttvar))
+
+    @property
+    def reorder_window(self) -> float:
+        """How much later than a use another use may have been sent and still complete first without
+        the first being taken as lost (fast retransmission): a quarter of the smoothed RTT, at least
+        1 ms (RACK's rule, RFC 8985)."""
+        return max(0.001, (self.srtt if self.srtt is not None else 0.2) / 4)
 
     def sample(self, rtt: float) -> None:
         if self.srtt is None:

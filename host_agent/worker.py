@@ -374,7 +374,7 @@ class Worker(Collectives):
                     stats.sent += 1
                 except LOST_ON_SEND:
                     pass  # the timer resends
-            elif engine.outbox:  # the recovery's JOIN, offers and resends
+            if engine.outbox:  # fast retransmissions; the recovery's JOIN, offers and resends
                 send(engine.take_outbox())
 
     def _drive_runs(self, engine: RunEngine) -> None:

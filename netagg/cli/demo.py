@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,9 +29,11 @@ EXAMPLES = """\
 examples:
   make demo                                          # sets up .venv first, then this
   netagg demo --workers 4 --epochs 20 --out out/demo
+  netagg demo --gpt --steps 120                      # make demo-gpt: FSDP2 over the netagg backend
 
 It writes train.json and train.png into --out and exits 1 if the accuracy differs from gloo's by more
-than one point."""
+than one point; with --gpt, gpt.json and gpt.png, and exit status 1 if the held-out loss differs from
+gloo's by more than 1%."""
 
 
 def add_parser(sub: Any) -> None:
@@ -43,14 +46,37 @@ def add_parser(sub: Any) -> None:
     )
     d.add_argument("--epochs", type=_int_range(1, 1000), default=20, help="epochs of training (default 20)")
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for the JSON and PNG")
+    d.add_argument(
+        "--gpt",
+        action="store_true",
+        help="instead: a small GPT trained with FSDP2 in bf16 over the netagg backend, against gloo "
+        "(examples/train_gpt.py; make demo-gpt)",
+    )
+    d.add_argument(
+        "--steps", type=_int_range(1, 100_000), default=120, help="with --gpt: training steps (default 120)"
+    )
     d.set_defaults(run=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.gpt:
+        from netagg.cli.demo_gpt import run_gpt_demo
+
+        return run_gpt_demo(args.workers, args.out, ["--steps", str(args.steps)])
     return run_train_demo(workers=args.workers, epochs=args.epochs, out_dir=args.out)
 
 
-def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int) -> dict[str, Any]:
+def _torchrun(
+    label: str,
+    workers: int,
+    extra: list[str],
+    out: Path,
+    *,
+    script: Path = EXAMPLE,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run ``script`` on ``workers`` processes under torchrun with ``extra`` flags (and ``--out out
+    --progress``), showing its progress; what it wrote to ``out``. ``env``: variables to add."""
     cmd = [
         sys.executable,
         "-m",
@@ -59,15 +85,15 @@ def _torchrun(label: str, workers: int, extra: list[str], out: Path, epochs: int
         str(workers),
         "--master-port",
         str(free_port()),
-        str(EXAMPLE),
+        str(script),
         *extra,
-        "--epochs",
-        str(epochs),
         "--out",
         str(out),
         "--progress",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     assert proc.stdout is not None
     tail: list[str] = []
     t0 = time.perf_counter()
@@ -109,12 +135,15 @@ def run_train_demo(workers: int = 4, epochs: int = 20, out_dir: Path = Path("out
         f"{epochs} epochs; gradients through a Python switch on 127.0.0.1, then plain gloo DDP"
     )
     t0 = time.perf_counter()
+    epoch_flag = ["--epochs", str(epochs)]
     group = f"239.255.0.1:{free_port(udp=True)}"
     with SwitchProcess(workers, multicast=group) as sw:
         print(f"  switch pid {sw.pid} on {sw.address}, results to multicast group {group}")
-        ours = _torchrun("netagg", workers, ["--switch", sw.address], out_dir / "train_netagg.json", epochs)
+        ours = _torchrun(
+            "netagg", workers, ["--switch", sw.address, *epoch_flag], out_dir / "train_netagg.json"
+        )
         switch_stats = sw.stop()
-    theirs = _torchrun("gloo", workers, ["--backend", "gloo"], out_dir / "train_gloo.json", epochs)
+    theirs = _torchrun("gloo", workers, ["--backend", "gloo", *epoch_flag], out_dir / "train_gloo.json")
 
     params = ours["parameters"]
     steps = ours["steps"]
