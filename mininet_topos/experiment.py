@@ -18,7 +18,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,10 @@ class ExperimentOptions:
     slots: int = 128
     """Slots of the job = each worker's window: 128 packets of 8 KB keep a 100 Mbit/s link busy."""
     min_rto: float | None = 0.2
-    """The workers' shortest retransmission timeout (s). The default 20 ms fires spuriously when the
-    switch daemons share two CPUs with eight workers (descheduled for tens of ms), and the spurious
-    copies then take link time; None: the worker's own default."""
+    """The workers' shortest retransmission timeout (s), for the collectives and the training hook.
+    The worker's default (20 ms, 100 ms with GSO runs) fires on packets still queued (a window of 128
+    packets queues 84 ms at 100 Mbit/s) or held by a switch daemon descheduled on two shared CPUs, and
+    the spurious copies take link time; None: the worker's own default."""
     forwarding: str = "bridge"
     host_nice: int = 5
     """Niceness added to every host process (netagg's workers and gloo's ranks alike), so that the
@@ -69,7 +70,19 @@ class ExperimentOptions:
     train: tuple[str, ...] = ()
     """DDP training workloads on the largest shape: "small" (the demo's MLP), "big"."""
     epochs: int = 3
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from mininet_topos.hostrun import COLLECTIVES
+        from mininet_topos.netns import FORWARDING
+
+        if self.forwarding not in FORWARDING:
+            raise ValueError(f"forwarding must be one of {FORWARDING}, got {self.forwarding!r}")
+        if bad := [c for c in self.collectives if c not in COLLECTIVES]:
+            raise ValueError(f"unknown collectives {bad}: expected some of {COLLECTIVES}")
+        if self.repeat < 1 or self.epochs < 1:
+            raise ValueError("repeat and epochs must be at least 1")
+        if self.min_rto is not None and not self.min_rto > 0:
+            raise ValueError(f"min_rto must be positive, got {self.min_rto}")
 
 
 def run_experiment(
@@ -160,7 +173,7 @@ def run_experiment(
         "runs": runs,
         "training": training,
         "complete": True,
-        "options": {k: v for k, v in asdict(opts).items() if k != "extra"},
+        "options": asdict(opts),
         "machine": _machine(),
     }
     (out_dir / "experiment.json").write_text(json.dumps(summary, indent=1))
