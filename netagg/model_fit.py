@@ -1,0 +1,356 @@
+"""Calibration of :mod:`netagg.model`: measured runs in, the costs that explain them out (least squares).
+
+A measurement is one configuration, one algorithm and its measured time (optionally the CPU seconds a
+host and the busiest switch spent on it, which separate the host's costs from the switch's where the
+times alone cannot: on the emulator's shared cores both add up). They come from JSON files:
+
+- ``experiment.json`` of ``netagg experiment`` (mininet_topos/experiment.py): its ``runs``; a run's
+  ``algorithm`` (default netagg), ``bandwidth_mbit`` and ``delay_ms`` where the runner records them;
+- ``results.json`` of ``bench/allreduce.py``: netagg and gloo on loopback, one switch, no link bound;
+- ``measurements.json`` of ``netagg model measure``: this module's own records (:func:`record`).
+
+The fit: for the current costs, each measurement's prediction picks its bottleneck (the largest bound);
+with the bottlenecks fixed the prediction is linear in the costs, so the costs are the non-negative
+least-squares solution of the relative errors (Lawson and Hanson's active-set method); repeat until the
+bottlenecks stop changing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netagg.model import Config, Costs, bound, predict
+
+__all__ = [
+    "FITTED",
+    "Measurement",
+    "at_costs",
+    "fit",
+    "load",
+    "nnls",
+    "record",
+    "table",
+]
+
+MIB = 1 << 20
+
+FITTED = (
+    "call_s",
+    "link_latency_s",
+    "host_byte_s",
+    "host_packet_s",
+    "switch_packet_s",
+    "switch_byte_s",
+    "loss_recovery_s",
+    "ring_call_s",
+    "ring_step_s",
+    "ring_byte_s",
+)
+"""The costs a fit may set (``Costs.cores`` is the machine's, never fitted)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    algorithm: str
+    collective: str
+    config: Config
+    seconds: float
+    cores: int | None = None
+    """CPU cores the run's processes shared (the emulator: all of them on one machine); None: each its
+    own. A fit replaces it with the effective cores it finds (``Costs.cores``): processes that wait on
+    each other do not keep every core busy."""
+    host_cpu_s: float | None = None
+    """CPU seconds of one host's process per call (INA: the agent; ring: the library)."""
+    switch_cpu_s: float | None = None
+    """CPU seconds of the busiest switch per call."""
+    source: str = ""
+
+    def label(self) -> str:
+        c = self.config
+        where = f"F={c.fan_in}" if c.fan_in else "1 switch"
+        bw = "" if math.isinf(c.bandwidth_bps) else f", {c.bandwidth_bps / 1e6:g} Mbit/s"
+        loss = f", {c.loss * 100:g}% loss" if c.loss else ""
+        return (
+            f"{self.algorithm} {c.workers} hosts ({where}){bw}{loss}, {c.size_bytes / MIB:g} MiB, "
+            f"{c.payload_bytes} B packets"
+        )
+
+
+def record(m: Measurement) -> dict[str, Any]:
+    """``m`` as the JSON object ``netagg model measure`` writes and :func:`load` reads."""
+    out = {k: v for k, v in asdict(m).items() if k != "config"}
+    out["config"] = {
+        k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(m.config).items()
+    }
+    return out
+
+
+def _config(raw: dict[str, Any]) -> Config:
+    raw = dict(raw)
+    if raw.get("bandwidth_bps") is None:
+        raw["bandwidth_bps"] = math.inf
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in raw.items() if k in known})
+
+
+def load(paths: Sequence[Path], *, cores: int | None = 2) -> list[Measurement]:
+    """Measurements from JSON files (see the module's docstring); ``cores`` for files that do not say."""
+    out: list[Measurement] = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read measurements ({exc})") from None
+        if isinstance(data, dict) and data.get("kind") == "netagg-model-measurements":
+            for r in data["measurements"]:
+                cfg = _config(r.pop("config"))
+                out.append(Measurement(config=cfg, **{**r, "source": str(path)}))
+        elif isinstance(data, dict) and "runs" in data and "topology" in data:
+            out += _from_experiment(data, str(path), cores)
+        elif isinstance(data, dict) and "rows" in data and "machine" in data:
+            out += _from_bench(data, str(path))
+        else:
+            raise ValueError(f"{path}: not an experiment.json, bench results.json or measurements.json")
+    return out
+
+
+def _fan_in(summary: dict[str, Any], shape: dict[str, int], workers: int) -> int:
+    name = str(summary["topology"])
+    if name.startswith("star"):
+        return 0
+    if name.startswith("leafspine"):
+        f = int(shape.get("hosts_per_leaf", workers))
+        leaves = int(shape.get("leaves", math.ceil(workers / max(f, 1))))
+        if leaves > f:
+            raise ValueError(f"{name}: {leaves} leaves of {f} hosts is not a tree of one fan-in")
+        return f if f < workers else 0
+    if name.startswith("tree"):
+        return int(shape.get("fanout", 2))
+    raise ValueError(f"topology {name!r} is not one the model reads (star, leafspine, tree)")
+
+
+def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) -> list[Measurement]:
+    shapes = summary.get("shapes") or [{}]
+    out = []
+    for run in summary["runs"]:
+        n = int(run["workers"])
+        shape = next((s for s in shapes if _hosts(summary["topology"], s) == n), shapes[-1])
+        bw = run.get("bandwidth_mbit", summary.get("bandwidth_mbit"))
+        delay = run.get("delay_ms", summary.get("delay_ms"))
+        algorithm = {"netagg": "ina", "gloo": "ring"}.get(
+            run.get("algorithm", "netagg"), run.get("algorithm")
+        )
+        cfg = Config(
+            workers=n,
+            size_bytes=float(run["mib"]) * MIB,
+            bandwidth_bps=float(bw) * 1e6 if bw else math.inf,
+            link_latency_s=float(delay) / 1e3 if delay else None,
+            loss=float(run.get("loss_percent", 0.0)) / 100,
+            fan_in=_fan_in(summary, shape, n),
+            payload_bytes=4 * int(run.get("elements", summary.get("elements_per_packet", 2000))),
+            slots=int(summary.get("slots", 64)),
+        )
+        out.append(
+            Measurement(
+                algorithm,
+                run.get("collective", "allreduce"),
+                cfg,
+                float(run["seconds"]),
+                cores,
+                source=source,
+            )
+        )
+    return out
+
+
+def _hosts(topology: str, shape: dict[str, int]) -> int:
+    if "hosts" in shape:
+        return int(shape["hosts"])
+    if "hosts_per_leaf" in shape:
+        return int(shape["hosts_per_leaf"]) * int(shape.get("leaves", 1))
+    if "fanout" in shape:
+        return int(shape["fanout"]) ** int(shape.get("depth", 1))
+    return -1
+
+
+def _from_bench(results: dict[str, Any], source: str) -> list[Measurement]:
+    cores = results["machine"].get("cpus")
+    out = []
+    for row in results["rows"]:
+        cfg = Config(
+            workers=int(row["workers"]),
+            size_bytes=float(row["mib"]) * MIB,
+            payload_bytes=4 * int(row["elements"]),
+            mtu=65536,  # loopback
+            via_switch=False,
+        )
+        out.append(Measurement("ina", "allreduce", cfg, row["netagg_ms"] / 1e3, cores, source=source))
+        out.append(Measurement("ring", "allreduce", cfg, row["gloo_ms"] / 1e3, cores, source=source))
+    return out
+
+
+def nnls(a: np.ndarray, b: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """x >= 0 minimising ||a x - b|| (Lawson and Hanson's active-set method)."""
+    m, n = a.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = a.T @ (b - a @ x)
+    tol = 1e-12 * max(1.0, float(np.abs(a).max(initial=0.0))) * max(m, n)
+    for _ in range(iterations):
+        if passive.all() or (w[~passive] <= tol).all():
+            break
+        j = int(np.argmax(np.where(passive, -np.inf, w)))
+        passive[j] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (z[passive] > 0).all():
+                x = z
+                break
+            neg = passive & (z <= 0)
+            alpha = float(np.min(x[neg] / (x[neg] - z[neg])))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+        w = a.T @ (b - a @ x)
+    return x
+
+
+def at_costs(m: Measurement, costs: Costs) -> Costs:
+    """``costs`` as they apply to ``m``: with the fitted effective cores where its processes shared the
+    machine's (or the machine's own cores when the costs have none), without where they did not."""
+    if m.cores is None:
+        return replace(costs, cores=None)
+    return costs if costs.cores is not None else replace(costs, cores=m.cores)
+
+
+def _linear(m: Measurement, costs: Costs, names: Sequence[str]) -> tuple[float, np.ndarray, float]:
+    """The measurement's prediction as ``c0 + a . theta`` with the bottleneck ``costs`` picks fixed."""
+    base = at_costs(m, costs)
+    chosen = predict(m.algorithm, m.collective, m.config, base).bottleneck
+
+    def at(c: Costs) -> float:
+        return _forced(m, c, chosen)
+
+    zero = base.with_values(**{k: 0.0 for k in names})
+    c0 = at(zero)
+    row = np.array([at(zero.with_values(**{k: 1.0})) - c0 for k in names])
+    return c0, row, at(base)
+
+
+def _forced(m: Measurement, costs: Costs, bottleneck: str) -> float:
+    """The prediction with the transfer term of ``bottleneck`` (linear in the costs)."""
+    p = predict(m.algorithm, m.collective, m.config, costs)
+    return p.latency_s + p.loss_s + bound(m.algorithm, m.collective, m.config, costs, bottleneck)
+
+
+def _cpu_rows(m: Measurement, names: Sequence[str]) -> list[tuple[float, np.ndarray, float]]:
+    """The CPU-seconds equations of a measurement that has them: (c0, coefficients, measured)."""
+    out = []
+    zero = Costs().with_values(**{k: 0.0 for k in names})
+    for what, measured in (("host", m.host_cpu_s), ("switch", m.switch_cpu_s)):
+        if measured is None:
+            continue
+        c0 = bound(m.algorithm, m.collective, m.config, zero, what)
+        row = [
+            bound(m.algorithm, m.collective, m.config, zero.with_values(**{k: 1.0}), what) - c0 for k in names
+        ]
+        out.append((c0, np.array(row), measured))
+    return out
+
+
+@dataclass(frozen=True)
+class FitResult:
+    costs: Costs
+    iterations: int
+    rms_relative_error: float
+    unidentified: tuple[str, ...]
+    """Costs the data said nothing about (no measurement's time depends on them): left at 0."""
+
+
+def fit(
+    measurements: Iterable[Measurement],
+    *,
+    names: Sequence[str] = FITTED,
+    start: Costs | None = None,
+    iterations: int = 30,
+) -> FitResult:
+    """The non-negative ``names`` costs that best explain ``measurements`` (relative least squares);
+    where some ran on shared cores, also the effective cores (a search from 0.5 to the machine's)."""
+    ms = list(measurements)
+    if not ms:
+        raise ValueError("no measurements to fit")
+    for k in names:
+        if k not in FITTED:
+            raise ValueError(f"cannot fit {k!r}: one of {', '.join(FITTED)}")
+    shared = [m.cores for m in ms if m.cores is not None]
+    if not shared:
+        return _fit(ms, names, replace(start or Costs(), cores=None), iterations)
+    best: FitResult | None = None
+    lo, hi = 0.5, float(max(shared))
+    for _ in range(2):  # a grid, then a finer one around the best
+        grid = np.linspace(lo, hi, 7)
+        for cores in grid:
+            result = _fit(ms, names, replace(start or Costs(), cores=float(cores)), iterations)
+            if best is None or result.rms_relative_error < best.rms_relative_error:
+                best = result
+        assert best is not None and best.costs.cores is not None
+        step = grid[1] - grid[0]
+        lo, hi = max(0.25, best.costs.cores - step), best.costs.cores + step
+    assert best is not None
+    return best
+
+
+def _fit(ms: list[Measurement], names: Sequence[str], costs: Costs, iterations: int) -> FitResult:
+    seen: set[tuple[str, ...]] = set()
+    done = 0
+    for _ in range(iterations):
+        done += 1
+        rows, rhs = [], []
+        picks = tuple(predict(m.algorithm, m.collective, m.config, at_costs(m, costs)).bottleneck for m in ms)
+        for m in ms:
+            c0, row, _ = _linear(m, costs, names)
+            rows.append(row / m.seconds)
+            rhs.append((m.seconds - c0) / m.seconds)
+            for c0c, rowc, measured in _cpu_rows(m, names):
+                rows.append(rowc / measured)
+                rhs.append((measured - c0c) / measured)
+        a, b = np.array(rows), np.array(rhs)
+        scale = np.linalg.norm(a, axis=0)
+        used = scale > 0
+        theta = np.zeros(len(names))
+        theta[used] = nnls(a[:, used] / scale[used], b) / scale[used]
+        costs = costs.with_values(**{k: float(v) for k, v in zip(names, theta, strict=True)})
+        if picks in seen:
+            break
+        seen.add(picks)
+    errors = [
+        predict(m.algorithm, m.collective, m.config, at_costs(m, costs)).seconds / m.seconds - 1 for m in ms
+    ]
+    unidentified = tuple(k for k, s in zip(names, scale, strict=True) if s == 0)
+    rms = float(np.sqrt(np.mean(np.square(errors))))
+    return FitResult(costs, done, rms, unidentified)
+
+
+def table(measurements: Iterable[Measurement], costs: Costs) -> list[dict[str, Any]]:
+    """Predicted against measured for each measurement: its label, both times, the relative error."""
+    out = []
+    for m in measurements:
+        p = predict(m.algorithm, m.collective, m.config, at_costs(m, costs))
+        out.append(
+            {
+                "configuration": m.label(),
+                "measured_s": m.seconds,
+                "predicted_s": p.seconds,
+                "relative_error": p.seconds / m.seconds - 1,
+                "bottleneck": p.bottleneck,
+            }
+        )
+    return out
