@@ -22,8 +22,9 @@ The bandwidth is the smallest of what bounds the stream of packets: the link (it
 headers each frame carries), for INA the busiest switch (a per-packet and a per-byte cost for every
 contribution it adds: F children and, below the root, the parent's result), the host's own per-byte and
 per-packet cost, INA's window (slots x payload per round trip), and, for the TCP of ring and tree under
-loss, the Mathis bound (MSS / RTT x sqrt(3 / 2p)). INA under loss waits on each slot use that lost a
-packet anywhere in the tree: uses x P(use lost) x recovery time / slots in flight.
+loss, the Mathis bound (MSS / RTT x sqrt(3 / 2p)). INA under loss repeats each slot use that lost a
+packet anywhere in the tree (its hosts and switches handle it again: the bounds grow by 1 + P(use
+lost)) and waits for its repair: uses x P(use lost) x recovery time / slots in flight.
 
 ``Costs.cores`` models the emulator: every host and switch process shares a few CPU cores, so their CPU
 work adds up and is divided by the cores. On real machines (``cores=None``) each host has its own CPU and
@@ -286,13 +287,18 @@ def _ina(
     up = s if collective != "all_gather" else s / n
     down = s if collective != "reduce_scatter" else s / n
     uses = max(up, down) / p_bytes
-    host = (up + down) * costs.host_byte_s + (up + down) / p_bytes * costs.host_packet_s
     switches = _switches(n, config.fan_in)
-    per_contribution = costs.switch_packet_s + p_bytes * costs.switch_byte_s
+    # A use is repeated if any of its packets is lost: one up and one down on every link of the tree;
+    # every host sends it again (no result came, or its own was lost) and every switch adds it again.
+    links = n + len(switches) - 1
+    p_use = 1 - (1 - config.loss) ** (2 * links)
+    again = 1 + p_use
+    host = again * ((up + down) * costs.host_byte_s + (up + down) / p_bytes * costs.host_packet_s)
+    per_contribution = again * (costs.switch_packet_s + p_bytes * costs.switch_byte_s)
     # A switch adds one packet per child and, below the root, takes the parent's result too.
     busiest = max(children + (0 if root else 1) for children, root in switches)
     bounds = {
-        "link": uses * frame / link_bytes_s,
+        "link": again * uses * frame / link_bytes_s,
         "host": host,
         "switch": uses * busiest * per_contribution,
     }
@@ -301,10 +307,6 @@ def _ina(
     if costs.cores is not None:
         total_switch = sum(ch + (0 if root else 1) for ch, root in switches) * uses * per_contribution
         bounds["cpu"] = (n * host + total_switch) / costs.cores
-    loss_s = 0.0
-    if config.loss > 0:
-        # A use waits if any of its packets is lost: one up and one down on every link of the tree.
-        links = n + len(switches) - 1
-        p_use = 1 - (1 - config.loss) ** (2 * links)
-        loss_s = uses * p_use * costs.loss_recovery_s / config.slots
+    # ... and waits for its repair (a timer, or a gap noticed) while the other slots go on.
+    loss_s = uses * p_use * costs.loss_recovery_s / config.slots
     return latency, bounds, loss_s, k, moved

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from netagg.model import Config, Costs, bound, predict
+from netagg.model import _switches as _tree
 
 __all__ = [
     "FITTED",
@@ -35,7 +36,9 @@ __all__ = [
     "fit",
     "load",
     "nnls",
+    "observed_loss",
     "record",
+    "cpu_table",
     "table",
 ]
 
@@ -76,7 +79,7 @@ class Measurement:
         c = self.config
         where = f"F={c.fan_in}" if c.fan_in else "1 switch"
         bw = "" if math.isinf(c.bandwidth_bps) else f", {c.bandwidth_bps / 1e6:g} Mbit/s"
-        loss = f", {c.loss * 100:g}% loss" if c.loss else ""
+        loss = f", {c.loss * 100:.2g}% loss" if c.loss else ""
         return (
             f"{self.algorithm} {c.workers} hosts ({where}){bw}{loss}, {c.size_bytes / MIB:g} MiB, "
             f"{c.payload_bytes} B packets"
@@ -136,6 +139,20 @@ def _fan_in(summary: dict[str, Any], shape: dict[str, int], workers: int) -> int
     raise ValueError(f"topology {name!r} is not one the model reads (star, leafspine, tree)")
 
 
+def observed_loss(
+    retransmissions_per_call: float, workers: int, size: float, payload: int, fan_in: int
+) -> float:
+    """The per-link loss that explains ``retransmissions_per_call`` (all hosts'): the emulator drops
+    packets when its cores are overloaded (a queue overflows), which the model cannot foresee, so a run
+    is modelled with the drops it saw. A host's fraction of uses re-sent is taken as P(use lost)."""
+    if retransmissions_per_call <= 0:
+        return 0.0
+    uses = max(size / payload, 1.0)
+    p_use = min(retransmissions_per_call / (workers * uses), 0.99)
+    links = workers + len(_tree(workers, fan_in)) - 1
+    return float(1 - (1 - p_use) ** (1 / (2 * links)))
+
+
 def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) -> list[Measurement]:
     shapes = summary.get("shapes") or [{}]
     out = []
@@ -157,6 +174,10 @@ def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) ->
             payload_bytes=4 * int(run.get("elements", summary.get("elements_per_packet", 2000))),
             slots=int(summary.get("slots", 64)),
         )
+        retx = float(run.get("retransmissions", 0)) / int(summary.get("repeat", 1))
+        if algorithm == "ina" and retx > 0:
+            seen = observed_loss(retx, n, cfg.size_bytes, cfg.payload_bytes, cfg.fan_in)
+            cfg = replace(cfg, loss=max(cfg.loss, seen))
         out.append(
             Measurement(
                 algorithm,
@@ -266,6 +287,22 @@ def _cpu_rows(m: Measurement, names: Sequence[str]) -> list[tuple[float, np.ndar
     return out
 
 
+START = Costs(
+    call_s=1e-3,
+    link_latency_s=1e-5,
+    host_byte_s=1e-9,
+    host_packet_s=1e-5,
+    switch_packet_s=1e-5,
+    switch_byte_s=1e-9,
+    loss_recovery_s=1e-2,
+    ring_call_s=1e-3,
+    ring_step_s=1e-4,
+    ring_byte_s=1e-9,
+)
+"""Where a fit starts: every cost non-zero, so that each bound can be the one that binds (from all
+zeros, the unbounded links would bind every run and leave the CPU costs without a say)."""
+
+
 @dataclass(frozen=True)
 class FitResult:
     costs: Costs
@@ -283,7 +320,8 @@ def fit(
     iterations: int = 30,
 ) -> FitResult:
     """The non-negative ``names`` costs that best explain ``measurements`` (relative least squares);
-    where some ran on shared cores, also the effective cores (a search from 0.5 to the machine's)."""
+    where some ran on shared cores, also the effective cores (a search from 0.1 to the machine's: other
+    work shares them too)."""
     ms = list(measurements)
     if not ms:
         raise ValueError("no measurements to fit")
@@ -292,20 +330,31 @@ def fit(
             raise ValueError(f"cannot fit {k!r}: one of {', '.join(FITTED)}")
     shared = [m.cores for m in ms if m.cores is not None]
     if not shared:
-        return _fit(ms, names, replace(start or Costs(), cores=None), iterations)
-    best: FitResult | None = None
-    lo, hi = 0.5, float(max(shared))
-    for _ in range(2):  # a grid, then a finer one around the best
-        grid = np.linspace(lo, hi, 7)
-        for cores in grid:
-            result = _fit(ms, names, replace(start or Costs(), cores=float(cores)), iterations)
-            if best is None or result.rms_relative_error < best.rms_relative_error:
-                best = result
-        assert best is not None and best.costs.cores is not None
-        step = grid[1] - grid[0]
-        lo, hi = max(0.25, best.costs.cores - step), best.costs.cores + step
-    assert best is not None
-    return best
+        return _fit(ms, names, replace(start or START, cores=None), iterations)
+    base = start or START
+
+    def at(cores: float) -> FitResult:
+        return _fit(ms, names, replace(base, cores=cores), iterations)
+
+    grid = np.linspace(0.1, float(max(shared)), 7)
+    best = min((at(float(c)) for c in grid), key=lambda r: r.rms_relative_error)
+    assert best.costs.cores is not None
+    # Then a golden-section search around the best point of the grid.
+    step = float(grid[1] - grid[0])
+    lo, hi = max(0.05, best.costs.cores - step), best.costs.cores + step
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1, f2 = at(x1), at(x2)
+    for _ in range(10):
+        if f1.rms_relative_error <= f2.rms_relative_error:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - g * (hi - lo)
+            f1 = at(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + g * (hi - lo)
+            f2 = at(x2)
+    return min((best, f1, f2), key=lambda r: r.rms_relative_error)
 
 
 def _fit(ms: list[Measurement], names: Sequence[str], costs: Costs, iterations: int) -> FitResult:
@@ -353,4 +402,24 @@ def table(measurements: Iterable[Measurement], costs: Costs) -> list[dict[str, A
                 "bottleneck": p.bottleneck,
             }
         )
+    return out
+
+
+def cpu_table(measurements: Iterable[Measurement], costs: Costs) -> list[dict[str, Any]]:
+    """Predicted against measured CPU seconds per call (one host's, the busiest switch's), for the
+    measurements that have them: a check of the costs that the machine's other load does not blur."""
+    out = []
+    for m in measurements:
+        for what, measured in (("host", m.host_cpu_s), ("switch", m.switch_cpu_s)):
+            if measured:
+                p = bound(m.algorithm, m.collective, m.config, costs, what)
+                out.append(
+                    {
+                        "configuration": f"{m.label()}: {what} CPU",
+                        "measured_s": measured,
+                        "predicted_s": p,
+                        "relative_error": p / measured - 1,
+                        "bottleneck": "",
+                    }
+                )
     return out

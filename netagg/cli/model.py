@@ -17,9 +17,9 @@ EXAMPLES = """\
 examples:
   netagg model predict --workers 1024 --fan-in 32 --size-mib 64 --bw-mbit 100000 --latency-us 1
   sudo netagg model measure --out out/model            # fit/ and check/ runs (minutes)
-  netagg model calibrate out/model/fit/measurements.json --check out/model/check/measurements.json \\
-       --out out/model/costs.json --table out/model/check.md
-  netagg model plot --costs out/model/costs.json --out out/model/scale"""
+  netagg model calibrate out/model/fit/loopback.json --check out/model/check/loopback.json \\
+       --out out/model/loopback-costs.json --table out/model/loopback-check.md
+  netagg model plot --costs out/model/loopback-costs.json --out out/model/scale"""
 
 COSTS_KIND = "netagg-model-costs"
 
@@ -201,17 +201,18 @@ def _measure(args: argparse.Namespace) -> int:
     for name, plan in (("fit", FIT), ("check", CHECK)):
         if args.only in (None, name):
             ms = measure(plan, args.out / name, reps=args.repeat, cores=cores, with_emulator=emulate)
-            print(f"wrote {len(ms)} measurements to {args.out / name / 'measurements.json'}", flush=True)
+            print(f"wrote {len(ms)} measurements into {args.out / name}", flush=True)
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from netagg.model_fit import fit, load, table
+    from netagg.model_fit import cpu_table, fit, load, table
 
-    result = fit(load(args.files, cores=args.cores))
+    measurements = load(args.files, cores=args.cores)
+    result = fit(measurements)
     costs = result.costs
     print(
-        f"fitted on {len(load(args.files, cores=args.cores))} measurements, rms relative error "
+        f"fitted on {len(measurements)} measurements, rms relative error "
         f"{result.rms_relative_error:.1%} ({result.iterations} rounds)"
     )
     for k, v in costs.as_dict().items():
@@ -232,8 +233,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(payload, indent=1))
         print(f"wrote {args.out}")
     if args.check:
-        rows = table(load(args.check, cores=args.cores), costs)
-        text = markdown(rows)
+        held = load(args.check, cores=args.cores)
+        text = markdown(table(held, costs))
+        cpu = cpu_table(held, costs)
+        if cpu:
+            text += "\nCPU seconds per call, predicted against measured:\n\n" + markdown(cpu, time=False)
         print(text)
         if args.table:
             args.table.parent.mkdir(parents=True, exist_ok=True)
@@ -244,16 +248,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], *, time: bool = True) -> str:
     """The held-back table: predicted against measured, and how many are within 25%."""
+    what = "" if time else " CPU"
     lines = [
-        "| configuration | measured (ms) | predicted (ms) | error | bottleneck |",
-        "|---|---:|---:|---:|---|",
+        f"| configuration | measured{what} (ms) | predicted{what} (ms) | error |"
+        + (" bottleneck |" if time else ""),
+        "|---|---:|---:|---:|" + ("---|" if time else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['configuration']} | {r['measured_s'] * 1e3:.1f} | {r['predicted_s'] * 1e3:.1f} | "
-            f"{r['relative_error']:+.0%} | {r['bottleneck']} |"
+            f"{r['relative_error']:+.0%} |" + (f" {r['bottleneck']} |" if time else "")
         )
     within = sum(abs(r["relative_error"]) <= 0.25 for r in rows)
     lines.append("")

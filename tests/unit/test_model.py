@@ -162,7 +162,7 @@ def _synthetic() -> list[Measurement]:
 def test_fit_recovers_known_costs_from_synthetic_runs() -> None:
     result = fit(_synthetic())
     assert result.rms_relative_error < 5e-3
-    assert result.costs.cores == pytest.approx(1.25)
+    assert result.costs.cores == pytest.approx(1.25, rel=0.02)
     for k in ("host_byte_s", "host_packet_s", "switch_packet_s", "switch_byte_s", "ring_byte_s", "call_s"):
         assert getattr(result.costs, k) == pytest.approx(getattr(TRUE, k), rel=0.02), k
     assert result.costs.loss_recovery_s == pytest.approx(TRUE.loss_recovery_s, rel=0.05)
