@@ -13,7 +13,7 @@ import numpy as np
 
 from host_agent.errors import NetAggError
 from host_agent.schedule import Collective, Schedule
-from host_agent.tensors import as_bytes, as_numpy, from_bytes, like, output_for
+from host_agent.tensors import as_bytes, as_numpy, bytes_view, from_bytes, like, output_for
 from netagg.protocol import Coll, ReduceOp
 
 __all__ = ["Collectives", "decode_ordered", "encode_ordered", "shard_layout"]
@@ -181,13 +181,16 @@ class Collectives:
         schedule = Schedule.of(w * pad, per, self._slots, False)
 
         def run() -> Any:
-            words = np.empty(w * pad, dtype=np.int32)
-            mine = words[self.rank * pad : (self.rank + 1) * pad]
-            mine[-1] = 0  # the padding of the last word
-            mine.view(np.uint8)[:b] = raw
-            mine.view(np.uint8)[b:] = 0
+            words = self._scratch_words(w * pad)
+            mine = words[self.rank * pad : (self.rank + 1) * pad].view(np.uint8)
+            mine[:b] = raw
+            mine[b:] = 0  # the padding
             self._run(words, words, 1.0, call, schedule)
             gathered = words.view(np.uint8).reshape(w, 4 * pad)[:, :b]
+            target = bytes_view(out) if out is not None and out.dtype == x.dtype else None
+            if target is not None and target.size == w * b:  # one copy, into the caller's memory
+                target.reshape(w, b)[...] = gathered
+                return out
             return from_bytes(out, back(np.ascontiguousarray(gathered).reshape(-1)))
 
         return self._submit(run)
@@ -208,11 +211,16 @@ class Collectives:
         shape = tuple(x.shape)
 
         def run() -> Any:
-            words = np.zeros(nwords, dtype=np.int32)
+            words = self._scratch_words(nwords)
             if self.rank == root:
                 words.view(np.uint8)[:b] = raw
+                words.view(np.uint8)[b:] = 0
             if nwords:
                 self._run(words, words, 1.0, call, schedule)
+            target = bytes_view(out) if out is not None and out.dtype == x.dtype else None
+            if target is not None and target.size == b:
+                target[...] = words.view(np.uint8)[:b]
+                return out
             got = back(words.view(np.uint8)[:b].copy()).reshape(shape)
             return got if out is None else from_bytes(out, got.reshape(-1))
 
@@ -235,3 +243,12 @@ class Collectives:
     @property
     def _slots(self) -> int:
         raise NotImplementedError
+
+    def _scratch_words(self, n: int) -> np.ndarray:
+        """``n`` words of the worker's scratch buffer for gathered data, as opaque big-endian words (the
+        engine then copies them without a byte swap). Grown as needed and kept: used by one call at a
+        time, on the I/O thread."""
+        buf: np.ndarray | None = getattr(self, "_scratch", None)
+        if buf is None or buf.size < n:
+            buf = self._scratch = np.empty(max(n, 1), dtype=">i4")
+        return buf[:n]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_bytes", "as_numpy", "from_bytes", "like", "output_for"]
+__all__ = ["as_bytes", "as_numpy", "bytes_view", "from_bytes", "like", "output_for"]
 
 _NARROWED = (
     "netagg reduces float32, bfloat16, float16 and int32; {dtype} would be narrowed to float32 (convert "
@@ -104,6 +104,22 @@ def as_bytes(x: Any) -> tuple[np.ndarray, Any]:
         return b.view(dtype)
 
     return a.reshape(-1).view(np.uint8), back_numpy
+
+
+def bytes_view(out: Any) -> np.ndarray | None:
+    """A writable flat uint8 view of ``out``'s memory (a contiguous numpy array or CPU torch tensor),
+    or None."""
+    if out is None:
+        return None
+    if type(out).__module__.startswith("torch"):
+        import torch
+
+        if out.device.type != "cpu" or not out.is_contiguous():
+            return None
+        return out.detach().view(-1).view(torch.uint8).numpy()
+    if isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable:
+        return out.reshape(-1).view(np.uint8)
+    return None
 
 
 def from_bytes(out: Any, result: Any) -> Any:

@@ -101,6 +101,8 @@ def everything(rank: int, address: str | list[str], world: int, n: int) -> dict[
             "rs_received": mid["bytes_received"] - before["bytes_received"],
             "ag_sent": after["bytes_sent"] - mid["bytes_sent"],
             "ag_received": after["bytes_received"] - mid["bytes_received"],
+            "rs_retx": mid["retransmissions"] - before["retransmissions"],
+            "ag_retx": after["retransmissions"] - mid["retransmissions"],
             "size": big.nbytes,
         }
     return results

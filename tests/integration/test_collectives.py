@@ -22,13 +22,14 @@ def test_every_collective_in_every_dtype(switch_factory, elements: int, n: int) 
         bad = [name for name, ok in results.items() if not ok]
         assert not bad, f"rank {rank}: {bad}"
         # Reduce-scatter of S bytes: S up, S/W down; all-gather of S/W: S/W up, S down; plus a 24-byte
-        # header for every chunk each way (with or without payload). Within 5% (padding, repeats).
+        # header for every chunk each way (with or without payload); plus, on a busy machine, what
+        # retransmissions sent and the repeats they were answered with (a packet each at most).
         s = traffic["size"]
         headers = s * 24 / (4 * elements)
-        assert traffic["rs_sent"] == pytest.approx(s + headers, rel=0.05), traffic
-        assert traffic["rs_received"] == pytest.approx(s / W + headers, rel=0.05), traffic
-        assert traffic["ag_sent"] == pytest.approx(s / W + headers, rel=0.05), traffic
-        assert traffic["ag_received"] == pytest.approx(s + headers, rel=0.05), traffic
+        for op, up, down in (("rs", s, s / W), ("ag", s / W, s)):
+            extra = traffic[f"{op}_retx"] * (24 + 4 * elements) + 0.02 * s  # and 2% for padding
+            assert up + headers <= traffic[f"{op}_sent"] <= up + headers + extra, traffic
+            assert down + headers <= traffic[f"{op}_received"] <= down + headers + extra, traffic
     stats = sw.stop()
     assert stats["counters"]["completions"] > 0
     assert not any(v for k, v in stats["drops"].items()), stats["drops"]

@@ -274,3 +274,43 @@ def test_timers_resend_what_is_outstanding_with_the_retx_flag_and_back_off(batch
     assert all(decode(d)[0].flags == 1 for d in again)
     assert e.next_deadline() - due > due  # exponential back-off
     assert e.stats.retransmissions == 2
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_lost_contribution_is_resent_when_a_later_use_completes_before_its_timer(batched) -> None:
+    """Fast retransmission (docs/protocol.md, "Worker rules"): one worker, 2 slots of 4 int32, 16
+    elements. Slot 0's first contribution is lost; slot 1's uses complete 10 ms apart. When the result
+    of a use sent later than the lost one (by more than the reordering window) comes back, the lost one
+    is resent at once, long before its retransmission timer, and the call completes exactly."""
+    dp = Dataplane([JobConfig(JOB, 1, 2, 4)], join_refresh=1e9)
+    [session] = join_all(dp, 1)
+    x = np.arange(16, dtype=np.int32)
+    out = np.zeros(16, np.int32)
+    e = make_engine(session, x, out, 1.0, 0.0, batched=batched)
+    _lost, first1 = datagrams(e.start(0.0))  # slot 0's use 0 is lost on its way up
+    pending = [first1]
+    now, fast_at = 0.0, None
+    while not e.done:
+        assert now < 0.2, "waited for the timer"
+        now += 0.01
+        sends: list[bytes] = []
+        for up in pending:
+            for data, _ in switch_outputs(dp.handle(up, "w0")):
+                sends += feed_at(e, data, now)
+        sends += datagrams(e.take_outbox())
+        if any(decode(d)[0].slot == session.params.slot_base for d in sends) and fast_at is None:
+            fast_at = now
+        pending = sends
+        assert now < e.next_deadline() or fast_at is not None  # no timer fired before the resend
+    assert fast_at is not None and fast_at < 0.05
+    assert session.stats.fast_retransmissions == 1
+    e.finish("raise")
+    np.testing.assert_array_equal(out, x)
+
+
+def feed_at(e: Engine, data: bytes, now: float) -> list[bytes]:
+    if isinstance(e, RunEngine):
+        return datagrams(e.on_run(data, len(data), 1, 0, now))
+    assert isinstance(e, DatagramEngine)
+    nxt = e.on_datagram(data, len(data), now)
+    return datagrams([nxt] if nxt is not None else [])
