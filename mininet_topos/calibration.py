@@ -3,7 +3,8 @@
 Two kinds, each written as measurements (``netagg.model_fit.record``) into ``measurements.json``:
 
 - emulator runs: ``netagg experiment``'s runner (:func:`mininet_topos.experiment.run_experiment`) on
-  stars and leaf-spines in network namespaces (root), netagg's allreduce through the Python switches;
+  stars and leaf-spines in network namespaces (root), rate-limited and not: netagg's allreduce through
+  the Python switches and gloo's ring on the same hosts and links;
 - loopback runs with CPU time: one ``netagg switch`` process and W worker processes on this machine;
   each worker runs netagg's allreduce and gloo's ring allreduce (torch.distributed) in turn and reports
   its wall and CPU seconds per call, the switch's CPU seconds are read from /proc. The CPU seconds are
@@ -122,23 +123,27 @@ def emulator(
     shapes: list[tuple[str, list[dict[str, int]]]],
     sizes_mib: list[float],
     losses: list[float],
-    elements: list[int],
+    bandwidths: list[float | None],
     reps: int,
     cores: int,
     work: Path,
 ) -> list[Any]:
-    """Emulator runs through ``run_experiment`` (root): one call per shape and packet size."""
-    from mininet_topos.experiment import run_experiment
+    """Emulator runs through ``run_experiment`` (root): netagg and gloo's ring on the same hosts, for
+    each shape, link rate and loss."""
+    from mininet_topos.experiment import ExperimentOptions, run_experiment
     from netagg.model_fit import load
 
     if os.geteuid() != 0:
         raise ValueError("emulator runs need root (network namespaces); give --no-emulator to skip them")
     out = []
     for k, (topo, shape) in enumerate(shapes):
-        for e in elements:
-            folder = work / f"{topo}-{k}-n{e}-loss{'-'.join(f'{x:g}' for x in losses)}"
-            run_experiment(topo, shape, sizes_mib, losses, folder, repeat=reps, elements=e)
-            out += load([folder / "experiment.json"], cores=cores)
+        rates = "-".join(f"{b:g}" if b else "max" for b in bandwidths)
+        folder = work / f"{topo}-{k}-bw{rates}-loss{'-'.join(f'{x:g}' for x in losses)}"
+        opts = ExperimentOptions(
+            sizes_mib=tuple(sizes_mib), losses=tuple(losses), bandwidths=tuple(bandwidths), repeat=reps
+        )
+        run_experiment(topo, shape, out_dir=folder, options=opts)
+        out += load([folder / "experiment.json"], cores=cores)
     return out
 
 
@@ -154,7 +159,8 @@ def write(measurements: list[Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-#: The runs the model is fitted on: (kind, arguments). Small, so that a calibration takes minutes.
+#: The runs the model is fitted on: (kind, arguments). Small, so that a calibration takes minutes. The
+#: emulator's at 100 Mbit/s (the links bind) and unlimited (the shared CPUs bind).
 FIT: list[tuple[str, dict[str, Any]]] = [
     ("loopback", {"workers": [2, 4], "sizes_mib": [1, 8], "elements": [2000, 500]}),
     (
@@ -164,14 +170,14 @@ FIT: list[tuple[str, dict[str, Any]]] = [
                 ("star", [{"hosts": 2}, {"hosts": 4}]),
                 ("leafspine", [{"leaves": 2, "hosts_per_leaf": 2}]),
             ],
-            "sizes_mib": [1, 8],
+            "sizes_mib": [1, 4],
             "losses": [0],
-            "elements": [2000, 500],
+            "bandwidths": [100, None],
         },
     ),
     (
         "emulator",
-        {"shapes": [("star", [{"hosts": 4}])], "sizes_mib": [1, 8], "losses": [1], "elements": [2000]},
+        {"shapes": [("star", [{"hosts": 4}])], "sizes_mib": [4], "losses": [1], "bandwidths": [100]},
     ),
 ]
 #: The held-back runs the fitted model is checked on: other workers, sizes, packet sizes and shapes.
@@ -184,9 +190,9 @@ CHECK: list[tuple[str, dict[str, Any]]] = [
                 ("star", [{"hosts": 6}]),
                 ("leafspine", [{"leaves": 2, "hosts_per_leaf": 3}, {"leaves": 2, "hosts_per_leaf": 4}]),
             ],
-            "sizes_mib": [2, 16],
+            "sizes_mib": [2, 8],
             "losses": [0],
-            "elements": [1000, 2000],
+            "bandwidths": [100, None],
         },
     ),
     (
@@ -195,7 +201,7 @@ CHECK: list[tuple[str, dict[str, Any]]] = [
             "shapes": [("leafspine", [{"leaves": 2, "hosts_per_leaf": 3}])],
             "sizes_mib": [4],
             "losses": [1],
-            "elements": [2000],
+            "bandwidths": [100],
         },
     ),
 ]
@@ -213,7 +219,7 @@ def measure(
             ms[kind] += loopback(kw["workers"], kw["sizes_mib"], kw["elements"], reps, cores)
         elif with_emulator:
             ms[kind] += emulator(
-                kw["shapes"], kw["sizes_mib"], kw["losses"], kw["elements"], reps, cores, out / "emulator"
+                kw["shapes"], kw["sizes_mib"], kw["losses"], kw["bandwidths"], reps, cores, out / "emulator"
             )
     for kind, found in ms.items():
         if found:

@@ -84,8 +84,9 @@ class Config:
     """The links' MTU: a TCP segment carries MTU - 52 bytes."""
     slots: int = 64
     """INA slots (packets) in flight per worker."""
-    via_switch: bool = True
-    """Ring and tree frames cross the switches (forwarded; in the emulator, by the Python switch)."""
+    via_switch: bool = False
+    """Ring and tree frames are forwarded by software switches that charge them CPU (the emulator's
+    Python switch nodes); False: by hardware, a kernel bridge, or no switch at all (loopback)."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -254,8 +255,9 @@ def _terms(
     link_bytes_s = config.bandwidth_bps / 8
     if algorithm == "ina":
         return _ina(collective, config, costs, k, moved, alpha, link_bytes_s)
-    # Ring and tree: TCP between neighbours, two links apart (host, switch, host) in a star.
-    hops = 2 * levels(n, config.fan_in) if config.via_switch else 1
+    # Ring and tree: TCP between neighbours, up to 2C links apart (host, switches, host): a step of
+    # every host at once waits for the farthest pair.
+    hops = 2 * levels(n, config.fan_in)
     step = costs.ring_step_s + hops * alpha
     latency = costs.ring_call_s + k * step
     mss = config.mtu - TCP_OVERHEAD

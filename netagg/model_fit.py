@@ -154,16 +154,16 @@ def observed_loss(
 
 
 def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) -> list[Measurement]:
+    """The runs of an experiment.json: netagg's (and the ring's, where the runner ran gloo beside it)."""
     shapes = summary.get("shapes") or [{}]
+    cores = (summary.get("machine") or {}).get("cpus", cores)
+    packet = int(summary.get("elements_per_packet", 2000))
     out = []
     for run in summary["runs"]:
         n = int(run["workers"])
         shape = next((s for s in shapes if _hosts(summary["topology"], s) == n), shapes[-1])
         bw = run.get("bandwidth_mbit", summary.get("bandwidth_mbit"))
         delay = run.get("delay_ms", summary.get("delay_ms"))
-        algorithm = {"netagg": "ina", "gloo": "ring"}.get(
-            run.get("algorithm", "netagg"), run.get("algorithm")
-        )
         cfg = Config(
             workers=n,
             size_bytes=float(run["mib"]) * MIB,
@@ -171,23 +171,23 @@ def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) ->
             link_latency_s=float(delay) / 1e3 if delay else None,
             loss=float(run.get("loss_percent", 0.0)) / 100,
             fan_in=_fan_in(summary, shape, n),
-            payload_bytes=4 * int(run.get("elements", summary.get("elements_per_packet", 2000))),
+            payload_bytes=4 * packet,
             slots=int(summary.get("slots", 64)),
+            via_switch=summary.get("forwarding", "python") != "bridge",
         )
-        retx = float(run.get("retransmissions", 0)) / int(summary.get("repeat", 1))
-        if algorithm == "ina" and retx > 0:
-            seen = observed_loss(retx, n, cfg.size_bytes, cfg.payload_bytes, cfg.fan_in)
-            cfg = replace(cfg, loss=max(cfg.loss, seen))
-        out.append(
-            Measurement(
-                algorithm,
-                run.get("collective", "allreduce"),
-                cfg,
-                float(run["seconds"]),
-                cores,
-                source=source,
-            )
-        )
+        # The older runner: one netagg time per run; the newer: {"netagg": {...}, "ring": {...}}.
+        results = {"ina": run} if "seconds" in run else {"ina": run.get("netagg"), "ring": run.get("ring")}
+        repeat = int(summary.get("repeat", 1))
+        for algorithm, result in results.items():
+            if not result:
+                continue
+            c = cfg
+            retx = float(result.get("retransmissions", 0)) / repeat
+            if algorithm == "ina" and retx > 0:
+                seen = observed_loss(retx, n, cfg.size_bytes, cfg.payload_bytes, cfg.fan_in)
+                c = replace(cfg, loss=max(cfg.loss, seen))
+            collective = run.get("collective", "allreduce")
+            out.append(Measurement(algorithm, collective, c, float(result["seconds"]), cores, source=source))
     return out
 
 

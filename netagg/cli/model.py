@@ -102,6 +102,7 @@ def add_parser(sub: Any) -> None:
         "--cores", type=_int_range(1, 1024), default=None, help="CPU cores (default: this machine's)"
     )
     s.add_argument("--no-emulator", action="store_true", help="loopback runs only (no root needed)")
+    s.add_argument("--no-loopback", action="store_true", help="emulator runs only")
     s.add_argument("--only", choices=("fit", "check"), help="run one of the two sets")
     s.set_defaults(run=_measure)
 
@@ -200,7 +201,8 @@ def _measure(args: argparse.Namespace) -> int:
     cores = args.cores or os.cpu_count() or 1
     for name, plan in (("fit", FIT), ("check", CHECK)):
         if args.only in (None, name):
-            ms = measure(plan, args.out / name, reps=args.repeat, cores=cores, with_emulator=emulate)
+            kinds = [p for p in plan if not (args.no_loopback and p[0] == "loopback")]
+            ms = measure(kinds, args.out / name, reps=args.repeat, cores=cores, with_emulator=emulate)
             print(f"wrote {len(ms)} measurements into {args.out / name}", flush=True)
     return 0
 

@@ -181,24 +181,42 @@ def test_load_reads_the_experiment_runners_json(tmp_path: Path) -> None:
         "hosts": 4,
         "shapes": [{"leaves": 2, "hosts_per_leaf": 2}],
         "elements_per_packet": 2000,
-        "slots": 64,
+        "slots": 128,
+        "repeat": 3,
+        "forwarding": "bridge",
+        "machine": {"cpus": 2},
         "runs": [
-            {"workers": 4, "loss_percent": 1.0, "mib": 4.0, "seconds": 0.5},
+            {"workers": 4, "loss_percent": 1.0, "mib": 4.0, "seconds": 0.5},  # the older runner's
             {
                 "workers": 4,
                 "loss_percent": 0,
                 "mib": 4.0,
-                "seconds": 0.9,
-                "algorithm": "gloo",
                 "bandwidth_mbit": 100,
+                "elements": 1 << 20,  # the tensor's, not the packet's
+                "netagg": {"seconds": 0.4, "retransmissions": 30},
+                "ring": {"seconds": 0.9},
             },
         ],
     }
     path = tmp_path / "experiment.json"
     path.write_text(json.dumps(summary))
-    a, b = load([path], cores=2)
-    assert (a.algorithm, a.config.fan_in, a.config.loss, a.config.size_bytes) == ("ina", 2, 0.01, 4 * MIB)
-    assert (b.algorithm, b.config.bandwidth_bps, a.cores) == ("ring", 100e6, 2)
+    old, ina, ring = load([path], cores=7)
+    assert (old.algorithm, old.config.fan_in, old.config.loss, old.config.size_bytes) == (
+        "ina",
+        2,
+        0.01,
+        4 * MIB,
+    )
+    assert (ina.config.payload_bytes, ina.config.bandwidth_bps, ina.cores, ina.seconds) == (
+        8000,
+        100e6,
+        2,
+        0.4,
+    )
+    # 10 retransmissions per call of 4 hosts x 524 uses: the drops it saw, as loss on its 6 links.
+    p_use = 10 / (4 * 4 * MIB / 8000)
+    assert ina.config.loss == pytest.approx(1 - (1 - p_use) ** (1 / 12))
+    assert (ring.algorithm, ring.config.loss, ring.config.via_switch, ring.seconds) == ("ring", 0, False, 0.9)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match=r"not an experiment\.json"):
         load([tmp_path / "x.json"])
