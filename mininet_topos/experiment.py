@@ -142,7 +142,9 @@ def run_experiment(
                         from mininet_topos.training import train_both
 
                         for model in opts.train:
-                            training.append(train_both(net, model, opts.epochs, out_dir, opts.host_nice))
+                            training.append(
+                                train_both(net, model, opts.epochs, out_dir, opts.host_nice, opts.min_rto)
+                            )
     summary = {
         "topology": base.name,
         "hosts": len(base.hosts),
@@ -260,6 +262,7 @@ def _case(
         impls.reverse()
     out: dict[str, Any] = {"workers": w, "collective": coll, "mib": mib, "elements": size}
     for impl in impls:
+        print(f"  {w} workers, {coll} {mib:g} MiB: {impl} x {opts.repeat} ...", flush=True)
         before = net.link_bytes()
         reports = _run_hosts(net, impl, coll, size, opts)
         after = net.link_bytes()

@@ -91,10 +91,29 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     runs = [r for r in summary["runs"] if r["collective"] == "allreduce"] or summary["runs"]
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     (ax_t, ax_w, ax_b), (ax_l, ax_x, ax_d) = axes
-    if not runs:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return
+    _training(ax_d, summary.get("training", []))
+    fig.suptitle(
+        f"{summary['topology']}, {summary['forwarding']} forwarding, N = {summary['elements_per_packet']}, "
+        f"{summary['machine']['cpus']} shared CPUs"
+    )
+    if runs:
+        _collectives(runs, ax_t, ax_w, ax_b, ax_l, ax_x)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _training(ax: Any, rows: list[dict[str, Any]]) -> None:
+    for t in rows:
+        for key, style in (("netagg", "-"), ("ring", "--")):
+            ax.plot([1e3 * x for x in t[key]["step_times_s"]], style, lw=0.8, label=f"{t['model']} {key}")
+    ax.set(xlabel="step", ylabel="time per step (ms, rank 0)", title="DDP training")
+    if rows:
+        ax.set_yscale("log")
+        ax.legend()
+
+
+def _collectives(runs: list[dict[str, Any]], ax_t: Any, ax_w: Any, ax_b: Any, ax_l: Any, ax_x: Any) -> None:
     most = max(r["workers"] for r in runs)
     bws = sorted({r["bandwidth_mbit"] or 0 for r in runs})
     losses = sorted({r["loss_percent"] for r in runs})
@@ -135,6 +154,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             ax.legend()
 
     speedups(ax_w, "workers", {"workers": False}, "workers (hosts)")
+    ws = sorted({r["workers"] for r in runs})
+    ax_w.plot(ws, [2 * (w - 1) / w for w in ws], ":", color="black", label="bandwidth bound 2(W-1)/W")
+    ax_w.legend()
     speedups(ax_b, "bandwidth_mbit", {"bw": False}, "link bandwidth (Mbit/s; 0: unlimited)")
     speedups(ax_l, "loss_percent", {"loss": False}, "loss on every link (%)")
     labels, ours, theirs = [], [], []
@@ -149,17 +171,3 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax_x.set_xticks(list(xs), labels)
     ax_x.set(xlabel="MiB per host", ylabel="bytes carried / theory (up)", ylim=(0, 1.5))
     ax_x.legend()
-    for t in summary.get("training", []):
-        for key, style in (("netagg", "-"), ("ring", "--")):
-            ax_d.plot([1e3 * x for x in t[key]["step_times_s"]], style, lw=0.8, label=f"{t['model']} {key}")
-    ax_d.set(xlabel="step", ylabel="time per step (ms, rank 0)", title="DDP training")
-    if summary.get("training"):
-        ax_d.set_yscale("log")
-        ax_d.legend()
-    fig.suptitle(
-        f"{summary['topology']}, {summary['forwarding']} forwarding, N = {summary['elements_per_packet']}, "
-        f"{summary['machine']['cpus']} shared CPUs"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -29,8 +29,17 @@ step), 2048 a bigger one (4.3 M parameters, 17 MB per step)."""
 _port = [29900]
 
 
-def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path, nice: int = 5) -> dict[str, Any]:
-    """One training run on every host; rank 0's report (with ``wall_s``, the slowest host's)."""
+def train(
+    net: NetnsNetwork,
+    impl: str,
+    hidden: int,
+    epochs: int,
+    out: Path,
+    nice: int = 5,
+    min_rto: float | None = None,
+) -> dict[str, Any]:
+    """One training run on every host; rank 0's report (with ``wall_s``, the slowest host's).
+    ``min_rto``: the netagg workers' (ExperimentOptions.min_rto)."""
     topo = net.topo
     world = len(topo.hosts)
     _port[0] += 1
@@ -52,6 +61,7 @@ def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path, nic
             args = net.worker_args(rank)
             how = ["--switch", args[1], "--worker-id", args[args.index("--worker-id") + 1]]
             how += ["--no-batch"] if "--no-batch" in args else []
+            how += ["--min-rto", str(min_rto)] if min_rto is not None else []
         cmd = [
             *env,
             f"RANK={rank}",
@@ -86,7 +96,14 @@ def train(net: NetnsNetwork, impl: str, hidden: int, epochs: int, out: Path, nic
     return report
 
 
-def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path, nice: int = 5) -> dict[str, Any]:
+def train_both(
+    net: NetnsNetwork,
+    model: str,
+    epochs: int,
+    out_dir: Path,
+    nice: int = 5,
+    min_rto: float | None = None,
+) -> dict[str, Any]:
     """The ``model`` workload ("small" or "big", :data:`MODELS`) with netagg and with the ring on
     ``net``'s hosts: per-step time, accuracy and time to accuracy side by side."""
     hidden = MODELS[model]
@@ -94,7 +111,7 @@ def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path, nice: 
         f"  DDP training, {model} model (hidden {hidden}), {epochs} epochs: netagg, then the ring", flush=True
     )
     runs = {
-        key: train(net, impl, hidden, epochs, out_dir / f"train_{model}_{key}.json", nice)
+        key: train(net, impl, hidden, epochs, out_dir / f"train_{model}_{key}.json", nice, min_rto)
         for key, impl in (("netagg", "netagg"), ("ring", "gloo"))
     }
     row: dict[str, Any] = {"model": model, "hidden": hidden, "workers": len(net.topo.hosts), "epochs": epochs}
@@ -110,6 +127,7 @@ def train_both(net: NetnsNetwork, model: str, epochs: int, out_dir: Path, nice: 
             "elapsed_per_epoch_s": [round(e.get("elapsed_s", 0.0), 2) for e in r["epochs"]],
             "step_times_s": steps,
             "gloo_buckets": r.get("gloo_buckets", 0),
+            "traffic_per_worker": r.get("traffic_per_worker", {}),
         }
     row["step_speedup"] = round(row["ring"]["median_step_ms"] / row["netagg"]["median_step_ms"], 3)
     print(

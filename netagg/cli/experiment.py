@@ -49,7 +49,11 @@ def add_parser(sub: Any) -> None:
     )
     e.add_argument("--depth", type=_int_range(1, 4), default=2, help="tree: levels of switches")
     e.add_argument("--fanout", type=_int_range(1, 8), default=2, help="tree: children per switch")
-    e.add_argument("--sizes", default="1,4,16,64", help="MiB of float32 per host, comma-separated")
+    e.add_argument(
+        "--sizes",
+        default="1,4,16,64",
+        help="MiB of float32 per host, comma-separated (empty with --train: training alone)",
+    )
     e.add_argument("--loss", default="0", help="loss on every link in percent, comma-separated")
     e.add_argument(
         "--bw",
@@ -133,7 +137,8 @@ def _experiment(args: argparse.Namespace) -> int:
             raise ValueError(f"--{what}: expected non-negative numbers, got {text!r}")
         return values
 
-    sizes, losses = numbers(args.sizes, "sizes"), numbers(args.loss, "loss")
+    losses = numbers(args.loss, "loss")
+    sizes = numbers(args.sizes, "sizes") if args.sizes.strip() or not args.train.strip() else []
     if any(x >= 100 for x in losses):
         raise ValueError("--loss is in percent, below 100")
     bandwidths: list[float | None] = list(numbers(args.bw, "bw")) if args.bw.strip() else [None]
