@@ -252,7 +252,7 @@ def at_costs(m: Measurement, costs: Costs) -> Costs:
     return costs if costs.cores is not None else replace(costs, cores=m.cores)
 
 
-def _linear(m: Measurement, costs: Costs, names: Sequence[str]) -> tuple[float, np.ndarray, float]:
+def _linear(m: Measurement, costs: Costs, names: Sequence[str]) -> tuple[float, np.ndarray]:
     """The measurement's prediction as ``c0 + a . theta`` with the bottleneck ``costs`` picks fixed."""
     base = at_costs(m, costs)
     chosen = predict(m.algorithm, m.collective, m.config, base).bottleneck
@@ -263,7 +263,7 @@ def _linear(m: Measurement, costs: Costs, names: Sequence[str]) -> tuple[float, 
     zero = base.with_values(**{k: 0.0 for k in names})
     c0 = at(zero)
     row = np.array([at(zero.with_values(**{k: 1.0})) - c0 for k in names])
-    return c0, row, at(base)
+    return c0, row
 
 
 def _forced(m: Measurement, costs: Costs, bottleneck: str) -> float:
@@ -272,10 +272,10 @@ def _forced(m: Measurement, costs: Costs, bottleneck: str) -> float:
     return p.latency_s + p.loss_s + bound(m.algorithm, m.collective, m.config, costs, bottleneck)
 
 
-def _cpu_rows(m: Measurement, names: Sequence[str]) -> list[tuple[float, np.ndarray, float]]:
+def _cpu_rows(m: Measurement, costs: Costs, names: Sequence[str]) -> list[tuple[float, np.ndarray, float]]:
     """The CPU-seconds equations of a measurement that has them: (c0, coefficients, measured)."""
     out = []
-    zero = Costs().with_values(**{k: 0.0 for k in names})
+    zero = costs.with_values(**{k: 0.0 for k in names})
     for what, measured in (("host", m.host_cpu_s), ("switch", m.switch_cpu_s)):
         if measured is None:
             continue
@@ -365,10 +365,10 @@ def _fit(ms: list[Measurement], names: Sequence[str], costs: Costs, iterations: 
         rows, rhs = [], []
         picks = tuple(predict(m.algorithm, m.collective, m.config, at_costs(m, costs)).bottleneck for m in ms)
         for m in ms:
-            c0, row, _ = _linear(m, costs, names)
+            c0, row = _linear(m, costs, names)
             rows.append(row / m.seconds)
             rhs.append((m.seconds - c0) / m.seconds)
-            for c0c, rowc, measured in _cpu_rows(m, names):
+            for c0c, rowc, measured in _cpu_rows(m, costs, names):
                 rows.append(rowc / measured)
                 rhs.append((measured - c0c) / measured)
         a, b = np.array(rows), np.array(rhs)
