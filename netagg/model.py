@@ -281,34 +281,42 @@ def _ina(
     collective: str, config: Config, costs: Costs, k: int, moved: float, alpha: float, link_bytes_s: float
 ) -> tuple[float, dict[str, float], float, int, float]:
     n, s, p_bytes = config.workers, float(config.size_bytes), config.payload_bytes
-    frame = p_bytes + ETH_IP_UDP + NETAGG_HEADER
+    headers = ETH_IP_UDP + NETAGG_HEADER
     c = levels(n, config.fan_in)
     rtt = 2 * c * alpha
     latency = costs.call_s + k * alpha
-    # Packets each host sends and receives; the slot uses of the call.
+    # Payload bytes each host sends and receives (docs/protocol.md, Shards: a reduce-scatter's
+    # non-owners get a header alone, except below a tree's root, where every child gets the result; an
+    # all-gather's non-owners send a header alone). Every host sends and receives a packet for every use.
     up = s if collective != "all_gather" else s / n
-    down = s if collective != "reduce_scatter" else s / n
-    uses = max(up, down) / p_bytes
+    down = s / n if collective == "reduce_scatter" and c == 1 else s
+    uses = s / p_bytes
     switches = _switches(n, config.fan_in)
     # A use is repeated if any of its packets is lost: one up and one down on every link of the tree;
     # every host sends it again (no result came, or its own was lost) and every switch adds it again.
     links = n + len(switches) - 1
     p_use = 1 - (1 - config.loss) ** (2 * links)
     again = 1 + p_use
-    host = again * ((up + down) * costs.host_byte_s + (up + down) / p_bytes * costs.host_packet_s)
-    per_contribution = again * (costs.switch_packet_s + p_bytes * costs.switch_byte_s)
-    # A switch adds one packet per child and, below the root, takes the parent's result too.
-    busiest = max(children + (0 if root else 1) for children, root in switches)
+    host = again * ((up + down) * costs.host_byte_s + 2 * uses * costs.host_packet_s)
+    # A switch takes a packet per child and, below the root, the parent's result too; it adds the
+    # payload of each (an all-gather's: the owner's alone).
+    payloads = 1 if collective == "all_gather" else None
+
+    def per_use(packets: int) -> float:
+        return again * (
+            packets * costs.switch_packet_s + (payloads or packets) * p_bytes * costs.switch_byte_s
+        )
+
+    inputs = [children + (0 if root else 1) for children, root in switches]
     bounds = {
-        "link": again * uses * frame / link_bytes_s,
+        "link": again * (max(up, down) + uses * headers) / link_bytes_s,
         "host": host,
-        "switch": uses * busiest * per_contribution,
+        "switch": uses * per_use(max(inputs)),
     }
     if rtt > 0:
         bounds["window"] = uses * rtt / config.slots
     if costs.cores is not None:
-        total_switch = sum(ch + (0 if root else 1) for ch, root in switches) * uses * per_contribution
-        bounds["cpu"] = (n * host + total_switch) / costs.cores
+        bounds["cpu"] = (n * host + uses * sum(per_use(i) for i in inputs)) / costs.cores
     # ... and waits for its repair (a timer, or a gap noticed) while the other slots go on.
     loss_s = uses * p_use * costs.loss_recovery_s / config.slots
     return latency, bounds, loss_s, k, moved

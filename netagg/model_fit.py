@@ -80,8 +80,9 @@ class Measurement:
         where = f"F={c.fan_in}" if c.fan_in else "1 switch"
         bw = "" if math.isinf(c.bandwidth_bps) else f", {c.bandwidth_bps / 1e6:g} Mbit/s"
         loss = f", {c.loss * 100:.2g}% loss" if c.loss else ""
+        what = "" if self.collective == "allreduce" else f" {self.collective.replace('_', '-')}"
         return (
-            f"{self.algorithm} {c.workers} hosts ({where}){bw}{loss}, {c.size_bytes / MIB:g} MiB, "
+            f"{self.algorithm}{what} {c.workers} hosts ({where}){bw}{loss}, {c.size_bytes / MIB:g} MiB, "
             f"{c.payload_bytes} B packets"
         )
 
@@ -164,9 +165,12 @@ def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) ->
         shape = next((s for s in shapes if _hosts(summary["topology"], s) == n), shapes[-1])
         bw = run.get("bandwidth_mbit", summary.get("bandwidth_mbit"))
         delay = run.get("delay_ms", summary.get("delay_ms"))
+        collective = run.get("collective", "allreduce")
+        # The runner's size is each host's input; the model's S for all-gather is the gathered output.
+        size = float(run["mib"]) * MIB * (n if collective == "all_gather" else 1)
         cfg = Config(
             workers=n,
-            size_bytes=float(run["mib"]) * MIB,
+            size_bytes=size,
             bandwidth_bps=float(bw) * 1e6 if bw else math.inf,
             link_latency_s=float(delay) / 1e3 if delay else None,
             loss=float(run.get("loss_percent", 0.0)) / 100,
@@ -186,7 +190,6 @@ def _from_experiment(summary: dict[str, Any], source: str, cores: int | None) ->
             if algorithm == "ina" and retx > 0:
                 seen = observed_loss(retx, n, cfg.size_bytes, cfg.payload_bytes, cfg.fan_in)
                 c = replace(cfg, loss=max(cfg.loss, seen))
-            collective = run.get("collective", "allreduce")
             out.append(Measurement(algorithm, collective, c, float(result["seconds"]), cores, source=source))
     return out
 

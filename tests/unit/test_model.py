@@ -90,6 +90,23 @@ def test_switch_and_host_costs_bound_ina_and_shared_cores_add_up() -> None:
     assert shared.transfer_s == pytest.approx(4 * host + uses * 4 * (1e-5 + 8000e-9))
 
 
+def test_ina_collectives_follow_the_protocols_traffic() -> None:
+    costs = Costs(switch_packet_s=1e-5, switch_byte_s=1e-9, host_byte_s=1e-9)
+    one, tree = Config(4, 8 * MIB, bandwidth_bps=1e9), Config(4, 8 * MIB, bandwidth_bps=1e9, fan_in=2)
+    from netagg.model import bound
+
+    # Reduce-scatter: S up, S/n down from one switch, S down below a tree's root (allreduce traffic).
+    assert bound("ina", "reduce_scatter", one, costs, "host") < bound("ina", "allreduce", one, costs, "host")
+    assert bound("ina", "reduce_scatter", tree, costs, "host") == bound(
+        "ina", "allreduce", tree, costs, "host"
+    )
+    # All-gather: a packet from every worker for every use, the payload from the owner alone.
+    ag, ar = (bound("ina", c, one, costs, "switch") for c in ("all_gather", "allreduce"))
+    uses = 8 * MIB / 8000
+    assert ag == pytest.approx(uses * (4 * 1e-5 + 8000e-9))
+    assert ar == pytest.approx(uses * 4 * (1e-5 + 8000e-9))
+
+
 def test_loss_costs_ina_a_wait_per_lost_use_and_tcp_the_mathis_bound() -> None:
     costs = Costs(loss_recovery_s=0.01, link_latency_s=1e-4, ring_step_s=1e-4)
     clean = predict("ina", "allreduce", Config(4, 8 * MIB), costs)
