@@ -239,6 +239,19 @@ def test_load_reads_the_experiment_runners_json(tmp_path: Path) -> None:
         load([tmp_path / "x.json"])
 
 
+def test_load_reads_bench_allreduce_results(tmp_path: Path) -> None:
+    row = {"workers": 4, "mib": 16.0, "elements": 16370, "netagg_ms": 120.0, "gloo_ms": 80.0}
+    (tmp_path / "results.json").write_text(json.dumps({"machine": {"cpus": 2}, "rows": [row]}))
+    ina, ring = load([tmp_path / "results.json"])
+    assert (ina.algorithm, ina.seconds, ina.config.payload_bytes, ina.cores) == ("ina", 0.12, 65480, 2)
+    assert (ring.algorithm, ring.seconds, ring.config.via_switch, ring.config.size_bytes) == (
+        "ring",
+        0.08,
+        False,
+        16 * MIB,
+    )
+
+
 def test_cli_predict_prints_every_algorithm_and_collective(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "predict", "--workers", "8", "--size-mib", "64", "--bw-mbit", "100", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
