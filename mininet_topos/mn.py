@@ -21,11 +21,20 @@ from typing import Any
 from mininet.node import Switch
 from mininet.topo import Topo
 
+from mininet_topos.links import LinkShapeError, netem_missing
 from mininet_topos.topology import TOPOS as DATA_TOPOS
 from mininet_topos.topology import Topology
 from netagg.cli.launch import SwitchProcess
 
-__all__ = ["BMV2_WORKER_PORT", "TOPOS", "Bmv2Switch", "NetaggTopo", "PythonSwitch", "start_network"]
+__all__ = [
+    "BMV2_WORKER_PORT",
+    "TOPOS",
+    "Bmv2Switch",
+    "NetaggTopo",
+    "PythonSwitch",
+    "nft_loss_in",
+    "start_network",
+]
 
 
 class NetaggTopo(Topo):
@@ -65,13 +74,18 @@ class NetaggTopo(Topo):
             )
         for h in topology.hosts:
             self.addHost(h.name, ip=f"{h.ip}/24", mac=h.mac)
+        netem = netem_missing() is None
         for link in topology.links:
             opts: dict[str, Any] = {}
             if link.bandwidth_mbit:
-                opts["bw"] = link.bandwidth_mbit
+                opts["bw"] = link.bandwidth_mbit  # TCLink: htb on each end's egress
             if link.delay_ms:
+                if not netem:
+                    raise LinkShapeError(
+                        f"link delay needs tc netem, which this kernel lacks ({netem_missing()})"
+                    )
                 opts["delay"] = f"{link.delay_ms}ms"
-            if link.loss_percent:
+            if link.loss_percent and netem:  # else start_network makes it with nftables on the hosts
                 opts["loss"] = link.loss_percent
             self.addLink(link.a, link.b, **opts)
 
@@ -87,11 +101,14 @@ def _topo(name: str) -> type[NetaggTopo]:
             bmv2: tuple[str, ...] = (),
             slots: int = 128,
             loss: float = 0.0,
+            bw: float | None = None,
+            delay: float | None = None,
             **kw: Any,
         ) -> None:
+            """``bw`` (Mbit/s), ``delay`` (ms) and ``loss`` (%) on every link."""
             topology = builder(*args, **kw)
-            if loss:
-                topology = topology.with_links(bandwidth_mbit=None, delay_ms=None, loss_percent=loss)
+            if loss or bw or delay:
+                topology = topology.with_links(bandwidth_mbit=bw, delay_ms=delay, loss_percent=loss)
             super().build(topology, elements=elements, bmv2=bmv2, slots=slots)
 
     Named.__name__ = f"{name.capitalize()}Topo"
@@ -204,4 +221,19 @@ def start_network(
     topology.write((out_dir or Path.cwd()) / "topology.json")
     net = Mininet(topo=topo, switch=switch, link=TCLink, controller=None, autoSetMacs=False)
     net.start()
+    if netem_missing() is not None:  # loss without netem: nftables on the hosts (UDP, both ways)
+        for host in topology.hosts:
+            percent = max((lk.loss_percent for lk in topology.links if host.name in (lk.a, lk.b)), default=0)
+            if percent:
+                nft_loss_in(net.get(host.name), percent)
     return net
+
+
+def nft_loss_in(node: Any, percent: float) -> None:
+    """Drop ``percent`` % of the UDP datagrams in and out of a Mininet host (nftables table "loss"),
+    as :func:`mininet_topos.netns.nft_loss` does in a namespace."""
+    rule = f"meta l4proto udp numgen random mod 1000 < {int(percent * 10)} counter drop"
+    node.cmd("nft add table inet loss")
+    for hook in ("input", "output"):
+        node.cmd(f"nft 'add chain inet loss {hook} {{ type filter hook {hook} priority 0; }}'")
+        node.cmd(f"nft 'add rule inet loss {hook} {rule}'")  # quoted: '<' is no redirection

@@ -90,7 +90,13 @@ class Role:
         role (with ``--workers`` = :attr:`workers`, and the job's packet size and slots, which the
         caller chooses)."""
         flags = ["--ethernet", ",".join(interfaces), "--ip", self.switch.ip, "--mac", self.switch.mac]
-        flags += ["--total-workers", str(self.total_workers)]
+        return flags + self.tree_flags()
+
+    def tree_flags(self) -> list[str]:
+        """The ``netagg switch`` flags of its place in the tree alone (``--total-workers``, and
+        ``--parent``/``--parent-worker`` below the root): with ``--listen IP:47000`` they make a UDP
+        daemon on the switch's address play this role (a kernel bridge forwarding everything else)."""
+        flags = ["--total-workers", str(self.total_workers)]
         if self.parent_address is not None:
             flags += ["--parent", self.parent_address, "--parent-worker", str(self.parent_worker)]
         return flags
@@ -165,6 +171,26 @@ class Topology:
     ) -> Topology:
         """The same topology with these parameters on every link."""
         links = [Link(lk.a, lk.b, bandwidth_mbit, delay_ms, loss_percent) for lk in self.links]
+        return Topology(self.name, list(self.hosts), list(self.switches), links)
+
+    def with_link(
+        self,
+        a: str,
+        b: str,
+        *,
+        bandwidth_mbit: float | None = None,
+        delay_ms: float | None = None,
+        loss_percent: float = 0.0,
+    ) -> Topology:
+        """The same topology with these parameters on the link between ``a`` and ``b`` (either order;
+        KeyError if there is none), the other links as they are."""
+        ends = {a, b}
+        if not any({lk.a, lk.b} == ends for lk in self.links):
+            raise KeyError(f"{self.name}: no link between {a} and {b}")
+        links = [
+            Link(lk.a, lk.b, bandwidth_mbit, delay_ms, loss_percent) if {lk.a, lk.b} == ends else lk
+            for lk in self.links
+        ]
         return Topology(self.name, list(self.hosts), list(self.switches), links)
 
     def to_json(self) -> str:

@@ -106,6 +106,35 @@ def test_python_switches_in_mininet(name: str, kw: dict, tmp_path: Path) -> None
         net.stop()
 
 
+def test_rate_limited_links_in_mininet(tmp_path: Path) -> None:
+    """A 2-host star with every link at 20 Mbit/s (TCLink's htb on both ends): an allreduce of S bytes
+    takes at least S at that rate (each host link carries S each way) and not much more."""
+    from mininet_topos.mn import TOPOS, PythonSwitch, start_network
+
+    net = start_network(TOPOS["star"](hosts=2, bw=20), switch=PythonSwitch, out_dir=tmp_path)
+    try:
+        size = 500_000  # float32: 2 MB, 0.8 s at 20 Mbit/s
+        results = _allreduce(net, size)
+        assert all(res["check"]["ok"] for res in results), results
+        wire = 4 * size * 8 / 20e6
+        slowest = max(res["median_s"] for res in results)
+        assert wire <= slowest < 2 * wire, (slowest, wire)
+        links = json.loads((tmp_path / "topology.json").read_text())["links"]
+        assert {lk["bandwidth_mbit"] for lk in links} == {20}
+    finally:
+        net.stop()
+
+
+def test_delay_without_netem_is_refused_in_mininet() -> None:
+    from mininet_topos.links import LinkShapeError, netem_missing
+    from mininet_topos.mn import TOPOS
+
+    if netem_missing() is None:
+        pytest.skip("this kernel has tc netem: link delay is made, not refused")
+    with pytest.raises(LinkShapeError, match="delay needs tc netem"):
+        TOPOS["star"](hosts=2, delay=5)
+
+
 def test_bmv2_switch_in_mininet(tmp_path: Path) -> None:
     from mininet_topos.mn import TOPOS, Bmv2Switch, start_network
     from switch.bmv2 import compile_p4, find_binary

@@ -77,3 +77,19 @@ def test_only_the_cli_of_netagg_imports_the_role_packages() -> None:
                 names = [node.module]
             offenders += [f"netagg/{rel}: {n}" for n in names if n.split(".")[0] in ROLE_PACKAGES]
     assert offenders == []
+
+
+def test_experiment_link_flag() -> None:
+    from netagg.cli.experiment import parse_link
+
+    assert parse_link("leaf1-spine1:bw=50") == ("leaf1", "spine1", 50.0, None, 0.0)
+    assert parse_link("h1-s1:bw=10,delay=2,loss=1.5") == ("h1", "s1", 10.0, 2.0, 1.5)
+    for bad, why in (
+        ("h1s1:bw=1", "expected A-B"),
+        ("h1-s1:rate=1", "unknown parameter 'rate'"),
+        ("h1-s1:bw=x", "needs a number"),
+        ("h1-s1:loss=100", "out of range"),
+        ("h1-s1:bw=0", "out of range"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_link(bad)
