@@ -89,8 +89,8 @@ class Collectives:
         ``x`` is a numpy array or torch tensor of float32, bfloat16 or float16 (a sum is quantized,
         error within the bound of docs/protocol.md, and rounded once to the dtype) or int32 (exact; a
         sum wraps on overflow like any int32 sum); max and min are exact for every dtype. float64 is
-        refused (it would be narrowed). Every worker must call with the same size, dtype and op, in
-        the same order.
+        refused (it would be narrowed); a Python list of floats is taken as float32. Every worker must
+        call with the same size, dtype and op, in the same order.
 
         ``out`` (same shape and kind as ``x``; ``out=x`` is allowed) receives the result and is
         returned, as torch.distributed's in-place all_reduce does; without it a new array is made.

@@ -67,6 +67,9 @@ def as_numpy(x: Any) -> tuple[np.ndarray, Any]:
             return torch.from_numpy(out).reshape(shape).to(device=device, dtype=dtype)
 
         return arr, restore_torch
+    if not isinstance(x, np.ndarray):  # a list or scalar of Python floats: float32, as documented
+        a = np.asarray(x)
+        x = a.astype(np.float32) if a.dtype == np.float64 else a
     a = np.asarray(x)
     dtype, shape = a.dtype, a.shape
     if dtype == np.float16:

@@ -14,7 +14,18 @@ import sys
 from collections.abc import Sequence
 
 import netagg
-from netagg.cli import allreduce, bmv2, controller, ctl, demo, demo_allreduce, experiment, relay, switch
+from netagg.cli import (
+    allreduce,
+    bmv2,
+    controller,
+    ctl,
+    demo,
+    demo_allreduce,
+    experiment,
+    model,
+    relay,
+    switch,
+)
 from netagg.cli._common import _Parser
 
 __all__ = ["main"]
@@ -29,7 +40,7 @@ examples:
 `netagg COMMAND --help` shows each command's flags and examples."""
 
 #: The subcommands in the order --help lists them.
-SUBCOMMANDS = (switch, controller, bmv2, experiment, ctl, allreduce, relay, demo, demo_allreduce)
+SUBCOMMANDS = (switch, controller, bmv2, experiment, model, ctl, allreduce, relay, demo, demo_allreduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from netagg.cli.launch import run_workers
-from netagg.protocol import HEADER, MsgType
+from netagg.protocol import HEADER, VERSION, MsgType
 from tests.integration import workers as wk
 
 W = 4
@@ -22,7 +22,7 @@ def valid(rng: random.Random) -> bytearray:
     count = rng.randrange(0, ELEMENTS + 1) if mtype == MsgType.CONTRIB else 0
     seq = rng.randrange(0, 8)
     hdr = HEADER.pack(
-        1,
+        VERSION,
         mtype,
         rng.randrange(4),
         rng.randrange(3),
@@ -43,7 +43,7 @@ def mutate(rng: random.Random, pkt: bytearray) -> tuple[bytes, str]:
     if kind == 0:
         return bytes(pkt[: rng.randrange(0, 24)]), "truncated"
     if kind == 1:
-        pkt[0] = rng.choice([0, 2, 255])
+        pkt[0] = rng.choice([0, 1, 3, 255])  # 1: the protocol's first version
         return bytes(pkt), "bad_version"
     if kind == 2:
         return bytes(pkt[: rng.randrange(24, len(pkt))] if len(pkt) > 24 else pkt + b"\x01"), "bad_length"
