@@ -18,9 +18,10 @@ sysdeps:
 	  else echo "need python3-venv: apt-get install python3-venv" >&2; exit 1; fi; }
 	@# Tools the network tests use (they skip, saying why, without them): best effort, root only.
 	@# mininet: mnexec for the Mininet tests (its switch nodes are netagg's own, so Open vSwitch,
-	@# which the package pulls in, need not run); tc (iproute2) for their TCLinks.
+	@# which the package pulls in, need not run); tc (iproute2) for their TCLinks; ethtool for TCP
+	@# across raw-Ethernet switch nodes (mininet_topos/netns.py turns their ports' offloads off).
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for t in ip:iproute2 ping:iputils-ping nft:nftables mnexec:mininet; do \
+	  missing=""; for t in ip:iproute2 ping:iputils-ping nft:nftables ethtool:ethtool mnexec:mininet; do \
 	    command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	  [ -z "$$missing" ] || { apt-get update -qq && apt-get install -y -qq $$missing; } || true; fi
 

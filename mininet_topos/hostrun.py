@@ -11,8 +11,10 @@ check. Each prints one JSON line.
 Every repetition starts after a barrier of the implementation's own (so one rank's late start is not
 timed) and reports each repetition's time; the caller takes the slowest rank's per repetition. Inputs
 are :func:`netagg.verify.inputs` (float32), different for each repetition pair as in ``netagg
-allreduce``; with ``--check`` the first repetition's result is checked against numpy: netagg's against
-the documented quantization bound, gloo's within float32 rounding of the sum (W * 2**-24 * sum |x|).
+allreduce``; with ``--check`` the first repetition's result is checked against numpy: netagg's
+allreduce against the documented quantization bound (its reduce-scatter against the same bound taken
+with the shard's largest magnitude), gloo's within float32 rounding of the sum (W * 2**-23 * sum |x|),
+every all-gather bit for bit.
 """
 
 from __future__ import annotations
