@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host_agent.collectives import decode_ordered, encode_ordered, shard_layout
+from host_agent.collectives import decode_ordered, encode_ordered
 from host_agent.schedule import Collective, Schedule
 from netagg.protocol import Coll, Flag, MsgType, ReduceOp
 from netagg.verify import allreduce_error_bound
@@ -24,14 +24,10 @@ ELEMENTS = 3
 def sharded(
     calls_x: list[np.ndarray], workers: int, per_rank: int, slots: int
 ) -> tuple[list[np.ndarray], int, int, Schedule]:
-    """The padded layout of docs/protocol.md "Collectives" for shards of ``per_rank`` values."""
-    k, per, pad = shard_layout(per_rank, ELEMENTS)
-    out = []
-    for x in calls_x:
-        p = np.zeros(workers * pad, dtype=x.dtype)
-        p.reshape(workers, pad)[:, :per_rank] = x.reshape(workers, per_rank)
-        out.append(p)
-    return out, k, pad, Schedule.of(workers * pad, per, slots, out[0].dtype == np.float32)
+    """The layout of docs/protocol.md "Collectives" for shards of ``per_rank`` values: the calls as
+    they are, chunks per shard, the shard's length and the schedule."""
+    schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, calls_x[0].dtype == np.float32)
+    return calls_x, schedule.per_shard, per_rank, schedule
 
 
 @settings(max_examples=int(os.environ.get("NETAGG_RECOVERY_EXAMPLES", "40")), deadline=None)
@@ -52,7 +48,8 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
     ints = [rng.integers(-(2**31), 2**31, n, dtype=np.int32) for _ in range(workers)]
     floats = [(rng.standard_normal(n) * 100).astype(np.float32) for _ in range(workers)]
     # All-gather: each rank's own shard in its place, the rest whatever (others' chunks are EMPTY).
-    k, per, pad = shard_layout(per_rank, ELEMENTS)
+    ag_schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, False)
+    k, pad = ag_schedule.per_shard, per_rank
     gathered = [rng.integers(-(2**31), 2**31, pad, dtype=np.int32) for _ in range(workers)]
     ag_in = []
     for w in range(workers):
@@ -73,7 +70,7 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
         (Collective(Coll.allreduce, ReduceOp.min), None),
         (
             Collective(Coll.all_gather, ReduceOp.sum, per_shard=k),
-            Schedule.of(workers * pad, per, slots, False),
+            ag_schedule,
         ),
         (Collective(Coll.broadcast, ReduceOp.sum, root=root), Schedule.of(n, ELEMENTS, slots, False)),
         (Collective(Coll.barrier), Schedule(0, ELEMENTS, 1, 1, 0, 0, 0)),
