@@ -167,3 +167,21 @@ def test_a_reduce_scatter_owner_that_lost_its_result_gets_it_from_the_others_con
             np.testing.assert_array_equal(
                 got[w * pad : w * pad + per_rank], total[w * per_rank : (w + 1) * per_rank]
             )
+
+
+@given(shards=st.integers(1, 8), shard=st.integers(1, 200), elements=st.integers(1, 50))
+def test_sharded_chunks_tile_each_shard_without_straddling(shards: int, shard: int, elements: int) -> None:
+    """docs/protocol.md, "Collectives": a shard is cut into k = ceil(s / N) chunks of ceil(s / k) (its
+    last one shorter); chunk c belongs to shard c // k, and the chunks tile the tensor in order."""
+    s = Schedule.sharded(shards, shard, elements, 4, False)
+    k = -(-shard // elements)
+    assert s.per_shard == k and s.nchunks == shards * k and s.elements == -(-shard // k) <= elements
+    covered = 0
+    for c in range(s.nchunks):
+        assert s.offset(c) == covered and 1 <= s.count(c) <= s.elements
+        assert (s.offset(c) + s.count(c) - 1) // shard == c // k  # inside its own shard
+        covered += s.count(c)
+    assert covered == s.total == shards * shard
+    np.testing.assert_array_equal(
+        s.counts(np.arange(-1, s.nchunks)), [0] + [s.count(c) for c in range(s.nchunks)]
+    )
