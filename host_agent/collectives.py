@@ -1,6 +1,6 @@
 """The collectives of protocol version 2 on a :class:`host_agent.Worker` (docs/protocol.md,
 "Collectives"): allreduce with sum, max or min, reduce-scatter, all-gather, broadcast and barrier, each
-with an ``_async`` variant. Each call is laid out here (shards padded to whole chunks, max and min in
+with an ``_async`` variant. Each call is laid out here (shards cut into chunks of their own, max and min in
 the ordered encoding, gathered data as opaque words) and run by the worker's one engine loop; the
 engine knows the collective only through :class:`host_agent.schedule.Collective`."""
 
@@ -16,7 +16,7 @@ from host_agent.schedule import Collective, Schedule
 from host_agent.tensors import as_bytes, as_numpy, bytes_view, from_bytes, like, output_for
 from netagg.protocol import Coll, ReduceOp
 
-__all__ = ["Collectives", "decode_ordered", "encode_ordered", "shard_layout"]
+__all__ = ["Collectives", "decode_ordered", "encode_ordered"]
 
 _OPS = {"sum": ReduceOp.sum, "max": ReduceOp.max, "min": ReduceOp.min}
 #: Quiet NaNs that order above +inf (max) and below -inf (min) in the ordered encoding.
@@ -37,14 +37,6 @@ def encode_ordered(a: np.ndarray, reduce: ReduceOp) -> np.ndarray:
 def decode_ordered(b: np.ndarray) -> np.ndarray:
     """The inverse of :func:`encode_ordered` (the same bit flip): int32 -> float32."""
     return (b ^ ((b >> 31) & 0x7FFFFFFF)).view(np.float32)
-
-
-def shard_layout(words: int, elements: int) -> tuple[int, int, int]:
-    """(chunks per shard k, words per chunk N', padded shard words k * N') for a shard of ``words``
-    and packets of at most ``elements``: chunks never straddle two shards."""
-    k = max(1, -(-words // elements))
-    per = max(1, -(-words // k))
-    return k, per, k * per
 
 
 def _reduce_of(op: str) -> ReduceOp:
@@ -147,20 +139,15 @@ class Collectives:
         if average and (arr.dtype != np.float32 or reduce != ReduceOp.sum):
             raise ValueError(f"average=True needs a sum of floating-point tensors, not {op} of {arr.dtype}")
         s = arr.size // w
-        k, per, pad = shard_layout(s, self.elements)
         src = arr if reduce == ReduceOp.sum or arr.dtype == np.int32 else encode_ordered(arr, reduce)
-        if pad != s:
-            padded = np.zeros(w * pad, dtype=src.dtype)
-            padded.reshape(w, pad)[:, :s] = src.reshape(w, s)
-            src = padded
         factor = 1.0 / w if average else 1.0
-        call = Collective(Coll.reduce_scatter, reduce, self.rank, per_shard=k)
-        schedule = Schedule.of(src.size, per, self._slots, src.dtype == np.float32)
-        lo = self.rank * pad
+        schedule = Schedule.sharded(w, s, self.elements, self._slots, src.dtype == np.float32)
+        call = Collective(Coll.reduce_scatter, reduce, self.rank, per_shard=schedule.per_shard)
+        lo = self.rank * s
 
         def run() -> Any:
             scratch = np.empty_like(src)  # only this rank's shard is written
-            got = self._run(src, scratch, factor, call, schedule)[lo : lo + s]
+            got = self._run(src, scratch, factor, call, schedule)[lo : lo + s] if s else src[:0]
             if reduce != ReduceOp.sum and arr.dtype == np.float32:
                 got = decode_ordered(got)
             return from_bytes(out, like(x, np.ascontiguousarray(got)))
@@ -176,19 +163,24 @@ class Collectives:
     def all_gather_async(self, x: Any, out: Any = None) -> concurrent.futures.Future[Any]:
         raw, back = as_bytes(x)
         w, b = self.world_size, raw.size
-        k, per, pad = shard_layout(-(-b // 4), self.elements)
-        call = Collective(Coll.all_gather, ReduceOp.sum, self.rank, per_shard=k)
-        schedule = Schedule.of(w * pad, per, self._slots, False)
+        nw = -(-b // 4)  # words per shard (a shard's last word padded with zeros)
+        schedule = Schedule.sharded(w, nw, self.elements, self._slots, False)
+        call = Collective(Coll.all_gather, ReduceOp.sum, self.rank, per_shard=schedule.per_shard)
 
         def run() -> Any:
-            words = self._scratch_words(w * pad)
-            mine = words[self.rank * pad : (self.rank + 1) * pad].view(np.uint8)
-            mine[:b] = raw
-            mine[b:] = 0  # the padding
-            self._run(words, words, 1.0, call, schedule)
-            gathered = words.view(np.uint8).reshape(w, 4 * pad)[:, :b]
             target = bytes_view(out) if out is not None and out.dtype == x.dtype else None
-            if target is not None and target.size == w * b:  # one copy, into the caller's memory
+            direct = target is not None and target.size == w * b and b % 4 == 0
+            # Whole words: the engine works in the caller's memory; else in scratch, copied out after.
+            words = target.view(">i4") if direct and target is not None else self._scratch_words(w * nw)
+            mine = words[self.rank * nw : (self.rank + 1) * nw].view(np.uint8)
+            mine[:b] = raw
+            mine[b:] = 0
+            if b:
+                self._run(words, words, 1.0, call, schedule)
+            if direct:
+                return out
+            gathered = words.view(np.uint8).reshape(w, 4 * nw)[:, :b]
+            if target is not None and target.size == w * b:
                 target.reshape(w, b)[...] = gathered
                 return out
             return from_bytes(out, back(np.ascontiguousarray(gathered).reshape(-1)))

@@ -273,10 +273,14 @@ class DatagramEngine(Engine):
             cnt = s.count(c)
             dst = dst[:0]
         elif c >= 0:
-            lo = c * n
-            if c < s.nfull:
-                cnt = n
+            if s.shard:  # chunks of shards: each shard's last chunk may be short
+                lo, cnt = s.offset(c), s.count(c)
+                if cnt != n:
+                    dst = dst[:cnt]
+            elif c < s.nfull:
+                lo, cnt = c * n, n
             else:
+                lo = c * n
                 cnt = s.total - lo
                 dst = dst[:cnt]
             if self.is_float:
@@ -299,8 +303,9 @@ class DatagramEngine(Engine):
         # chunk is then still in the CPU's cache when quantized (one pass over memory, not two).
         proposal = EXP_NONE
         if self.is_float and k + 1 < self.nuses[j]:
-            lo = (j + (k + 1 - boot) * window) * n
-            proposal = kernels.block_exponent(flat[lo : lo + n], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
+            nc = j + (k + 1 - boot) * window
+            lo, hi = (s.offset(nc), s.offset(nc) + s.count(nc)) if s.shard else (nc * n, nc * n + n)
+            proposal = kernels.block_exponent(flat[lo:hi], EXP_BIAS, EXP_NONE, EXP_NONFINITE)
         p = self.params
         seq = (self.base[j] + k) & 0xFFFFFFFF
         # Positional, in protocol.FIELDS order: the per-packet path.
@@ -390,7 +395,10 @@ class DatagramEngine(Engine):
         k = pos[j]
         c = -1 if k < s.boot else j + (k - s.boot) * s.window
         n = s.elements
-        cnt = 0 if c < 0 else (n if c < s.nfull else s.total - c * n)
+        if s.shard:
+            cnt, lo = s.count(c), s.offset(c)
+        else:
+            cnt, lo = (0 if c < 0 else (n if c < s.nfull else s.total - c * n)), c * n
         empty = r_flags & _EMPTY
         if mtype != _RESULT or r_count != cnt or nbytes != (HEADER_SIZE if empty else HEADER_SIZE + 4 * cnt):
             if mtype == _REFUSE:  # about the use in flight
@@ -413,9 +421,9 @@ class DatagramEngine(Engine):
                 got = self._got_whole if cnt == n else self._got_whole[:cnt]
             else:
                 got = np.frombuffer(buf, PAYLOAD_DTYPE, cnt, HEADER_SIZE)
-            dst = self.out[c * n : c * n + cnt]
+            dst = self.out[lo : lo + cnt]
             if r_flags & _FINAL:  # a result that was offered: its values as they are (rare)
-                self._out_bits[c * n : c * n + cnt] = got.view(">u4")
+                self._out_bits[lo : lo + cnt] = got.view(">u4")
             elif self.is_float:
                 e = self._agreed[c]
                 rare = e in (EXP_NONE, EXP_NONFINITE)  # zero or inf/NaN; tiny sums (below) too
@@ -447,7 +455,7 @@ class DatagramEngine(Engine):
         self.remaining -= 1
         if cnt and held:  # the slot's last result: kept for a resume's offers while it is in the cache
             at = (c - s.nchunks + s.window) * n
-            self.session.last_vals[at : at + cnt] = self._out_bits[c * n : c * n + cnt]
+            self.session.last_vals[at : at + cnt] = self._out_bits[lo : lo + cnt]
         return None
 
 

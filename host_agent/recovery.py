@@ -224,7 +224,7 @@ class Recovery:
         seq = (self.base_seq(j) + k) & 0xFFFFFFFF
         payload = b""
         if cnt:
-            lo = c * s.elements
+            lo = s.offset(c)
             payload = self.out[lo : lo + cnt].view(np.uint32).astype(">u4").tobytes()
         hdr = pack_header(
             MsgType.CONTRIB,

@@ -31,6 +31,11 @@ class Schedule:
     """Chunks of exactly ``elements`` (all but a short last one)."""
     tail: int
     """Elements of the short last chunk (0 if there is none)."""
+    shard: int = 0
+    """Elements per shard (reduce-scatter, all-gather: docs/protocol.md "Collectives"), each cut into
+    ``per_shard`` chunks of ``elements`` but a shorter last one, so that no chunk straddles two
+    shards; 0: one tensor."""
+    per_shard: int = 0
 
     @classmethod
     def of(cls, total: int, elements: int, slots: int, is_float: bool) -> Schedule:
@@ -45,6 +50,21 @@ class Schedule:
             total - nfull * elements,
         )
 
+    @classmethod
+    def sharded(cls, shards: int, shard: int, elements: int, slots: int, is_float: bool) -> Schedule:
+        """``shards`` shards of ``shard`` elements in packets of at most ``elements``: each shard in
+        k = ceil(shard / elements) chunks of ceil(shard / k) (its last chunk shorter)."""
+        k = max(1, -(-shard // elements))
+        per = max(1, -(-shard // k))
+        nchunks = shards * k
+        return cls(shards * shard, per, min(slots, nchunks), 1 if is_float else 0, nchunks, 0, 0, shard, k)
+
+    def offset(self, c: int) -> int:
+        """Where chunk ``c`` starts in the tensor."""
+        if not self.shard:
+            return c * self.elements
+        return (c // self.per_shard) * self.shard + (c % self.per_shard) * self.elements
+
     def uses(self) -> list[int]:
         """Uses of each slot in this call (its chunks, plus the exponent-only use of a float call)."""
         w, nc = self.window, self.nchunks
@@ -56,7 +76,12 @@ class Schedule:
 
     def count(self, c: int) -> int:
         """Elements in chunk ``c`` (0 for -1)."""
-        return 0 if c < 0 else (self.elements if c < self.nfull else self.total - c * self.elements)
+        if c < 0:
+            return 0
+        if self.shard:
+            k = self.per_shard
+            return self.elements if c % k < k - 1 else self.shard - (k - 1) * self.elements
+        return self.elements if c < self.nfull else self.total - c * self.elements
 
     def chunks(self, js: np.ndarray, ks: np.ndarray) -> np.ndarray:
         """:meth:`chunk` over arrays."""
@@ -64,6 +89,10 @@ class Schedule:
 
     def counts(self, cs: np.ndarray) -> np.ndarray:
         """:meth:`count` over arrays."""
+        if self.shard:
+            k = self.per_shard
+            last = np.where(cs % k < k - 1, self.elements, self.shard - (k - 1) * self.elements)
+            return np.where(cs < 0, 0, last)
         return np.where(cs < 0, 0, np.where(cs < self.nfull, self.elements, self.tail))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from host_agent import Worker
-from host_agent.collectives import shard_layout
+from host_agent.schedule import Schedule
 from netagg import verify
 
 DTYPES = ("float32", "bfloat16", "float16", "int32")
@@ -59,7 +59,7 @@ def everything(rank: int, address: str | list[str], world: int, n: int) -> dict[
                 results[f"allreduce {op} {dtype}"] = bool(torch.equal(y, want))
             lo, hi = rank * n, (rank + 1) * n
             y = w.reduce_scatter(x)
-            chunk = shard_layout(n, w.elements)[1]  # a shard's chunks: the bound's blocks
+            chunk = Schedule.sharded(world, n, w.elements, 1, True).elements  # the bound's blocks
             results[f"reduce_scatter sum {dtype}"] = y.shape == (n,) and _sum_ok(
                 y, [a[lo:hi] for a in all_x], dtype, chunk
             )

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host_agent.collectives import decode_ordered, encode_ordered, shard_layout
+from host_agent.collectives import decode_ordered, encode_ordered
 from host_agent.schedule import Collective, Schedule
 from netagg.protocol import Coll, Flag, MsgType, ReduceOp
 from netagg.verify import allreduce_error_bound
@@ -24,14 +24,10 @@ ELEMENTS = 3
 def sharded(
     calls_x: list[np.ndarray], workers: int, per_rank: int, slots: int
 ) -> tuple[list[np.ndarray], int, int, Schedule]:
-    """The padded layout of docs/protocol.md "Collectives" for shards of ``per_rank`` values."""
-    k, per, pad = shard_layout(per_rank, ELEMENTS)
-    out = []
-    for x in calls_x:
-        p = np.zeros(workers * pad, dtype=x.dtype)
-        p.reshape(workers, pad)[:, :per_rank] = x.reshape(workers, per_rank)
-        out.append(p)
-    return out, k, pad, Schedule.of(workers * pad, per, slots, out[0].dtype == np.float32)
+    """The layout of docs/protocol.md "Collectives" for shards of ``per_rank`` values: the calls as
+    they are, chunks per shard, the shard's length and the schedule."""
+    schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, calls_x[0].dtype == np.float32)
+    return calls_x, schedule.per_shard, per_rank, schedule
 
 
 @settings(max_examples=int(os.environ.get("NETAGG_RECOVERY_EXAMPLES", "40")), deadline=None)
@@ -52,7 +48,8 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
     ints = [rng.integers(-(2**31), 2**31, n, dtype=np.int32) for _ in range(workers)]
     floats = [(rng.standard_normal(n) * 100).astype(np.float32) for _ in range(workers)]
     # All-gather: each rank's own shard in its place, the rest whatever (others' chunks are EMPTY).
-    k, per, pad = shard_layout(per_rank, ELEMENTS)
+    ag_schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, False)
+    k, pad = ag_schedule.per_shard, per_rank
     gathered = [rng.integers(-(2**31), 2**31, pad, dtype=np.int32) for _ in range(workers)]
     ag_in = []
     for w in range(workers):
@@ -73,7 +70,7 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
         (Collective(Coll.allreduce, ReduceOp.min), None),
         (
             Collective(Coll.all_gather, ReduceOp.sum, per_shard=k),
-            Schedule.of(workers * pad, per, slots, False),
+            ag_schedule,
         ),
         (Collective(Coll.broadcast, ReduceOp.sum, root=root), Schedule.of(n, ELEMENTS, slots, False)),
         (Collective(Coll.barrier), Schedule(0, ELEMENTS, 1, 1, 0, 0, 0)),
@@ -170,3 +167,21 @@ def test_a_reduce_scatter_owner_that_lost_its_result_gets_it_from_the_others_con
             np.testing.assert_array_equal(
                 got[w * pad : w * pad + per_rank], total[w * per_rank : (w + 1) * per_rank]
             )
+
+
+@given(shards=st.integers(1, 8), shard=st.integers(1, 200), elements=st.integers(1, 50))
+def test_sharded_chunks_tile_each_shard_without_straddling(shards: int, shard: int, elements: int) -> None:
+    """docs/protocol.md, "Collectives": a shard is cut into k = ceil(s / N) chunks of ceil(s / k) (its
+    last one shorter); chunk c belongs to shard c // k, and the chunks tile the tensor in order."""
+    s = Schedule.sharded(shards, shard, elements, 4, False)
+    k = -(-shard // elements)
+    assert s.per_shard == k and s.nchunks == shards * k and s.elements == -(-shard // k) <= elements
+    covered = 0
+    for c in range(s.nchunks):
+        assert s.offset(c) == covered and 1 <= s.count(c) <= s.elements
+        assert (s.offset(c) + s.count(c) - 1) // shard == c // k  # inside its own shard
+        covered += s.count(c)
+    assert covered == s.total == shards * shard
+    np.testing.assert_array_equal(
+        s.counts(np.arange(-1, s.nchunks)), [0] + [s.count(c) for c in range(s.nchunks)]
+    )
