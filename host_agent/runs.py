@@ -53,8 +53,6 @@ class RunEngine(Engine):
         sh["op"] = call.op(0)  # an allreduce (only allreduces come here): one op field for every use
         self.seg = HEADER_SIZE + 4 * n
         self._rto = session.rto.value
-        # Fast retransmission (docs/protocol.md, "Worker rules"): whether each use was resent so.
-        self.fasted = np.zeros(w, dtype=bool)
 
     def positions(self) -> tuple[list[int], list[int]]:
         return self.pos.tolist(), self.nuses.tolist()
@@ -114,7 +112,6 @@ class RunEngine(Engine):
         sh["slot"][js] = (p.slot_base + js) | ((seq & 1) << 15)
         sh["count"][js] = s.counts(c)
         sh["seq"][js] = seq
-        self.fasted[js] = False
         self.sent_at[js] = now
         self.tries[js] = 0
         self.deadline[js] = now + self._rto
@@ -200,28 +197,9 @@ class RunEngine(Engine):
             self.session.rto.sample(float(np.median(now - self.sent_at[js[fresh]])))
         for j_ in js:
             self.pending.pop(int(j_), None)
-        acked = float(self.sent_at[js].max())
         pos[js] = k + 1
         self.last_progress = now
         done = pos[js] >= nuses[js]
         self.deadline[js[done]] = np.inf
         self.remaining -= int(done.sum())
-        sends = self._prepare(js[~done], now) if not done.all() else []
-        return sends + self._fast(acked, now)
-
-    def _fast(self, acked: float, now: float) -> list[Send]:
-        """Results came for uses sent as late as ``acked``: every use in flight sent more than the
-        reordering window before is resent now, once."""
-        live = (self.pos < self.nuses) & ~self.fasted
-        fire = np.flatnonzero(live & (self.sent_at < acked - self.session.rto.reorder_window))
-        if not fire.size:
-            return []
-        self.fasted[fire] = True
-        self.sh["flags"][fire] = _RETX
-        self.tries[fire] += 1  # Karn: no sample from these uses
-        self.deadline[fire] = now + np.minimum(
-            self.session.rto.max_rto, self._rto * 2.0 ** np.minimum(self.tries[fire], 16)
-        )
-        self.stats.retransmissions += int(fire.size)
-        self.stats.fast_retransmissions += int(fire.size)
-        return self._transmit(fire)
+        return self._prepare(js[~done], now) if not done.all() else []

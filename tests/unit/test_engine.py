@@ -276,8 +276,7 @@ def test_timers_resend_what_is_outstanding_with_the_retx_flag_and_back_off(batch
     assert e.stats.retransmissions == 2
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_a_lost_contribution_is_resent_when_a_later_use_completes_before_its_timer(batched) -> None:
+def test_a_lost_contribution_is_resent_when_a_later_use_completes_before_its_timer() -> None:
     """Fast retransmission (docs/protocol.md, "Worker rules"): one worker, 2 slots of 4 int32, 16
     elements. Slot 0's first contribution is lost; slot 1's uses complete 10 ms apart. When the result
     of a use sent later than the lost one (by more than the reordering window) comes back, the lost one
@@ -286,7 +285,7 @@ def test_a_lost_contribution_is_resent_when_a_later_use_completes_before_its_tim
     [session] = join_all(dp, 1)
     x = np.arange(16, dtype=np.int32)
     out = np.zeros(16, np.int32)
-    e = make_engine(session, x, out, 1.0, 0.0, batched=batched)
+    e = make_engine(session, x, out, 1.0, 0.0, batched=False)
     _lost, first1 = datagrams(e.start(0.0))  # slot 0's use 0 is lost on its way up
     pending = [first1]
     now, fast_at = 0.0, None
