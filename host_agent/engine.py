@@ -235,10 +235,8 @@ class DatagramEngine(Engine):
             hdr, row = self._prev_headers[j], self._prev_rows[j]
         else:
             return None
-        out = bytearray(hdr)
-        out[OFF_FLAGS] |= _RETX
-        cnt = 0 if out[OFF_FLAGS] & _EMPTY else int.from_bytes(out[OFF_COUNT : OFF_COUNT + 2], "big")
-        return bytes(out) + row[:cnt].tobytes()
+        again, payload = _again(hdr, row)
+        return bytes(again) + payload.tobytes()
 
     def start(self, now: float) -> list[Send]:
         return [self._send(j, 0, now) for j in range(self.schedule.window)]
@@ -250,9 +248,7 @@ class DatagramEngine(Engine):
                 hdr = bytearray(self.headers[j])
                 hdr[_OFF_EPOCH] = self.params.epoch
                 self.headers[j] = bytes(hdr)
-                hdr[OFF_FLAGS] |= _RETX
-                cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
-                sends.append(((hdr, self.rows[j][:cnt]), 0))
+                sends.append((_again(hdr, self.rows[j]), 0))
                 self.tries[j] = 1  # Karn: no sample from this use
                 self.deadline[j] = now + self._rto
         return sends
@@ -344,12 +340,9 @@ class DatagramEngine(Engine):
 
     def _retransmit(self, j: int, now: float) -> Send:
         """Slot j's use in flight again, with RETX; its timer backs off."""
-        hdr = bytearray(self.headers[j])
-        hdr[OFF_FLAGS] |= _RETX
-        cnt = 0 if hdr[OFF_FLAGS] & _EMPTY else int.from_bytes(hdr[OFF_COUNT : OFF_COUNT + 2], "big")
         self.tries[j] += 1
         self.deadline[j] = now + min(self.session.rto.max_rto, self._rto * 2.0 ** min(self.tries[j], 16))
-        return ((hdr, self.rows[j][:cnt]), 0)
+        return (_again(self.headers[j], self.rows[j]), 0)
 
     def _fast(self, acked: float, now: float) -> None:
         """A RESULT came for a use sent at ``acked``: the uses in flight sent more than the reordering
@@ -457,6 +450,14 @@ class DatagramEngine(Engine):
             at = (c - s.nchunks + s.window) * n
             self.session.last_vals[at : at + cnt] = self._out_bits[lo : lo + cnt]
         return None
+
+
+def _again(hdr: bytes | bytearray, row: np.ndarray) -> tuple[bytearray, np.ndarray]:
+    """A sent use's header with RETX, and its payload (none for an EMPTY contribution)."""
+    out = bytearray(hdr)
+    out[OFF_FLAGS] |= _RETX
+    cnt = 0 if out[OFF_FLAGS] & _EMPTY else int.from_bytes(out[OFF_COUNT : OFF_COUNT + 2], "big")
+    return out, row[:cnt]
 
 
 def make_engine(
