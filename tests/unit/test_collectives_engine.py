@@ -21,15 +21,6 @@ from tests.unit.test_recovery import Cluster
 ELEMENTS = 3
 
 
-def sharded(
-    calls_x: list[np.ndarray], workers: int, per_rank: int, slots: int
-) -> tuple[list[np.ndarray], int, int, Schedule]:
-    """The layout of docs/protocol.md "Collectives" for shards of ``per_rank`` values: the calls as
-    they are, chunks per shard, the shard's length and the schedule."""
-    schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, calls_x[0].dtype == np.float32)
-    return calls_x, schedule.per_shard, per_rank, schedule
-
-
 @settings(max_examples=int(os.environ.get("NETAGG_RECOVERY_EXAMPLES", "40")), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -49,12 +40,12 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
     floats = [(rng.standard_normal(n) * 100).astype(np.float32) for _ in range(workers)]
     # All-gather: each rank's own shard in its place, the rest whatever (others' chunks are EMPTY).
     ag_schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, False)
-    k, pad = ag_schedule.per_shard, per_rank
-    gathered = [rng.integers(-(2**31), 2**31, pad, dtype=np.int32) for _ in range(workers)]
+    k = ag_schedule.per_shard
+    gathered = [rng.integers(-(2**31), 2**31, per_rank, dtype=np.int32) for _ in range(workers)]
     ag_in = []
     for w in range(workers):
-        words = np.full(workers * pad, -7, dtype=np.int32)
-        words[w * pad : (w + 1) * pad] = gathered[w]
+        words = np.full(workers * per_rank, -7, dtype=np.int32)
+        words[w * per_rank : (w + 1) * per_rank] = gathered[w]
         ag_in.append(words)
     root = seed % workers
     bc_in = [ints[root].copy() if w == root else np.zeros(n, np.int32) for w in range(workers)]
@@ -95,9 +86,10 @@ def test_every_collective_completes_exactly_under_loss_and_restarts(
     slots=st.integers(1, 4),
     loss=st.sampled_from([0.0, 0.1, 0.2]),
     dup=st.sampled_from([0.0, 0.1]),
+    restart_at=st.lists(st.integers(1, 150), max_size=2),
 )
-def test_reduce_scatter_gives_each_owner_its_shard_under_loss(
-    seed, workers, per_rank, slots, loss, dup
+def test_reduce_scatter_gives_each_owner_its_shard_under_loss_and_restarts(
+    seed, workers, per_rank, slots, loss, dup, restart_at
 ) -> None:
     rng = np.random.default_rng(seed)
     n = workers * per_rank
@@ -105,8 +97,9 @@ def test_reduce_scatter_gives_each_owner_its_shard_under_loss(
     floats = [
         (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)).astype(np.float32) for _ in range(workers)
     ]
-    pi_calls, k, pad, sched_i = sharded(ints, workers, per_rank, slots)
-    pf_calls, _, _, sched_f = sharded(floats, workers, per_rank, slots)
+    sched_i = Schedule.sharded(workers, per_rank, ELEMENTS, slots, False)
+    sched_f = Schedule.sharded(workers, per_rank, ELEMENTS, slots, True)
+    k = sched_i.per_shard
     kinds = [
         (Collective(Coll.reduce_scatter, ReduceOp.sum, per_shard=k), sched_i),
         (Collective(Coll.reduce_scatter, ReduceOp.sum, per_shard=k), sched_f),
@@ -114,14 +107,13 @@ def test_reduce_scatter_gives_each_owner_its_shard_under_loss(
     ]
     cluster = Cluster(workers, slots, ELEMENTS, seed, loss, dup)
     results = cluster.run(
-        [pi_calls, pf_calls, pi_calls], batched=False, in_place=False, restart_at=[], kinds=kinds
+        [ints, floats, ints], batched=False, in_place=False, restart_at=restart_at, kinds=kinds
     )
     total_i = np.sum(np.stack(ints).astype(np.int64), axis=0).astype(np.int32)
     exact_f = np.sum(np.stack(floats).astype(np.float64), axis=0)
     for w in range(workers):
-        lo = w * pad
         mine = slice(w * per_rank, (w + 1) * per_rank)
-        s_i, s_f, m_i = (r[lo : lo + per_rank] for r in results[w])
+        s_i, s_f, m_i = (r[mine] for r in results[w])
         np.testing.assert_array_equal(s_i, total_i[mine])
         np.testing.assert_array_equal(m_i, np.max(np.stack(ints), axis=0)[mine])
         # Each shard is cut into chunks of `per` values (a block each): the bound's blocks.
@@ -155,17 +147,17 @@ def test_a_reduce_scatter_owner_that_lost_its_result_gets_it_from_the_others_con
     slots = 2 if between_calls else 1  # 2 slots: each slot's only use is the call's last
     rng = np.random.default_rng(5)
     ints = [rng.integers(-(2**31), 2**31, workers * per_rank, dtype=np.int32) for _ in range(workers)]
-    padded, k, pad, schedule = sharded(ints, workers, per_rank, slots)
-    kind = (Collective(Coll.reduce_scatter, ReduceOp.sum, per_shard=k), schedule)
+    schedule = Schedule.sharded(workers, per_rank, ELEMENTS, slots, False)
+    kind = (Collective(Coll.reduce_scatter, ReduceOp.sum, per_shard=schedule.per_shard), schedule)
     cluster = OwnerLosesItsResult(workers, slots, ELEMENTS, seed=1, loss=0.0, dup=0.0)
-    calls = [padded, [x.copy() for x in padded]]
+    calls = [ints, [x.copy() for x in ints]]
     results = cluster.run(calls, batched=False, in_place=False, restart_at=[], kinds=[kind, kind])
     assert cluster.dropped and cluster.restarts == 1
     total = np.sum(np.stack(ints).astype(np.int64), axis=0).astype(np.int32)
     for w in range(workers):
         for got in results[w]:
             np.testing.assert_array_equal(
-                got[w * pad : w * pad + per_rank], total[w * per_rank : (w + 1) * per_rank]
+                got[w * per_rank : (w + 1) * per_rank], total[w * per_rank : (w + 1) * per_rank]
             )
 
 
