@@ -99,14 +99,15 @@ def test_a_switch_restarted_between_calls_is_rejoined(switch_factory, workers_at
 def test_a_switch_restarted_during_a_16mb_call_is_rejoined(
     switch_factory, workers_at, tmp_path: Path, dtype: str, elements: int | None, in_place: bool
 ) -> None:
-    """Killed 0.3 s into the call (1,024-element packets, and 64-element ones in GSO runs: both engines;
-    with the default 16,370 the call is over in less than 0.3 s here)."""
+    """Killed 0.2 s into the call (1,024-element packets, and 64-element ones in GSO runs: both engines;
+    with the default 16,370 the call is over in less than 0.3 s here; killed at 0.3 s, a float32 call
+    of 1,024-element packets was once complete at the switch, its results still in the sockets)."""
     sw = switch_factory(W, elements=elements)
     ws = workers_at(sw.address)
     xs = inputs(dtype, 4 << 20, 3)  # 16 MB per worker
     args = [x.copy() for x in xs]
     futures = [w.allreduce_async(a, out=a if in_place else None) for w, a in zip(ws, args, strict=True)]
-    time.sleep(0.3)
+    time.sleep(0.2)
     busy = not all(f.done() for f in futures)
     sw2 = restart(sw, switch_factory, stats_file=tmp_path / "after.json", elements=elements)
     outs = [f.result(timeout=120) for f in futures]
